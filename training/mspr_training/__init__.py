@@ -1,0 +1,1 @@
+"""mspr_training: training, evaluation and export for mspr_ros."""
