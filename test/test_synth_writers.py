@@ -1,0 +1,190 @@
+"""Round trips synth -> Cambridge / 7-Scenes / rosbag2 -> readers, and the generate CLI."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from mspr_training.data import (
+    load_rgb, read_7scenes, read_bag_trajectory, read_cambridge, read_rosbag, iter_bag_images)
+from mspr_training.synth import build_world, generate, Intrinsics, plan_sequences
+from mspr_training.synth.cli import main
+from mspr_training.synth.dataset_writers import CambridgeWriter, SevenScenesWriter
+from mspr_training.synth.rosbag_writer import RosbagWriter, SEQUENCE_GAP_NS, START_NS
+from mspr_training.synth.sequences import render_frames
+
+GT_STATIC = ('/tf_static', '/ground_truth/tf_static')
+
+
+@pytest.fixture(scope='module')
+def rendered():
+    """Two scenes, 2 train sequences of 2 frames and 1 test sequence of 3, rendered once."""
+    world = build_world(seed=3, num_scenes=2)
+    plans = plan_sequences(world, train_frames=4, test_frames=3, train_sequences=2)
+    intrinsics = Intrinsics.from_fov(64, 48)
+    return world, intrinsics, list(render_frames(world, plans, intrinsics))
+
+
+def frames_of(frames, scene, split):
+    """Return the frames of one scene and split, in order."""
+    return [f for f in frames if f.plan.scene == scene and f.plan.split == split]
+
+
+def assert_same_pose(sample, pose):
+    """Check a read sample against a 4 x 4 ground-truth pose to 1e-6."""
+    np.testing.assert_allclose(sample.position, pose[:3, 3], atol=1e-6)
+    np.testing.assert_allclose(sample.matrix()[:3, :3], pose[:3, :3], atol=1e-6)
+    assert sample.orientation[3] >= 0
+
+
+def test_cambridge_round_trip(rendered, tmp_path):
+    world, _, frames = rendered
+    writer = CambridgeWriter(tmp_path)
+    for frame in frames:
+        writer.add(frame)
+    assert writer.close() == {'atrium': {'test': 3, 'train': 4},
+                              'corridor': {'test': 3, 'train': 4}}
+    for scene in world.scene_names:
+        for split in ('train', 'test'):
+            samples = read_cambridge(tmp_path / scene, split)
+            expected = frames_of(frames, scene, split)
+            assert len(samples) == len(expected)
+            for sample, frame in zip(samples, expected):
+                assert sample.scene == scene and sample.sequence == f'seq{frame.plan.number}'
+                assert_same_pose(sample, frame.pose)
+                np.testing.assert_array_equal(load_rgb(sample), frame.rgb)
+    assert (tmp_path / 'atrium/dataset_test.txt').read_text().startswith(
+        'Visual Landmark Dataset V1\n')
+
+
+def test_7scenes_round_trip_with_depth(rendered, tmp_path):
+    world, _, frames = rendered
+    writer = SevenScenesWriter(tmp_path)
+    for frame in frames:
+        writer.add(frame)
+    writer.close()
+    assert (tmp_path / 'corridor/TrainSplit.txt').read_text() == 'sequence1\nsequence2\n'
+    assert (tmp_path / 'corridor/TestSplit.txt').read_text() == 'sequence3\n'
+    for scene in world.scene_names:
+        for split in ('train', 'test'):
+            samples = read_7scenes(tmp_path / scene, split)
+            expected = frames_of(frames, scene, split)
+            assert [s.sequence for s in samples] == [f'seq-{f.plan.number:02d}' for f in expected]
+            for sample, frame in zip(samples, expected):
+                assert_same_pose(sample, frame.pose)
+                np.testing.assert_array_equal(load_rgb(sample), frame.rgb)
+    frame = frames[0]
+    depth_path = tmp_path / 'atrium/seq-01/frame-000000.depth.png'
+    depth = cv2.imread(str(depth_path), cv2.IMREAD_UNCHANGED)
+    assert depth.dtype == np.uint16
+    np.testing.assert_allclose(depth / 1000.0, frame.depth, atol=6e-4)
+
+
+@pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
+def test_rosbag_round_trip(rendered, tmp_path, storage):
+    world, intrinsics, frames = rendered
+    bag_path = tmp_path / 'walk'
+    writer = RosbagWriter(bag_path, intrinsics, storage=storage, compressed='png', seed=9)
+    for frame in frames:
+        writer.add(frame)
+    metadata = writer.close()
+
+    samples = read_rosbag(bag_path, '/camera/image_raw', pose_topic='/ground_truth/camera_pose',
+                          scene_topic='/ground_truth/scene', max_gap_ns=40_000_000)
+    assert len(samples) == len(frames)
+    for sample, frame in zip(samples, frames):
+        assert sample.scene == frame.plan.scene and sample.frame == 'camera_optical'
+        assert_same_pose(sample, frame.pose)
+        np.testing.assert_array_equal(sample.image, frame.rgb)
+    for image, frame in zip(iter_bag_images(bag_path, '/camera/image_raw/compressed'), frames):
+        np.testing.assert_array_equal(image.rgb, frame.rgb)  # PNG is lossless
+
+    # 30 Hz inside a sequence, a 1 s gap when the next sequence starts.
+    stamps = np.array([s.stamp_ns for s in samples])
+    assert stamps[0] == START_NS
+    steps = np.diff(stamps)
+    new_sequence = np.array([a.plan is not b.plan for a, b in zip(frames[:-1], frames[1:])])
+    assert np.all(steps[~new_sequence] == 33_333_333)
+    assert np.all(steps[new_sequence] == 33_333_333 + SEQUENCE_GAP_NS)
+
+    # Ground truth through TF: map -> odom (ground-truth static) -> base_link (odometry on /tf)
+    # -> camera_optical (extrinsic on /tf_static) equals the pose topic.
+    via_tf = read_bag_trajectory(bag_path, frames=('map', 'camera_optical'),
+                                 static_tf_topics=GT_STATIC)
+    via_topic = read_bag_trajectory(bag_path, pose_topic='/ground_truth/camera_pose')
+    np.testing.assert_array_equal(via_tf.stamps_ns, via_topic.stamps_ns)
+    np.testing.assert_allclose(via_tf.positions, via_topic.positions, atol=1e-9)
+    np.testing.assert_allclose(via_tf.orientations, via_topic.orientations, atol=1e-9)
+    # Odometry is not the map: odom -> base_link differs from map -> base_link.
+    odom_base = read_bag_trajectory(bag_path, frames=('odom', 'base_link'))
+    map_base = read_bag_trajectory(bag_path, frames=('map', 'base_link'),
+                                   static_tf_topics=GT_STATIC)
+    assert np.linalg.norm(odom_base.positions - map_base.positions, axis=1).min() > 0.1
+    with pytest.raises(Exception, match="frame 'map' is not in the TF tree"):
+        read_bag_trajectory(bag_path, frames=('map', 'camera_optical'))
+
+    sidecar = json.loads((tmp_path / 'walk.json').read_text())
+    assert sidecar == json.loads(json.dumps(metadata))
+    assert sidecar['scenes'] == world.scene_names and sidecar['storage'] == storage
+    assert sidecar['intrinsics']['fx'] == pytest.approx(intrinsics.fx)
+    assert [s['frames'] for s in sidecar['sequences']] == [2, 2, 3, 2, 2, 3]
+    assert np.linalg.norm(sidecar['T_map_odom']['position']) > 0.1
+    assert sidecar['T_base_camera']['position'] == [0.2, 0.0, 1.2]
+    bag_metadata = yaml.safe_load((bag_path / 'metadata.yaml').read_text())
+    custom = bag_metadata['rosbag2_bagfile_information']['custom_data']['mspr_synth']
+    assert json.loads(custom)['T_map_odom'] == sidecar['T_map_odom']
+
+
+def test_generate_writes_manifest_reuses_cache_and_cli_runs(tmp_path, capsys):
+    options = dict(num_scenes=2, train_frames=2, test_frames=2, train_sequences=1,
+                   size=(48, 36), seed=1)
+    out = tmp_path / 'synth'
+    manifest = generate(out, preview=True, **options)
+    assert not manifest.cached
+    assert manifest.scenes == ['atrium', 'corridor']
+    assert manifest.counts == {'atrium': {'train': 2, 'test': 2},
+                               'corridor': {'train': 2, 'test': 2}}
+    stored = json.loads((out / 'manifest.json').read_text())
+    assert stored['parameters']['size'] == [48, 36] and stored['counts'] == manifest.counts
+    assert len(read_cambridge(out / 'cambridge/corridor', 'train')) == 2
+    assert len(read_7scenes(out / '7scenes/atrium', 'test')) == 2
+    bag_samples = read_rosbag(out / 'bag', '/camera/image_raw', '/ground_truth/camera_pose',
+                              scene_topic='/ground_truth/scene')
+    assert [s.scene for s in bag_samples] == ['atrium'] * 2 + ['corridor'] * 2
+    sheet = cv2.imread(str(out / 'preview.png'))
+    assert sheet.shape[0] > 2 * 36 and sheet.shape[1] == 2 * 48  # 2 scenes x 2 frames
+
+    image = out / 'cambridge/atrium/seq1/frame00001.png'
+    written = image.stat().st_mtime_ns
+    again = generate(out, **options)
+    assert again.cached and again.counts == manifest.counts
+    assert image.stat().st_mtime_ns == written
+
+    assert main(['--out', str(out), '--scenes', '1', '--train-frames', '2', '--test-frames',
+                 '1', '--train-sequences', '1', '--size', '40x30', '--formats',
+                 '7scenes', '--quiet']) == 0
+    assert 'rendered in' in capsys.readouterr().out
+    assert not (out / 'cambridge').exists() and not (out / 'bag').exists()
+    assert read_7scenes(out / '7scenes/atrium', 'test')[0].image_path.exists()
+    assert main(['--out', str(out), '--scenes', '1', '--train-frames', '2', '--test-frames',
+                 '1', '--train-sequences', '1', '--size', '40x30', '--formats',
+                 '7scenes', '--quiet']) == 0
+    assert 'reused cached' in capsys.readouterr().out
+
+
+def test_generate_refuses_folders_it_did_not_write_and_bad_arguments(tmp_path, capsys):
+    (tmp_path / 'cambridge').mkdir()
+    with pytest.raises(FileExistsError, match='holds no manifest.json'):
+        generate(tmp_path, num_scenes=1, train_frames=1, test_frames=1, train_sequences=1,
+                 size=(16, 12))
+    assert main(['--out', str(tmp_path), '--scenes', '1', '--train-frames', '1',
+                 '--train-sequences', '1', '--test-frames', '1', '--size', '16x12',
+                 '--quiet']) == 2
+    assert 'holds no manifest.json' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['--out', str(tmp_path), '--size', 'big'])
+    with pytest.raises(SystemExit):
+        main(['--out', str(tmp_path), '--formats', 'cambridge,hdf5'])
+    with pytest.raises(ValueError, match='at least one frame per sequence'):
+        generate(tmp_path / 'x', num_scenes=1, train_frames=1, train_sequences=2)

@@ -1,0 +1,126 @@
+"""Posed image samples shared by every dataset reader.
+
+Every reader returns poses as ``T_scene_cam`` (camera optical frame -> scene frame, see
+docs/ARCHITECTURE.md): ``position`` is the camera centre (3,), ``orientation`` the unit quaternion
+x, y, z, w of ``R_scene_cam`` with ``w >= 0``.
+"""
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+#: Largest accepted deviation of a file's quaternion norm from 1 (files store ~6 decimals; a
+#: larger error means wrong columns, not rounding).
+QUATERNION_NORM_TOLERANCE = 1e-2
+
+
+class DatasetError(Exception):
+    """Malformed dataset input; the message names the file and, where it applies, the line."""
+
+
+def where(path, line=None):
+    """Return ``'path'`` or ``'path:line'`` for error messages."""
+    return f'{path}:{line}' if line is not None else f'{path}'
+
+
+@dataclass(frozen=True, eq=False)
+class PoseSample:
+    """One posed image of a scene.
+
+    Attributes:
+        scene: scene name.
+        sequence: sequence name inside the scene (e.g. ``seq1``, ``seq-03``, a bag file name).
+        position: camera centre in the scene frame, metres, float64 (3,).
+        orientation: unit quaternion x, y, z, w of ``R_scene_cam`` with w >= 0, float64 (4,).
+        image_path: image file, or None when the pixels are held in ``image``.
+        image: H x W x 3 uint8 RGB pixels (bag samples), or None when read from ``image_path``.
+        stamp_ns: capture time in nanoseconds (bag samples), else None.
+        frame: camera frame id of the image (bag samples: ``header.frame_id``), else ''.
+    """
+
+    scene: str
+    sequence: str
+    position: np.ndarray
+    orientation: np.ndarray
+    image_path: Path | None = None
+    image: np.ndarray | None = None
+    stamp_ns: int | None = None
+    frame: str = ''
+
+    def matrix(self) -> np.ndarray:
+        """Return ``T_scene_cam`` as a 4 x 4 float64 homogeneous matrix."""
+        return pose_matrix(self.position, self.orientation)
+
+
+def canonical_quaternion(quat_xyzw) -> np.ndarray:
+    """Return the unit quaternion (4,) x, y, z, w equal to ``quat_xyzw`` / norm with w >= 0."""
+    quat = np.asarray(quat_xyzw, dtype=np.float64)
+    quat = quat / np.linalg.norm(quat)
+    return -quat if quat[3] < 0 else quat
+
+
+def quaternion_from_rotation(rotation: Rotation) -> np.ndarray:
+    """Return the canonical x, y, z, w quaternion (4,) of a scipy Rotation."""
+    return canonical_quaternion(rotation.as_quat())
+
+
+def pose_matrix(position, orientation_xyzw) -> np.ndarray:
+    """Return the 4 x 4 float64 matrix of a pose given as centre (3,) and xyzw quaternion (4,)."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = Rotation.from_quat(orientation_xyzw).as_matrix()
+    matrix[:3, 3] = position
+    return matrix
+
+
+def checked_quaternion(values, path, line=None) -> np.ndarray:
+    """Return ``values`` (4,) normalised; DatasetError when not finite or far from unit norm."""
+    quat = np.asarray(values, dtype=np.float64)
+    norm = float(np.linalg.norm(quat))
+    if not np.all(np.isfinite(quat)) or abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
+        raise DatasetError(
+            f'{where(path, line)}: quaternion {quat.tolist()} is not a unit quaternion '
+            f'(norm {norm:.6g})')
+    return quat / norm
+
+
+def parse_floats(tokens, path, line=None, what='value') -> np.ndarray:
+    """Parse string tokens into float64, DatasetError naming the first non-numeric token."""
+    values = []
+    for token in tokens:
+        try:
+            value = float(token)
+        except ValueError:
+            raise DatasetError(
+                f'{where(path, line)}: {what} {token!r} is not a number') from None
+        if not np.isfinite(value):
+            raise DatasetError(f'{where(path, line)}: {what} {token!r} is not finite')
+        values.append(value)
+    return np.asarray(values, dtype=np.float64)
+
+
+def require_image(path: Path, source, line=None) -> Path:
+    """Return ``path`` if it is a file, else DatasetError naming the listing file and line."""
+    if not path.is_file():
+        raise DatasetError(f'{where(source, line)}: image {path} does not exist')
+    return path
+
+
+def load_rgb(sample: PoseSample) -> np.ndarray:
+    """Return the sample's pixels as an H x W x 3 uint8 RGB array.
+
+    Bag samples return their decoded ``image``; file samples are decoded with OpenCV. A missing
+    or undecodable file raises DatasetError naming it.
+    """
+    if sample.image is not None:
+        return sample.image
+    if sample.image_path is None:
+        raise DatasetError(f'sample of scene {sample.scene!r} has neither image nor image_path')
+    path = Path(sample.image_path)
+    if not path.is_file():
+        raise DatasetError(f'{path}: image file does not exist')
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DatasetError(f'{path}: cannot decode image')
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -1,0 +1,103 @@
+"""Writers of rendered sequences in the Cambridge Landmarks and 7-Scenes layouts.
+
+Each writer takes ``RenderedFrame`` objects one at a time (``add``) and writes the listing files
+on ``close``; both layouts are exactly what ``mspr_training.data`` reads back.
+"""
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+from mspr_training.synth.sequences import SPLITS
+
+CAMBRIDGE_HEADER = 'Visual Landmark Dataset V1\nImageFile, Camera Position [X Y Z W P Q R]\n\n'
+#: 7-Scenes depth PNGs hold uint16 millimetres; 65535 marks an invalid reading.
+DEPTH_INVALID = 65535
+
+
+def write_png(path, rgb):
+    """Write an RGB uint8 image losslessly, creating folders; OSError if OpenCV fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f'{path}: OpenCV could not write the image')
+
+
+class CambridgeWriter:
+    """Writes ``<root>/<scene>/seqN/frameXXXXX.png`` and ``dataset_<split>.txt``.
+
+    Poses are written in Cambridge's convention: camera centre ``X Y Z`` and the w-first
+    quaternion ``W P Q R`` of the world-to-camera rotation ``R_scene_cam^T`` (w >= 0).
+    """
+
+    def __init__(self, root):
+        """Write under ``root`` (created when needed)."""
+        self.root = Path(root)
+        self.rows = defaultdict(list)
+
+    def add(self, frame):
+        """Write one frame's image and remember its listing row."""
+        relative = f'seq{frame.plan.number}/frame{frame.index + 1:05d}.png'
+        write_png(self.root / frame.plan.scene / relative, frame.rgb)
+        centre = frame.pose[:3, 3]
+        x, y, z, w = Rotation.from_matrix(frame.pose[:3, :3].T).as_quat()
+        if w < 0:
+            x, y, z, w = -x, -y, -z, -w
+        values = ' '.join(f'{v:.9f}' for v in (*centre, w, x, y, z))
+        self.rows[(frame.plan.scene, frame.plan.split)].append(f'{relative} {values}')
+
+    def close(self):
+        """Write the split files of every scene seen; return {scene: {split: frames}}."""
+        counts = defaultdict(dict)
+        for (scene, split), rows in sorted(self.rows.items()):
+            listing = self.root / scene / f'dataset_{split}.txt'
+            listing.write_text(CAMBRIDGE_HEADER + '\n'.join(rows) + '\n')
+            counts[scene][split] = len(rows)
+        return dict(counts)
+
+
+class SevenScenesWriter:
+    """Writes the 7-Scenes layout.
+
+    Files: ``<root>/<scene>/seq-XX/frame-XXXXXX.{color.png,depth.png,pose.txt}`` and the
+    ``TrainSplit.txt`` / ``TestSplit.txt`` files.
+
+    ``pose.txt`` is the 4 x 4 camera-to-world matrix (our ``T_scene_cam``) with 12 significant
+    digits; ``depth.png`` is uint16 millimetres along the optical axis, as in 7-Scenes.
+    """
+
+    def __init__(self, root, depth=True):
+        """Write under ``root``; ``depth`` also writes the depth images."""
+        self.root = Path(root)
+        self.depth = depth
+        self.sequences = defaultdict(set)
+        self.frames = defaultdict(int)
+
+    def add(self, frame):
+        """Write one frame's files."""
+        plan = frame.plan
+        stem = self.root / plan.scene / f'seq-{plan.number:02d}' / f'frame-{frame.index:06d}'
+        write_png(stem.with_name(stem.name + '.color.png'), frame.rgb)
+        rows = ['\t'.join(f'{v:.12e}' for v in row) for row in frame.pose]
+        stem.with_name(stem.name + '.pose.txt').write_text('\n'.join(rows) + '\n')
+        if self.depth:
+            millimetres = np.round(frame.depth * 1000.0)
+            depth = np.where((millimetres > 0) & (millimetres < DEPTH_INVALID), millimetres,
+                             DEPTH_INVALID).astype(np.uint16)
+            path = stem.with_name(stem.name + '.depth.png')
+            if not cv2.imwrite(str(path), depth):
+                raise OSError(f'{path}: OpenCV could not write the depth image')
+        self.sequences[(plan.scene, plan.split)].add(plan.number)
+        self.frames[(plan.scene, plan.split)] += 1
+
+    def close(self):
+        """Write the split files of every scene seen; return {scene: {split: frames}}."""
+        counts = defaultdict(dict)
+        for scene in sorted({scene for scene, _ in self.sequences}):
+            for split, name in zip(SPLITS, ('TrainSplit.txt', 'TestSplit.txt')):
+                numbers = sorted(self.sequences.get((scene, split), ()))
+                (self.root / scene / name).write_text(
+                    ''.join(f'sequence{number}\n' for number in numbers))
+                counts[scene][split] = self.frames.get((scene, split), 0)
+        return dict(counts)
