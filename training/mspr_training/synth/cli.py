@@ -43,6 +43,8 @@ def build_parser():
     parser.add_argument('--fov', type=float, default=65.0, help='horizontal field of view, deg')
     parser.add_argument('--seed', type=int, default=0, help='world and path seed')
     parser.add_argument('--bag-storage', choices=('mcap', 'sqlite3'), default='mcap')
+    parser.add_argument('--bag-rate', type=float, default=30.0,
+                        help='frame rate of the bag stamps, Hz (5 gives a walking pace)')
     parser.add_argument('--bag-splits', type=lambda t: tuple(t.split(',')), default=('test',),
                         help='splits recorded in the bag, comma separated (default: test)')
     parser.add_argument('--preview', action='store_true',
@@ -61,7 +63,7 @@ def main(argv=None):
             size=args.size, seed=args.seed, bag_storage=args.bag_storage,
             train_sequences=args.train_sequences, test_sequences=args.test_sequences,
             bag_splits=args.bag_splits, horizontal_fov_deg=args.fov, preview=args.preview,
-            progress=not args.quiet)
+            progress=not args.quiet, bag_rate_hz=args.bag_rate)
     except (ValueError, FileExistsError) as error:
         print(f'mspr-synth: error: {error}', file=sys.stderr)
         return 2

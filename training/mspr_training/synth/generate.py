@@ -60,8 +60,8 @@ class Manifest:
 
 def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_frames=100,
              size=(320, 240), seed=0, bag_storage='mcap', train_sequences=2, test_sequences=1,
-             bag_splits=('test',), horizontal_fov_deg=65.0, preview=False, progress=False
-             ) -> Manifest:
+             bag_splits=('test',), horizontal_fov_deg=65.0, preview=False, progress=False,
+             bag_rate_hz=30.0) -> Manifest:
     """Render the world once and write every requested format under ``out_dir``.
 
     Layout: ``out_dir/cambridge/<scene>/...``, ``out_dir/7scenes/<scene>/...``, ``out_dir/bag``
@@ -71,6 +71,8 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
     Re-generating with other parameters replaces only this tool's own outputs; a folder that
     holds them without a manifest is refused (FileExistsError) rather than overwritten.
     ``preview`` also writes ``preview.png``, a labelled contact sheet of every scene.
+    ``bag_rate_hz`` sets the bag's frame stamps (a sequence is one loop of the room, so at 30 Hz
+    the camera moves at several m/s; 5 Hz gives a walking pace).
     """
     formats = tuple(formats)
     unknown = sorted(set(formats) - set(FORMATS))
@@ -83,6 +85,7 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
         'size': list(size), 'seed': seed, 'bag_storage': bag_storage,
         'train_sequences': train_sequences, 'test_sequences': test_sequences,
         'bag_splits': sorted(bag_splits), 'horizontal_fov_deg': horizontal_fov_deg,
+        'bag_rate_hz': bag_rate_hz,
     }
     intrinsics = Intrinsics.from_fov(size[0], size[1], horizontal_fov_deg)
 
@@ -111,7 +114,7 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
         outputs['7scenes'] = OUTPUTS['7scenes']
     if 'bag' in formats:
         sinks.append((RosbagWriter(out_dir / OUTPUTS['bag'], intrinsics, storage=bag_storage,
-                                   seed=seed), tuple(bag_splits)))
+                                   rate_hz=bag_rate_hz, seed=seed), tuple(bag_splits)))
         outputs['bag'] = OUTPUTS['bag']
     write_frames(world, plans, intrinsics, sinks, progress)
     for sink, _ in sinks:
