@@ -1,0 +1,215 @@
+"""Speed of the NeurIPS 2024 fixes: inference latency and training-step cost.
+
+Compares, side by side in one run and with interleaved timings (so load changes on a shared
+machine hit both variants alike):
+
+- inference at batch 1, 224x224, for both backbones: the MS-Transformer baseline (learned
+  positional encoding) vs ours (fixed sine encoding); QKA is training-only and off here.
+  On the CPU (``--threads``, default 2) and, when available, CUDA fp32 and fp16 autocast.
+- one training step (forward, loss, backward, Adam) at batch 8 of the full paper configuration,
+  without and with the QKA loss (lambda 0.1).
+
+Both variants share every other setting (6/6 layers per branch, d 256, 8 heads), so the ratios
+isolate the fixes. Expected: inference ratio ~1.0; QKA adds at most ~10 % to a training step.
+
+Usage: ``python benchmarks/model_speed.py [--quick] [--out results.json]``
+"""
+import argparse
+from dataclasses import replace
+import json
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from mspr_ros.config import ModelConfig
+from mspr_ros.losses import MultiScenePoseCriterion, PoseLoss
+from mspr_ros.model import build_model
+
+NUM_SCENES = 7
+IMAGE_SIZE = 224
+
+
+def parse_args() -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--quick', action='store_true',
+                        help='few iterations (a smoke run; numbers are noisier)')
+    parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
+    parser.add_argument('--batch', type=int, default=8, help='training batch size (default 8)')
+    parser.add_argument('--skip-cuda', action='store_true', help='CPU only')
+    parser.add_argument('--skip-train', action='store_true', help='inference only')
+    parser.add_argument('--train-device', choices=('cpu', 'cuda'), default=None,
+                        help='device of the training-step comparison (default: cuda when '
+                             'available, else cpu)')
+    parser.add_argument('--out', default=None, help='write the results as JSON to this file')
+    return parser.parse_args()
+
+
+def synchronise(device: torch.device) -> None:
+    """Wait for queued CUDA work so wall-clock timings are complete."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(runs: dict[str, Callable[[], None]], device: torch.device,
+                        warmup: int, iterations: int) -> dict[str, dict[str, float]]:
+    """Time each callable ``iterations`` times, alternating between them.
+
+    Returns medians in ms per run name: ``wall`` (elapsed) and ``cpu`` (this process's CPU
+    time over all threads; on a shared machine it is far less disturbed by other processes).
+    """
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    samples: dict[str, dict[str, list[float]]] = {name: {'wall': [], 'cpu': []}
+                                                  for name in runs}
+    for _ in range(iterations):
+        for name, run in runs.items():
+            synchronise(device)
+            wall, cpu = time.perf_counter(), time.process_time()
+            run()
+            synchronise(device)
+            samples[name]['wall'].append(1e3 * (time.perf_counter() - wall))
+            samples[name]['cpu'].append(1e3 * (time.process_time() - cpu))
+    return {name: {clock: statistics.median(values) for clock, values in clocks.items()}
+            for name, clocks in samples.items()}
+
+
+def paper_config(backbone: str, position_encoding: str) -> ModelConfig:
+    """Return the full paper configuration (weights irrelevant for timing: random init)."""
+    return ModelConfig(num_scenes=NUM_SCENES, backbone=backbone, backbone_weights=None,
+                       position_encoding=position_encoding)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Return the number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def inference_comparison(backbone: str, device: torch.device, fp16: bool, warmup: int,
+                         iterations: int) -> dict:
+    """Return baseline vs ours forward latency (batch 1) and parameter counts."""
+    models = {name: build_model(paper_config(backbone, pe)).to(device).eval()
+              for name, pe in (('baseline_learned_pe', 'learned'), ('ours_sine_pe', 'sine'))}
+    image = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+
+    def forward(model: torch.nn.Module) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.float16,
+                                                        enabled=fp16):
+                model(image)
+        return run
+
+    medians = interleaved_medians({name: forward(m) for name, m in models.items()}, device,
+                                  warmup, iterations)
+    row = {
+        'backbone': backbone, 'device': str(device), 'precision': 'fp16' if fp16 else 'fp32',
+        'latency_ms': medians,
+        'ratio_ours_over_baseline': {
+            clock: medians['ours_sine_pe'][clock] / medians['baseline_learned_pe'][clock]
+            for clock in ('wall', 'cpu')},
+        'parameters': {name: parameter_count(m) for name, m in models.items()},
+    }
+    print_inference_row(row)
+    return row
+
+
+def training_comparison(device: torch.device, batch: int, warmup: int,
+                        iterations: int) -> dict:
+    """Return the median training-step time without and with the QKA loss."""
+    torch.manual_seed(0)
+    images = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    targets = {'position': torch.randn(batch, 3, device=device),
+               'orientation': torch.randn(batch, 4, device=device),
+               'scene': torch.randint(0, NUM_SCENES, (batch,), device=device)}
+    cfg = paper_config('efficientnet_b0', 'sine')
+
+    def step_function(lambda_aux: float) -> Callable[[], None]:
+        model = build_model(replace(cfg)).to(device).train()
+        criterion = MultiScenePoseCriterion(PoseLoss.from_preset('7scenes'),
+                                            lambda_aux=lambda_aux).to(device)
+        optimizer = torch.optim.Adam([*model.parameters(), *criterion.parameters()], lr=1e-4,
+                                     eps=1e-10, weight_decay=1e-4)
+
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            outputs = model(images, scene=targets['scene'], need_qka=lambda_aux > 0)
+            criterion(outputs, targets)['loss'].backward()
+            optimizer.step()
+        return run
+
+    medians = interleaved_medians({'without_qka': step_function(0.0),
+                                   'with_qka': step_function(0.1)}, device, warmup, iterations)
+    return {'device': str(device), 'batch': batch, 'config': cfg.to_dict(),
+            'step_ms': medians,
+            'qka_overhead': {clock: medians['with_qka'][clock] / medians['without_qka'][clock]
+                             - 1.0 for clock in ('wall', 'cpu')}}
+
+
+INFERENCE_HEADER = (f"{'backbone':<20}{'device':<8}{'prec':<6}{'clock':<6}{'baseline':>10}"
+                    f"{'ours':>10}{'ratio':>8}{'params base':>14}{'params ours':>14}")
+
+
+def print_inference_row(row: dict) -> None:
+    """Print one inference comparison (wall and CPU-time lines) as soon as it is measured."""
+    latency, params = row['latency_ms'], row['parameters']
+    for clock in ('wall', 'cpu'):
+        print(f"{row['backbone']:<20}{row['device']:<8}{row['precision']:<6}{clock:<6}"
+              f"{latency['baseline_learned_pe'][clock]:>10.1f}"
+              f"{latency['ours_sine_pe'][clock]:>10.1f}"
+              f"{row['ratio_ours_over_baseline'][clock]:>8.3f}"
+              f"{params['baseline_learned_pe']:>14,}{params['ours_sine_pe']:>14,}", flush=True)
+
+
+def print_training(training: dict) -> None:
+    """Print the training-step comparison."""
+    print(f"\nTraining step, batch {training['batch']}, paper config, {training['device']} "
+          '(median ms)')
+    for clock in ('wall', 'cpu'):
+        step = training['step_ms']
+        print(f"{clock:<5} without QKA {step['without_qka'][clock]:>10.1f}   with QKA "
+              f"{step['with_qka'][clock]:>10.1f}   QKA overhead "
+              f"{100 * training['qka_overhead'][clock]:+.1f} %", flush=True)
+
+
+def main() -> None:
+    """Run the benchmark and print/write its results."""
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    # Random-init B0 activations underflow to denormal floats, which the CPU handles ~10x
+    # slower; trained weights do not do this, so flushing keeps timings representative.
+    torch.set_flush_denormal(True)
+    cuda = torch.cuda.is_available() and not args.skip_cuda
+    inference_iterations, inference_warmup = (5, 2) if args.quick else (30, 5)
+    train_iterations, train_warmup = (2, 1) if args.quick else (10, 2)
+    results: dict = {'torch': torch.__version__, 'cpu_threads': args.threads,
+                     'platform': platform.platform(), 'quick': args.quick,
+                     'cuda_device': torch.cuda.get_device_name() if cuda else None,
+                     'inference': []}
+    print(f"torch {results['torch']}, CPU threads {args.threads}, "
+          f"{'quick' if args.quick else 'full'} run")
+    print('\nInference, batch 1, 224x224 (median ms; cpu = process CPU time, all threads)')
+    print(INFERENCE_HEADER)
+    settings = [(torch.device('cpu'), False)]
+    if cuda:
+        settings += [(torch.device('cuda'), False), (torch.device('cuda'), True)]
+    for device, fp16 in settings:
+        for backbone in ('efficientnet_b0', 'efficientnet_lite0'):
+            results['inference'].append(inference_comparison(
+                backbone, device, fp16, inference_warmup, inference_iterations))
+    if not args.skip_train:
+        train_device = torch.device(args.train_device or ('cuda' if cuda else 'cpu'))
+        results['training'] = training_comparison(train_device, args.batch, train_warmup,
+                                                  train_iterations)
+        print_training(results['training'])
+    if args.out:
+        with open(args.out, 'w', encoding='utf-8') as handle:
+            json.dump(results, handle, indent=2)
+        print(f'\nwrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,353 @@
+"""The deployment weights bundle: one ``.safetensors`` file that carries its own metadata.
+
+The file holds the model state dict and, under the safetensors header metadata key
+``mspr_bundle``, a JSON document::
+
+    format_version   1
+    model_config     ModelConfig.to_dict()
+    scene_names      scene names in index order
+    preprocessing    {resize, crop, mean, std}
+    scene_alignment  {scene: {translation [3], rotation_xyzw [4], scale}}  (T_map_scene)
+    covariance       {scene: 6 x 6 nested list}  (x y z roll pitch yaw; m^2 and rad^2)
+    provenance       free-form JSON object
+
+Loading never unpickles anything; every problem raises :class:`BundleError` naming the file.
+"""
+from dataclasses import asdict, dataclass, field, replace
+import functools
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+import uuid
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from mspr_ros.config import ModelConfig
+from mspr_ros.geometry import SceneAlignment
+from mspr_ros.model import build_model, MSTransformer
+from mspr_ros.preprocess import PreprocessingConfig
+
+FORMAT_VERSION = 1
+METADATA_KEY = 'mspr_bundle'
+DEFAULT_POSITION_VARIANCE = 1.0  # m^2
+DEFAULT_ORIENTATION_VARIANCE = math.radians(10.0) ** 2  # rad^2
+_HEADER_LENGTH_BYTES = 8
+
+
+class BundleError(Exception):
+    """A weights bundle is missing, unreadable or inconsistent; the message names the file."""
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: metadata plus the CPU state dict of the model."""
+
+    config: ModelConfig
+    scene_names: list[str]
+    preprocessing: PreprocessingConfig
+    scene_alignment: dict[str, SceneAlignment]
+    covariance: dict[str, np.ndarray]
+    provenance: dict[str, Any]
+    state_dict: dict[str, torch.Tensor] = field(repr=False)
+    path: Path | None = None
+    sha256: str = ''
+
+
+def _finite_floats(values: Any, length: int, name: str) -> tuple[float, ...]:
+    """Return ``values`` as a tuple of ``length`` finite floats or raise ValueError."""
+    try:
+        floats = tuple(float(v) for v in values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'{name} must be {length} numbers, got {values!r}') from error
+    if len(floats) != length or not all(math.isfinite(v) for v in floats):
+        raise ValueError(f'{name} must be {length} finite numbers, got {values!r}')
+    return floats
+
+
+def default_covariance() -> np.ndarray:
+    """Return the uncalibrated 6x6 covariance: 1 m^2 position, (10 deg)^2 orientation."""
+    return np.diag([DEFAULT_POSITION_VARIANCE] * 3 + [DEFAULT_ORIENTATION_VARIANCE] * 3)
+
+
+def _check_covariance(value: Any, scene: str) -> np.ndarray:
+    """Return ``value`` as a symmetric positive semi-definite 6x6 float64 array."""
+    try:
+        matrix = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'covariance of scene {scene!r} is not numeric') from error
+    if matrix.shape != (6, 6) or not np.isfinite(matrix).all():
+        raise ValueError(f'covariance of scene {scene!r} must be a finite 6x6 matrix, '
+                         f'got shape {matrix.shape}')
+    if not np.allclose(matrix, matrix.T, rtol=1e-9, atol=1e-12):
+        raise ValueError(f'covariance of scene {scene!r} is not symmetric')
+    if np.linalg.eigvalsh(matrix).min() < -1e-9 * max(1.0, np.abs(matrix).max()):
+        raise ValueError(f'covariance of scene {scene!r} is not positive semi-definite')
+    return matrix
+
+
+def _check_scene_names(scene_names: Any, config: ModelConfig) -> list[str]:
+    """Return the names as a list; they must be unique non-empty strings, one per scene."""
+    if isinstance(scene_names, str) or not isinstance(scene_names, Sequence):
+        raise ValueError(f'scene_names must be a list of strings, got {scene_names!r}')
+    names = list(scene_names)
+    if not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f'scene_names must be non-empty strings, got {names!r}')
+    if len(set(names)) != len(names):
+        raise ValueError(f'scene_names must be unique, got {names!r}')
+    if len(names) != config.num_scenes:
+        raise ValueError(f'{len(names)} scene names {names} but model_config.num_scenes is '
+                         f'{config.num_scenes}')
+    return names
+
+
+def _per_scene(values: Mapping[str, Any] | None, names: list[str], what: str,
+               convert, default) -> dict:
+    """Return ``{scene: convert(value)}`` for every scene, defaults where absent."""
+    values = {} if values is None else values
+    if not isinstance(values, Mapping):
+        raise ValueError(f'{what} must map scene names to values, got {type(values).__name__}')
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f'{what} names unknown scenes {unknown}; scenes are {names}')
+    return {name: convert(values[name], name) if name in values else default()
+            for name in names}
+
+
+def _to_alignment(value: Any, scene: str) -> SceneAlignment:
+    """Accept a SceneAlignment or its dict form for ``scene``.
+
+    The stored quaternion must already be unit length: a non-unit one in a file means the writer
+    was wrong, so it is refused rather than silently normalised.
+    """
+    if isinstance(value, SceneAlignment):
+        return value
+    try:
+        rotation = _finite_floats(value['rotation_xyzw'], 4, 'rotation_xyzw') \
+            if isinstance(value, Mapping) and 'rotation_xyzw' in value else None
+        if rotation is not None and abs(math.sqrt(sum(v * v for v in rotation)) - 1.0) > 1e-6:
+            raise ValueError(f'rotation_xyzw must be a unit quaternion, got {rotation}')
+        return SceneAlignment.from_dict(value, context=f'scene_alignment of scene {scene!r}')
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'scene_alignment of scene {scene!r}: {error}') from error
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_shapes(config_json: str) -> dict[str, tuple[int, ...]]:
+    """Return the state-dict shapes of the model a config describes (built on 'meta')."""
+    cfg = replace(ModelConfig.from_dict(json.loads(config_json)), backbone_weights=None)
+    with torch.device('meta'):
+        model = build_model(cfg)
+    return {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+
+
+def _check_tensors(tensors: Mapping[str, torch.Tensor], config: ModelConfig) -> None:
+    """Raise ValueError unless the tensor names and shapes are those of ``config``'s model."""
+    expected = _expected_shapes(json.dumps(config.to_dict(), sort_keys=True))
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f'tensors do not match model_config: {len(missing)} missing '
+                         f'(e.g. {missing[:3]}), {len(unexpected)} unexpected '
+                         f'(e.g. {unexpected[:3]})')
+    for key, shape in expected.items():
+        if tuple(tensors[key].shape) != shape:
+            raise ValueError(f'tensor {key} has shape {tuple(tensors[key].shape)} but '
+                             f'model_config needs {shape}')
+
+
+def save_bundle(path: str | os.PathLike, model: nn.Module, config: ModelConfig,
+                scene_names: Sequence[str], *,
+                preprocessing: PreprocessingConfig | Mapping[str, Any] | None = None,
+                scene_alignment: Mapping[str, SceneAlignment | Mapping] | None = None,
+                covariance: Mapping[str, Any] | None = None,
+                provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write ``model`` and its metadata atomically to ``path`` (a ``.safetensors`` file).
+
+    Scenes missing from ``scene_alignment``/``covariance`` get the identity alignment and
+    :func:`default_covariance`. Returns the path written.
+
+    Raises:
+        ValueError: inconsistent metadata, or a model that does not match ``config``.
+    """
+    path = Path(path)
+    names = _check_scene_names(scene_names, config)
+    if preprocessing is None:
+        preprocessing = PreprocessingConfig()
+    elif not isinstance(preprocessing, PreprocessingConfig):
+        preprocessing = PreprocessingConfig.from_dict(preprocessing)
+    alignments = _per_scene(scene_alignment, names, 'scene_alignment', _to_alignment,
+                            SceneAlignment.identity)
+    covariances = _per_scene(covariance, names, 'covariance', _check_covariance,
+                             default_covariance)
+    tensors = {k: v.detach().to('cpu').contiguous() for k, v in model.state_dict().items()}
+    _check_tensors(tensors, config)
+    document = {
+        'format_version': FORMAT_VERSION,
+        'model_config': config.to_dict(),
+        'scene_names': names,
+        'preprocessing': preprocessing.to_dict(),
+        'scene_alignment': {n: a.to_dict() for n, a in alignments.items()},
+        'covariance': {n: c.tolist() for n, c in covariances.items()},
+        'provenance': dict(provenance or {}),
+    }
+    try:
+        metadata = {METADATA_KEY: json.dumps(document, allow_nan=False)}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'bundle metadata is not JSON-serialisable: {error}') from error
+    payload = safetensors.torch.save(tensors, metadata=metadata)
+    # Write beside the target and rename, so readers never see a half-written bundle.
+    # open(..., 'xb') (unlike mkstemp) gives the file the usual umask-based permissions.
+    tmp_path = path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp')
+    try:
+        with open(tmp_path, 'xb') as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_file(path: Path) -> bytes:
+    """Return the file's bytes or raise BundleError for missing files and directories."""
+    if path.is_dir():
+        raise BundleError(f'{path}: is a directory, expected a .safetensors bundle file')
+    if not path.exists():
+        raise BundleError(f'{path}: no such bundle file')
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise BundleError(f'{path}: cannot read bundle: {error}') from error
+
+
+def _parse_header(data: bytes, path: Path) -> dict[str, Any]:
+    """Validate the safetensors framing of ``data`` and return its JSON header."""
+    if data[:2] == b'PK':
+        raise BundleError(f'{path}: is a zip archive (e.g. a torch.save checkpoint), not a '
+                          'safetensors bundle; it was not unpickled')
+    if data[:1] == b'\x80':
+        raise BundleError(f'{path}: is a Python pickle, not a safetensors bundle; it was not '
+                          'unpickled')
+    if len(data) < _HEADER_LENGTH_BYTES:
+        raise BundleError(f'{path}: only {len(data)} bytes: truncated or not a safetensors file')
+    header_length = int.from_bytes(data[:_HEADER_LENGTH_BYTES], 'little')
+    if header_length > len(data) - _HEADER_LENGTH_BYTES:
+        raise BundleError(f'{path}: header length {header_length} exceeds the file size '
+                          f'{len(data)}: truncated or not a safetensors file')
+    raw_header = data[_HEADER_LENGTH_BYTES:_HEADER_LENGTH_BYTES + header_length]
+    try:
+        header = json.loads(raw_header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f'{path}: safetensors header is not valid JSON ({error}): corrupt '
+                          'or not a safetensors file') from error
+    if not isinstance(header, dict):
+        raise BundleError(f'{path}: safetensors header is not a JSON object')
+    data_end = 0
+    for name, entry in header.items():
+        if name == '__metadata__':
+            continue
+        try:
+            data_end = max(data_end, int(entry['data_offsets'][1]))
+        except (TypeError, KeyError, IndexError, ValueError) as error:
+            raise BundleError(f'{path}: header entry {name!r} has no valid data_offsets') \
+                from error
+    available = len(data) - _HEADER_LENGTH_BYTES - header_length
+    if data_end > available:
+        raise BundleError(f'{path}: truncated: tensor data needs {data_end} bytes after the '
+                          f'header but only {available} are present')
+    return header
+
+
+def _parse_document(header: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """Return the ``mspr_bundle`` JSON document stored in the header metadata."""
+    metadata = header.get('__metadata__') or {}
+    if METADATA_KEY not in metadata:
+        raise BundleError(f"{path}: safetensors file has no '{METADATA_KEY}' metadata; it is "
+                          'not an mspr_ros weights bundle')
+    try:
+        document = json.loads(metadata[METADATA_KEY])
+    except (TypeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{path}: '{METADATA_KEY}' metadata is not valid JSON: {error}") \
+            from error
+    if not isinstance(document, dict):
+        raise BundleError(f"{path}: '{METADATA_KEY}' metadata is not a JSON object")
+    version = document.get('format_version')
+    if version != FORMAT_VERSION:
+        raise BundleError(f'{path}: unsupported bundle format_version {version!r} (this '
+                          f'mspr_ros reads version {FORMAT_VERSION})')
+    required = ('model_config', 'scene_names', 'preprocessing', 'scene_alignment', 'covariance',
+                'provenance')
+    missing = [key for key in required if key not in document]
+    if missing:
+        raise BundleError(f'{path}: bundle metadata lacks {missing}')
+    return document
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Read and validate a bundle; tensors are loaded onto the CPU.
+
+    Raises:
+        BundleError: for a missing file, a directory, a truncated or non-safetensors file
+            (pickles are never unpickled), corrupt or missing metadata, an unknown format
+            version, a scene count that does not match the config, or tensors that do not
+            match the config.
+    """
+    path = Path(path)
+    data = _read_file(path)
+    header = _parse_header(data, path)
+    document = _parse_document(header, path)
+    try:
+        config = ModelConfig.from_dict(document['model_config'])
+        names = _check_scene_names(document['scene_names'], config)
+        preprocessing = PreprocessingConfig.from_dict(document['preprocessing'])
+        alignments = _per_scene(document['scene_alignment'], names, 'scene_alignment',
+                                _to_alignment, SceneAlignment.identity)
+        covariances = _per_scene(document['covariance'], names, 'covariance',
+                                 _check_covariance, default_covariance)
+        if not isinstance(document['provenance'], dict):
+            raise ValueError('provenance must be a JSON object')
+    except (TypeError, ValueError) as error:
+        raise BundleError(f'{path}: invalid bundle metadata: {error}') from error
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as error:  # safetensors raises its own error type for corrupt payloads
+        raise BundleError(f'{path}: cannot decode tensors: {error}') from error
+    try:
+        _check_tensors(tensors, config)
+    except ValueError as error:
+        raise BundleError(f'{path}: {error}') from error
+    return Bundle(config=config, scene_names=names, preprocessing=preprocessing,
+                  scene_alignment=alignments, covariance=covariances,
+                  provenance=document['provenance'], state_dict=tensors, path=path,
+                  sha256=hashlib.sha256(data).hexdigest())
+
+
+def build_model_from_bundle(bundle: Bundle) -> MSTransformer:
+    """Return the bundle's model in eval mode (strict load; no ImageNet weights are read)."""
+    model = build_model(replace(bundle.config, backbone_weights=None))
+    try:
+        model.load_state_dict(bundle.state_dict, strict=True)
+    except RuntimeError as error:
+        raise BundleError(f'{bundle.path}: tensors do not fit the model: {error}') from error
+    return model.eval()
+
+
+def bundle_metadata(bundle: Bundle) -> dict[str, Any]:
+    """Return the bundle's metadata in its JSON form (for logs, diagnostics and tests)."""
+    return {
+        'format_version': FORMAT_VERSION,
+        'model_config': asdict(bundle.config),
+        'scene_names': list(bundle.scene_names),
+        'preprocessing': bundle.preprocessing.to_dict(),
+        'scene_alignment': {n: a.to_dict() for n, a in bundle.scene_alignment.items()},
+        'covariance': {n: c.tolist() for n, c in bundle.covariance.items()},
+        'provenance': bundle.provenance,
+    }

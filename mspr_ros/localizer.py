@@ -1,0 +1,181 @@
+"""Single-image and batched relocalisation from a weights bundle (ROS-free)."""
+from dataclasses import dataclass
+import logging
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from mspr_ros.bundle import Bundle, build_model_from_bundle, load_bundle
+from mspr_ros.device import resolve_device
+from mspr_ros.preprocess import preprocess_batch, validate_rgb_image
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalizationResult:
+    """Pose of one image in its predicted scene (arrays are read-only float64).
+
+    Attributes:
+        scene_name: predicted scene (the bundle's name for ``scene_index``).
+        scene_index: index of the predicted scene.
+        scene_confidence: softmax probability of the predicted scene.
+        scene_probabilities: ``(S,)`` probabilities of all scenes.
+        position: ``(3,)`` camera centre in the scene frame, metres.
+        orientation: ``(4,)`` unit quaternion x, y, z, w of ``R_scene_cam`` with ``w >= 0``.
+        covariance: ``(6, 6)`` calibrated covariance of the predicted scene
+            (x y z roll pitch yaw; m^2, rad^2).
+    """
+
+    scene_name: str
+    scene_index: int
+    scene_confidence: float
+    scene_probabilities: np.ndarray
+    position: np.ndarray
+    orientation: np.ndarray
+    covariance: np.ndarray
+
+
+@dataclass(frozen=True)
+class LocalizerTimings:
+    """Wall-clock durations of the last localize call, milliseconds."""
+
+    preprocess_ms: float
+    inference_ms: float
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """Return a float64 copy that cannot be modified (results are shared values)."""
+    array = np.array(array, dtype=np.float64)
+    array.setflags(write=False)
+    return array
+
+
+def canonical_unit_quaternion(quaternion_xyzw: np.ndarray) -> np.ndarray:
+    """Normalise an xyzw quaternion and flip its sign so that ``w >= 0``.
+
+    Raises:
+        ValueError: for a non-finite or zero-length quaternion.
+    """
+    q = np.asarray(quaternion_xyzw, dtype=np.float64)
+    norm = float(np.linalg.norm(q))
+    if not np.isfinite(q).all() or norm < 1e-12:
+        raise ValueError(f'the model produced a degenerate orientation {q.tolist()}')
+    q = q / norm
+    return -q if q[3] < 0 else q
+
+
+class Localizer:
+    """Load a bundle once, then regress scene and pose for RGB images.
+
+    ``timings`` holds the :class:`LocalizerTimings` of the last localize call.
+    """
+
+    def __init__(self, bundle: Bundle, device: str = 'auto', fp16: bool = False) -> None:
+        """Build the bundle's model on ``device`` ('auto', 'cpu', 'cuda', 'cuda:N').
+
+        ``fp16`` enables float16 autocast; it is only honoured on CUDA (warning on the CPU).
+        """
+        self._bundle = bundle
+        self._device = resolve_device(device)
+        self._fp16 = bool(fp16) and self._device.type == 'cuda'
+        if fp16 and not self._fp16:
+            LOGGER.warning('fp16 inference needs CUDA; running in float32 on %s', self._device)
+        self._model = build_model_from_bundle(bundle).to(self._device).eval()
+        self._covariances = [bundle.covariance[name] for name in bundle.scene_names]
+        self.timings = LocalizerTimings(preprocess_ms=0.0, inference_ms=0.0)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, device: str = 'auto',
+                  fp16: bool = False) -> 'Localizer':
+        """Load the bundle at ``path`` (raises BundleError) and build a localizer."""
+        return cls(load_bundle(path), device=device, fp16=fp16)
+
+    @property
+    def scene_names(self) -> list[str]:
+        """Scene names in index order."""
+        return list(self._bundle.scene_names)
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model runs on."""
+        return self._device
+
+    @property
+    def bundle(self) -> Bundle:
+        """The loaded bundle (metadata and CPU tensors)."""
+        return self._bundle
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model in eval mode (for diagnostics)."""
+        return self._model
+
+    def warmup(self, n: int = 2) -> None:
+        """Run ``n`` forward passes on a grey image so later calls have steady latency."""
+        size = self._bundle.preprocessing.resize
+        grey = np.full((size, size, 3), 128, dtype=np.uint8)
+        for _ in range(n):
+            self.localize(grey)
+
+    def localize(self, rgb: np.ndarray) -> LocalizationResult:
+        """Localise one ``H x W x 3`` uint8 RGB image of any size.
+
+        Raises:
+            ValueError: the image is not a non-empty H x W x 3 uint8 array.
+        """
+        validate_rgb_image(rgb)
+        return self.localize_batch([rgb], batch_size=1)[0]
+
+    def localize_batch(self, images: Sequence[np.ndarray],
+                       batch_size: int = 16) -> list[LocalizationResult]:
+        """Localise several images (each ``H x W x 3`` uint8 RGB), ``batch_size`` at a time."""
+        if batch_size < 1:
+            raise ValueError(f'batch_size must be positive, got {batch_size}')
+        for index, rgb in enumerate(images):
+            validate_rgb_image(rgb, name=f'image {index}')
+        results: list[LocalizationResult] = []
+        preprocess_s = inference_s = 0.0
+        for start in range(0, len(images), batch_size):
+            started = time.perf_counter()
+            batch = preprocess_batch(images[start:start + batch_size], self._bundle.preprocessing)
+            preprocessed = time.perf_counter()
+            scenes, log_probs, positions, orientations = self._infer(batch)
+            inferred = time.perf_counter()
+            preprocess_s += preprocessed - started
+            inference_s += inferred - preprocessed
+            results.extend(self._result(int(s), lp, p, q)
+                           for s, lp, p, q in zip(scenes, log_probs, positions, orientations))
+        self.timings = LocalizerTimings(preprocess_ms=1e3 * preprocess_s,
+                                        inference_ms=1e3 * inference_s)
+        return results
+
+    def _infer(self, batch: torch.Tensor) -> tuple[np.ndarray, ...]:
+        """Run the model on a ``B x 3 x H x W`` batch.
+
+        Returns:
+            ``(scene B, scene_log_probs B x S, position B x 3, orientation B x 4)`` as numpy.
+        """
+        with torch.inference_mode(), torch.autocast(device_type=self._device.type,
+                                                    dtype=torch.float16, enabled=self._fp16):
+            outputs = self._model(batch.to(self._device, non_blocking=True))
+        scenes = outputs['scene'].cpu().numpy()
+        return (scenes, *(outputs[key].float().cpu().numpy().astype(np.float64)
+                          for key in ('scene_log_probs', 'position', 'orientation')))
+
+    def _result(self, index: int, log_probs: np.ndarray, position: np.ndarray,
+                orientation: np.ndarray) -> LocalizationResult:
+        """Assemble the result of one image from its model outputs (``index``: its scene)."""
+        probabilities = np.exp(log_probs)
+        return LocalizationResult(
+            scene_name=self._bundle.scene_names[index],
+            scene_index=index,
+            scene_confidence=float(probabilities[index]),
+            scene_probabilities=_read_only(probabilities),
+            position=_read_only(position),
+            orientation=_read_only(canonical_unit_quaternion(orientation)),
+            covariance=_read_only(self._covariances[index]),
+        )
