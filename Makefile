@@ -7,7 +7,8 @@ VENV   := $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 DEPS   := requirements/lock.txt setup.py training/setup.py tools/setup_venv.sh \
-          $(wildcard tools/wheel_ros/tf2_msgs/*/*) tools/wheel_ros/tf2_msgs/CMakeLists.txt
+          $(wildcard tools/wheel_ros/tf2_msgs/*/*) tools/wheel_ros/tf2_msgs/CMakeLists.txt \
+          $(wildcard launch/* config/* rviz/*)
 
 # The ROS 2 wheels need no sourcing; these make the ros2 CLI find our package (as colcon would) and
 # let large images cross Fast DDS (without LARGE_DATA best-effort 640x480@30 Hz loses nearly every frame).

@@ -85,7 +85,13 @@ for exe in localizer; do
 done
 touch "$venv/share/ament_index/resource_index/packages/mspr_ros"
 ln -sf "$root/package.xml" "$venv/share/mspr_ros/package.xml"
+# One link per file, as `colcon build --symlink-install` lays it out: ros2launch searches the share
+# folder with os.walk, which does not descend into linked directories.
 for d in launch config rviz; do
-  [ -d "$root/$d" ] && ln -sfn "$root/$d" "$venv/share/mspr_ros/$d"
+  rm -rf "$venv/share/mspr_ros/$d"
+  mkdir -p "$venv/share/mspr_ros/$d"
+  for f in "$root/$d"/*; do
+    [ -f "$f" ] && ln -sf "$f" "$venv/share/mspr_ros/$d/$(basename "$f")"
+  done
 done
 step "ready: $venv"

@@ -1,0 +1,103 @@
+"""Launch the mspr_ros localizer (and optionally RViz).
+
+Example::
+
+    ros2 launch mspr_ros localize.launch.py weights:=/path/model.safetensors namespace:=robot \
+        image_topic:=/camera/color/image_raw rviz:=true
+
+Arguments left empty (``weights``, ``device``) keep the value of ``params_file``.
+``FASTDDS_BUILTIN_TRANSPORTS`` is set to ``LARGE_DATA`` unless already set: with Fast DDS's default
+transports a best-effort 640x480 stream at 30 Hz loses nearly every frame.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory, PackageNotFoundError
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEnvironmentVariable
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = 'mspr_ros'
+TRUE_WORDS = ('true', '1', 'yes', 'on')
+
+
+def _share(*parts):
+    return os.path.join(get_package_share_directory(PACKAGE), *parts)
+
+
+def _as_bool(text):
+    return text.strip().lower() in TRUE_WORDS
+
+
+def parameter_overrides(value):
+    """Typed parameters the launch arguments set on top of ``params_file``.
+
+    Empty ``weights``/``device`` are left out so that the parameter file decides.
+    """
+    overrides = {'use_sim_time': _as_bool(value['use_sim_time']),
+                 'autostart': _as_bool(value['autostart'])}
+    for name in ('weights', 'device'):
+        if value[name]:
+            overrides[name] = value[name]
+    return overrides
+
+
+def image_remappings(image_topic):
+    """Remap the raw input and its image_transport-style compressed sibling."""
+    return [('image', image_topic), ('image/compressed', image_topic + '/compressed')]
+
+
+def _launch_setup(context):
+    """Build the nodes from the evaluated arguments."""
+    value = {name: LaunchConfiguration(name).perform(context)
+             for name in ('params_file', 'weights', 'device', 'use_sim_time', 'namespace',
+                          'image_topic', 'autostart', 'rviz', 'log_level')}
+    overrides = parameter_overrides(value)
+    image_topic = value['image_topic']
+    actions = [Node(
+        package=PACKAGE, executable='localizer', name='mspr_localizer',
+        namespace=value['namespace'], output='screen',
+        parameters=[value['params_file'], overrides], remappings=image_remappings(image_topic),
+        arguments=['--ros-args', '--log-level', value['log_level']])]
+    if _as_bool(value['rviz']):
+        try:
+            get_package_share_directory('rviz2')
+        except PackageNotFoundError:
+            actions.append(LogInfo(msg='rviz:=true but rviz2 is not installed; not starting it'))
+        else:
+            # Same namespace and image remap as the localizer: the config's topics are relative.
+            actions.append(Node(
+                package='rviz2', executable='rviz2', name='rviz2', output='screen',
+                namespace=value['namespace'], remappings=[('image', image_topic)],
+                arguments=['-d', _share('rviz', 'mspr_ros.rviz')],
+                parameters=[{'use_sim_time': overrides['use_sim_time']}]))
+    return actions
+
+
+def generate_launch_description():
+    """Declare the arguments, the transport setting and the nodes."""
+    arguments = [
+        DeclareLaunchArgument('params_file', default_value=_share('config', 'mspr_ros.yaml'),
+                              description='YAML file with the mspr_localizer parameters'),
+        DeclareLaunchArgument('weights', default_value='',
+                              description='weights bundle (.safetensors); empty: params_file'),
+        DeclareLaunchArgument('device', default_value='',
+                              description='auto, cpu, cuda or cuda:N; empty: from params_file'),
+        DeclareLaunchArgument('use_sim_time', default_value='false',
+                              description='use /clock (bag replay with --clock)'),
+        DeclareLaunchArgument('namespace', default_value='', description='node namespace'),
+        DeclareLaunchArgument('image_topic', default_value='image',
+                              description='camera image topic (remap of image)'),
+        DeclareLaunchArgument('autostart', default_value='true',
+                              description='configure and activate at start-up'),
+        DeclareLaunchArgument('rviz', default_value='false',
+                              description='start RViz with rviz/mspr_ros.rviz'),
+        DeclareLaunchArgument('log_level', default_value='info',
+                              description='debug, info, warn, error or fatal'),
+    ]
+    return LaunchDescription(arguments + [
+        SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS',
+                               EnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS',
+                                                   default_value='LARGE_DATA')),
+        OpaqueFunction(function=_launch_setup),
+    ])

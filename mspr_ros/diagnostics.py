@@ -1,0 +1,237 @@
+"""Runtime statistics of the localizer and their ``/diagnostics`` report.
+
+``LocalizationStats`` is thread-safe and ROS-free: the image callback, the inference worker and
+the diagnostics timer all touch it. ``build_status`` turns a ``StatsSnapshot`` into one
+``diagnostic_msgs/DiagnosticStatus`` (diagnostic_updater is not available as a wheel, so the
+array is written directly, like rtabmap's and cuVSLAM's status).
+"""
+from collections import Counter, deque
+from dataclasses import dataclass, field
+import threading
+import time
+from typing import Deque, Dict, List, Optional, Tuple
+
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+STAGES = ('decode', 'preprocess', 'inference', 'publish', 'total')
+# Always listed (with zeros) so that dashboards see stable keys.
+REJECT_REASONS = ('stale', 'low_confidence', 'scene_not_allowed', 'jump_translation',
+                  'jump_rotation', 'tf_unavailable', 'bad_image', 'non_finite',
+                  'inference_error')
+RATE_WINDOW_S = 5.0
+LATENCY_WINDOW = 100
+# A pose accepted within this many seconds counts as "localized".
+LOCALIZED_TIMEOUT_S = 5.0
+# No image for this long while active is a WARN (AMCL's laser check uses a similar delay).
+NO_IMAGE_WARN_S = 5.0
+
+
+class RateMeter:
+    """Events per second over a sliding window of ``window_s`` seconds (monotonic clock)."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S):
+        """Count events of the last ``window_s`` seconds."""
+        self._window_s = window_s
+        self._times: Deque[float] = deque()
+
+    def tick(self, now: float) -> None:
+        """Record one event at monotonic time ``now`` (s)."""
+        self._times.append(now)
+        self._trim(now)
+
+    def rate(self, now: float) -> float:
+        """Events per second in the window ending at ``now``."""
+        self._trim(now)
+        return len(self._times) / self._window_s
+
+    def _trim(self, now: float) -> None:
+        while self._times and self._times[0] < now - self._window_s:
+            self._times.popleft()
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Mean and maximum of the recent samples of one stage (ms); count of samples."""
+
+    mean_ms: float
+    max_ms: float
+    count: int
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """A consistent copy of ``LocalizationStats`` for reporting."""
+
+    received: int
+    processed: int
+    published: int
+    superseded: int
+    input_rate_hz: float
+    output_rate_hz: float
+    latency: Dict[str, LatencySummary]
+    rejected: Dict[str, int]
+    scene: str
+    scene_confidence: float
+    localized: bool
+    last_image_age_s: Optional[float]
+    last_reject_reason: str
+
+
+@dataclass
+class NodeInfo:
+    """Static facts reported with every status (set at configure)."""
+
+    node_name: str
+    lifecycle_state: str = 'unconfigured'
+    input_topic: str = ''
+    device: str = ''
+    weights: str = ''
+    weights_sha256: str = ''
+    scenes: Tuple[str, ...] = ()
+    extra: Dict[str, str] = field(default_factory=dict)
+
+
+class LocalizationStats:
+    """Counters, rates and per-stage latencies, safe to update from several threads."""
+
+    def __init__(self, clock=time.monotonic):
+        """Start empty; ``clock`` returns seconds (monotonic)."""
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (at configure)."""
+        with self._lock:
+            self._received = 0
+            self._processed = 0
+            self._published = 0
+            self._superseded = 0
+            self._input_rate = RateMeter()
+            self._output_rate = RateMeter()
+            self._latency: Dict[str, Deque[float]] = {
+                stage: deque(maxlen=LATENCY_WINDOW) for stage in STAGES}
+            self._rejected: Counter = Counter()
+            self._scene = ''
+            self._scene_confidence = float('nan')
+            self._last_image_time: Optional[float] = None
+            self._last_accept_time: Optional[float] = None
+            self._last_reject_reason = ''
+
+    def image_received(self, superseded_unprocessed: bool) -> None:
+        """Count one incoming image; ``superseded_unprocessed`` if it replaced a waiting one."""
+        now = self._clock()
+        with self._lock:
+            self._received += 1
+            self._superseded += int(superseded_unprocessed)
+            self._input_rate.tick(now)
+            self._last_image_time = now
+
+    def frame_processed(self) -> None:
+        """Count one frame taken by the inference worker."""
+        with self._lock:
+            self._processed += 1
+
+    def stage_time(self, stage: str, milliseconds: float) -> None:
+        """Record the duration of one pipeline stage (one of ``STAGES``)."""
+        with self._lock:
+            self._latency[stage].append(float(milliseconds))
+
+    def rejected(self, reason: str) -> None:
+        """Count a frame that produced no pose, by reason."""
+        with self._lock:
+            self._rejected[reason] += 1
+            self._last_reject_reason = reason
+
+    def scene_seen(self, scene: str, confidence: float) -> None:
+        """Remember the latest classified scene and its probability."""
+        with self._lock:
+            self._scene = scene
+            self._scene_confidence = float(confidence)
+
+    def pose_published(self) -> None:
+        """Count one published pose (the node is localized)."""
+        now = self._clock()
+        with self._lock:
+            self._published += 1
+            self._output_rate.tick(now)
+            self._last_accept_time = now
+
+    def seconds_since_image(self) -> Optional[float]:
+        """Monotonic seconds since the last image arrived, None if none ever did."""
+        with self._lock:
+            if self._last_image_time is None:
+                return None
+            return self._clock() - self._last_image_time
+
+    def snapshot(self) -> StatsSnapshot:
+        """Copy everything under the lock."""
+        now = self._clock()
+        with self._lock:
+            latency = {}
+            for stage, samples in self._latency.items():
+                values = list(samples)
+                latency[stage] = LatencySummary(
+                    mean_ms=sum(values) / len(values) if values else 0.0,
+                    max_ms=max(values) if values else 0.0, count=len(values))
+            rejected = {reason: self._rejected.get(reason, 0) for reason in REJECT_REASONS}
+            rejected.update(self._rejected)
+            localized = (self._last_accept_time is not None
+                         and now - self._last_accept_time <= LOCALIZED_TIMEOUT_S)
+            return StatsSnapshot(
+                received=self._received, processed=self._processed,
+                published=self._published, superseded=self._superseded,
+                input_rate_hz=self._input_rate.rate(now),
+                output_rate_hz=self._output_rate.rate(now), latency=latency,
+                rejected=rejected, scene=self._scene, scene_confidence=self._scene_confidence,
+                localized=localized,
+                last_image_age_s=(None if self._last_image_time is None
+                                  else now - self._last_image_time),
+                last_reject_reason=self._last_reject_reason)
+
+
+def status_level(info: NodeInfo, stats: StatsSnapshot) -> Tuple[bytes, str]:
+    """Level and one-line message: ERROR when not localized, WARN when degraded, else OK."""
+    if info.lifecycle_state != 'active':
+        return DiagnosticStatus.WARN, f'{info.lifecycle_state}: not processing images'
+    if stats.last_image_age_s is None or stats.last_image_age_s > NO_IMAGE_WARN_S:
+        waited = ('never' if stats.last_image_age_s is None
+                  else f'not for {stats.last_image_age_s:.1f} s')
+        return DiagnosticStatus.WARN, f'no image received on {info.input_topic} ({waited})'
+    if not stats.localized:
+        why = f' (last rejection: {stats.last_reject_reason})' if stats.last_reject_reason else ''
+        return DiagnosticStatus.ERROR, 'not localized' + why
+    return DiagnosticStatus.OK, f'localized in {stats.scene}'
+
+
+def build_status(info: NodeInfo, stats: StatsSnapshot) -> DiagnosticStatus:
+    """One ``DiagnosticStatus`` named ``<node>: localization`` with all key-values."""
+    level, message = status_level(info, stats)
+    values: List[Tuple[str, str]] = [
+        ('lifecycle state', info.lifecycle_state),
+        ('localized', 'yes' if stats.localized else 'no'),
+        ('input topic', info.input_topic),
+        ('input rate (Hz)', f'{stats.input_rate_hz:.2f}'),
+        ('output rate (Hz)', f'{stats.output_rate_hz:.2f}'),
+        ('last image age (s)', ('never' if stats.last_image_age_s is None
+                                else f'{stats.last_image_age_s:.3f}')),
+        ('device', info.device),
+        ('weights', info.weights),
+        ('weights sha256', info.weights_sha256),
+        ('scenes', ', '.join(info.scenes)),
+        ('scene', stats.scene),
+        ('scene confidence', f'{stats.scene_confidence:.3f}'),
+        ('frames received', str(stats.received)),
+        ('frames processed', str(stats.processed)),
+        ('poses published', str(stats.published)),
+        ('frames superseded', str(stats.superseded)),
+    ]
+    for stage in STAGES:
+        summary = stats.latency[stage]
+        values.append((f'{stage} latency mean (ms)', f'{summary.mean_ms:.2f}'))
+        values.append((f'{stage} latency max (ms)', f'{summary.max_ms:.2f}'))
+    values.extend((f'rejected {reason}', str(count)) for reason, count in stats.rejected.items())
+    values.extend(info.extra.items())
+    return DiagnosticStatus(
+        level=level, name=f'{info.node_name}: localization', message=message,
+        hardware_id=info.device, values=[KeyValue(key=k, value=v) for k, v in values])

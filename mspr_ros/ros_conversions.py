@@ -1,0 +1,196 @@
+"""Conversions between ROS messages and the ROS-free core types.
+
+Time is carried as integer nanoseconds, transforms as ``mspr_ros.geometry.Transform``, images
+as ``H x W x 3`` uint8 RGB arrays. Raw images go through ROS 2's ``cv_bridge`` when it is
+installed and works (a full ROS install), otherwise through ``mspr_ros.image_conversion``;
+compressed images always use the core decoder because it refuses oversized images from the
+header, before decoding a single pixel.
+"""
+from typing import Optional, Tuple
+
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose, PoseStamped, PoseWithCovarianceStamped
+from geometry_msgs.msg import Transform as TransformMsg
+from geometry_msgs.msg import TransformStamped
+from nav_msgs.msg import Odometry
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
+
+from mspr_ros.covariance import flatten_row_major
+from mspr_ros.geometry import Transform
+from mspr_ros.image_conversion import decode_compressed, encode_compressed, image_to_rgb
+from mspr_ros.image_conversion import ImageConversionError, rgb_to_image_fields
+
+NANOSECONDS_PER_SECOND = 1_000_000_000
+
+
+def stamp_to_ns(stamp: Time) -> int:
+    """Return a ``builtin_interfaces/Time`` as integer nanoseconds."""
+    return int(stamp.sec) * NANOSECONDS_PER_SECOND + int(stamp.nanosec)
+
+
+def ns_to_stamp(nanoseconds: int) -> Time:
+    """Return integer nanoseconds (>= 0) as a ``builtin_interfaces/Time``."""
+    seconds, nanos = divmod(int(nanoseconds), NANOSECONDS_PER_SECOND)
+    return Time(sec=seconds, nanosec=nanos)
+
+
+def transform_from_msg(msg: TransformMsg) -> Transform:
+    """Return a ``geometry_msgs/Transform`` as a core ``Transform`` (T_parent_child)."""
+    t, q = msg.translation, msg.rotation
+    return Transform.from_xyz_quat([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
+
+
+def transform_to_msg(transform: Transform, parent: str, child: str,
+                     stamp_ns: int) -> TransformStamped:
+    """Return ``T_parent_child`` as a ``TransformStamped`` (header.frame_id = parent, w >= 0)."""
+    transform = transform.canonical()
+    msg = TransformStamped()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = parent
+    msg.child_frame_id = child
+    x, y, z = (float(v) for v in transform.translation)
+    msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = x, y, z
+    qx, qy, qz, qw = (float(v) for v in transform.rotation)
+    rotation = msg.transform.rotation
+    rotation.x, rotation.y, rotation.z, rotation.w = qx, qy, qz, qw
+    return msg
+
+
+def pose_to_msg(transform: Transform) -> Pose:
+    """Return ``T_frame_body`` as the ``geometry_msgs/Pose`` of the body in the frame (w >= 0)."""
+    transform = transform.canonical()
+    pose = Pose()
+    pose.position.x, pose.position.y, pose.position.z = (float(v) for v in transform.translation)
+    q = pose.orientation
+    q.x, q.y, q.z, q.w = (float(v) for v in transform.rotation)
+    return pose
+
+
+def pose_from_msg(pose: Pose) -> Transform:
+    """Inverse of ``pose_to_msg``; raises ValueError on a zero or non-finite quaternion."""
+    p, q = pose.position, pose.orientation
+    return Transform.from_xyz_quat([p.x, p.y, p.z], [q.x, q.y, q.z, q.w])
+
+
+def pose_stamped(transform: Transform, frame_id: str, stamp_ns: int) -> PoseStamped:
+    """Return a ``PoseStamped`` of ``transform`` in ``frame_id``."""
+    msg = PoseStamped()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.pose = pose_to_msg(transform)
+    return msg
+
+
+def pose_with_covariance_stamped(transform: Transform, covariance: np.ndarray, frame_id: str,
+                                 stamp_ns: int) -> PoseWithCovarianceStamped:
+    """Return a ``PoseWithCovarianceStamped``; ``covariance`` is (6, 6), ROS order."""
+    msg = PoseWithCovarianceStamped()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.pose.pose = pose_to_msg(transform)
+    msg.pose.covariance = flatten_row_major(covariance)
+    return msg
+
+
+def covariance_from_msg(msg: PoseWithCovarianceStamped) -> np.ndarray:
+    """Return the (6, 6) covariance of a ``PoseWithCovarianceStamped``."""
+    return np.asarray(msg.pose.covariance, dtype=np.float64).reshape(6, 6)
+
+
+def odometry_transform(msg: Odometry) -> Tuple[str, str, int, Transform]:
+    """Return ``(parent, child, stamp_ns, T_parent_child)`` of a ``nav_msgs/Odometry``."""
+    return (msg.header.frame_id, msg.child_frame_id, stamp_to_ns(msg.header.stamp),
+            pose_from_msg(msg.pose.pose))
+
+
+def _load_cv_bridge():
+    """Return a working ROS 2 ``CvBridge`` or None.
+
+    PyPI's ``cv-bridge`` is the ROS 1 package and breaks with numpy 2, so a successful import is
+    not enough: the bridge must convert a small image exactly like the core converter.
+    """
+    try:
+        from cv_bridge import CvBridge
+    except ImportError:
+        return None
+    try:
+        bridge = CvBridge()
+        probe = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+        msg = rgb_to_image_msg(probe, 'bgr8', 0, 'probe')
+        if not np.array_equal(np.asarray(bridge.imgmsg_to_cv2(msg, 'rgb8')), probe):
+            return None
+    except Exception:  # noqa: BLE001 - any failure means "do not use it"
+        return None
+    return bridge
+
+
+def rgb_to_image_msg(rgb: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Image:
+    """Return an ``H x W x 3`` uint8 RGB array as a ``sensor_msgs/Image`` in ``encoding``."""
+    fields = rgb_to_image_fields(rgb, encoding)
+    msg = Image()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(fields.height), int(fields.width)
+    msg.encoding = fields.encoding
+    msg.is_bigendian = 0
+    msg.step = int(fields.step)
+    msg.data = bytes(fields.data)
+    return msg
+
+
+def rgb_to_compressed_msg(rgb: np.ndarray, fmt: str, stamp_ns: int,
+                          frame_id: str) -> CompressedImage:
+    """Return an RGB array as a ``sensor_msgs/CompressedImage`` (``fmt`` 'jpeg' or 'png')."""
+    msg = CompressedImage()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id = frame_id
+    msg.format = fmt
+    msg.data = bytes(encode_compressed(rgb, fmt))
+    return msg
+
+
+class ImageDecoder:
+    """Turn ``Image`` / ``CompressedImage`` messages into ``H x W x 3`` uint8 RGB arrays.
+
+    Every failure raises ``ImageConversionError`` whose message says what is wrong with the
+    message (size, step, encoding, corrupt data).
+    """
+
+    def __init__(self, max_pixels: int, use_cv_bridge: Optional[bool] = None):
+        """Use cv_bridge when ``use_cv_bridge`` is None and it works, never when False."""
+        self.max_pixels = int(max_pixels)
+        self._bridge = None if use_cv_bridge is False else _load_cv_bridge()
+        if use_cv_bridge and self._bridge is None:
+            raise ImportError('cv_bridge was requested but is not installed or does not work')
+
+    @property
+    def backend(self) -> str:
+        """'cv_bridge' or 'mspr_ros.image_conversion'."""
+        return 'cv_bridge' if self._bridge is not None else 'mspr_ros.image_conversion'
+
+    def raw(self, msg: Image) -> np.ndarray:
+        """Convert a ``sensor_msgs/Image``; the pixel limit is checked before any copy."""
+        if self._bridge is None:
+            return image_to_rgb(msg.height, msg.width, msg.encoding, msg.step, msg.data,
+                                is_bigendian=bool(msg.is_bigendian), max_pixels=self.max_pixels)
+        height, width = int(msg.height), int(msg.width)
+        if height * width > self.max_pixels:
+            raise ImageConversionError(
+                f'image of {width}x{height} pixels exceeds max_image_pixels {self.max_pixels}')
+        if height == 0 or width == 0:
+            raise ImageConversionError(f'empty image ({width}x{height})')
+        try:
+            rgb = np.ascontiguousarray(self._bridge.imgmsg_to_cv2(msg, 'rgb8'))
+        except Exception as error:  # noqa: BLE001 - CvBridgeError, TypeError, cv2.error alike
+            raise ImageConversionError(
+                f'cv_bridge could not convert the {msg.encoding} image: {error}') from error
+        if rgb.shape != (height, width, 3) or rgb.dtype != np.uint8:
+            raise ImageConversionError(
+                f'cv_bridge returned {rgb.shape} {rgb.dtype} for a {width}x{height} '
+                f'{msg.encoding} image')
+        return rgb
+
+    def compressed(self, msg: CompressedImage) -> np.ndarray:
+        """Convert a ``sensor_msgs/CompressedImage`` (JPEG or PNG)."""
+        return decode_compressed(msg.data, max_pixels=self.max_pixels)

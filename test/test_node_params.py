@@ -1,0 +1,141 @@
+"""Parameter declaration and validation over real DDS.
+
+- A node started with an unavailable device and bad frame names fails configure with one error
+  that lists every problem, and stays unconfigured.
+- Runtime ``set_parameters`` requests are refused with a reason when they break a range,
+  a read-only flag or the frame chain; valid ones are accepted.
+- Descriptors (read-only, ranges, descriptions) are visible through ``describe_parameters``.
+- An out-of-range override at start-up stops the process with a message naming the parameter.
+"""
+from lifecycle_msgs.msg import Transition
+import pytest
+from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.srv import DescribeParameters
+
+from mspr_ros.node_params import NodeParams, PARAM_NAMES, PARAM_SPECS
+from mspr_ros.node_params import parse_scene_alignment, ParameterValidationError
+from ros_harness import domain_id, NodeProcess, RosClient, stop_all
+
+pytestmark = pytest.mark.ros
+NAME = 'params_node'
+FQN = f'/{NAME}'
+
+
+@pytest.fixture(scope='module')
+def system(tiny_bundle_path, tmp_path_factory):
+    """A node with invalid parameters, one with an out-of-range override, and a client."""
+    tmp = tmp_path_factory.mktemp('params')
+    domain = domain_id(4)
+    bad = NodeProcess(domain, tmp / 'bad.log', name=NAME, params={
+        'weights': str(tiny_bundle_path), 'device': 'cuda:7', 'base_frame_id': 'odom',
+        'camera_frame_id': '/camera'})
+    out_of_range = NodeProcess(domain, tmp / 'range.log', name='range_node',
+                               params={'weights': str(tiny_bundle_path), 'max_rate': -1.0})
+    client = RosClient(domain)
+    try:
+        yield bad, out_of_range, client
+    finally:
+        client.close()
+        stop_all([bad, out_of_range])
+
+
+def test_configure_fails_listing_every_invalid_parameter(system):
+    bad, _, client = system
+    error = bad.wait_for_output(r'\[ERROR\].*configure failed: (.*)').group(1)
+    assert "'cuda:7'" in error and 'CUDA is not available' in error
+    assert "global_frame_id" not in error
+    assert "odom_frame_id and base_frame_id are both 'odom'" in error
+    assert "camera_frame_id '/camera' is not a valid tf2 frame id" in error
+    assert client.get_state(FQN) == 'unconfigured'
+
+
+def test_runtime_changes_are_validated(system):
+    bad, _, client = system
+    bad.wait_for_output('configure failed')
+    refused = {
+        'max_rate': -1.0,                 # descriptor range
+        'min_scene_confidence': 1.5,      # descriptor range
+        'weights': '/elsewhere.safetensors',  # read-only
+        'global_frame_id': '',            # frame validation
+        'covariance.mode': 'bogus',       # enumeration
+        'camera_to_base': [0.0, 1.0],     # length
+    }
+    for name, value in refused.items():
+        result = client.set_parameters(FQN, {name: value})[0]
+        assert not result.successful, f'{name}={value!r} was accepted'
+        assert result.reason, f'{name}: no reason given'
+    reasons = {name: client.set_parameters(FQN, {name: value})[0].reason
+               for name, value in refused.items()}
+    assert 'global_frame_id is empty' in reasons['global_frame_id']
+    assert 'bogus' in reasons['covariance.mode']
+    assert 'read-only' in reasons['weights'] or 'read only' in reasons['weights']
+
+    accepted = client.set_parameters(FQN, {'max_rate': 5.0, 'base_frame_id': 'base_link',
+                                           'camera_frame_id': 'camera_optical'})
+    assert all(result.successful for result in accepted), [r.reason for r in accepted]
+    values = client.get_parameters(FQN, ['max_rate', 'base_frame_id'])
+    assert values[0].double_value == 5.0 and values[1].string_value == 'base_link'
+
+    # Frames fixed: configuring again fails for the device alone.
+    assert not client.change_state(FQN, Transition.TRANSITION_CONFIGURE)
+    errors = [line for line in bad.output().splitlines() if 'configure failed' in line]
+    assert len(errors) == 2 and 'cuda:7' in errors[1] and 'frame' not in errors[1]
+    assert client.get_state(FQN) == 'unconfigured'
+
+
+def test_descriptors_document_every_parameter(system):
+    _, _, client = system
+    request = DescribeParameters.Request(names=list(PARAM_NAMES))
+    response = client.call(DescribeParameters, f'{FQN}/describe_parameters', request)
+    descriptors = {d.name: d for d in response.descriptors}
+    assert set(descriptors) == set(PARAM_NAMES)
+    assert all(d.description for d in descriptors.values())
+    for name in ('weights', 'device', 'image_transport', 'image_qos', 'autostart'):
+        assert descriptors[name].read_only, name
+    for name in ('min_scene_confidence', 'max_jump_translation', 'tf_broadcast'):
+        assert not descriptors[name].read_only, name
+    for name in ('max_rate', 'max_image_age', 'transform_tolerance', 'transform_timeout'):
+        (limits,) = descriptors[name].floating_point_range
+        assert limits.from_value == 0.0 and limits.to_value > 0.0, name
+    assert descriptors['max_image_pixels'].integer_range[0].from_value == 1
+    assert descriptors['allowed_scenes'].type == ParameterType.PARAMETER_STRING_ARRAY
+
+
+def test_out_of_range_override_stops_the_process_with_a_clear_message(system):
+    _, out_of_range, _ = system
+    out_of_range.process.wait(60)
+    assert out_of_range.process.returncode != 0
+    output = out_of_range.output()
+    assert 'invalid parameter' in output and 'max_rate' in output
+    assert 'Traceback' not in output
+
+
+def _defaults():
+    return {spec.name: spec.default for spec in PARAM_SPECS} | {'weights': '/w.safetensors'}
+
+
+def test_validation_reports_every_problem_with_the_parameters_involved():
+    values = _defaults() | {'global_frame_id': '', 'odom_frame_id': 'base_link',
+                            'image_qos': 'fast', 'camera_to_base': [0.0] * 5}
+    with pytest.raises(ParameterValidationError) as caught:
+        NodeParams.from_values(values)
+    problems = caught.value.problems
+    assert {p.names for p in problems} == {
+        ('global_frame_id',), ('odom_frame_id', 'base_frame_id'), ('image_qos',),
+        ('camera_to_base',)}
+    assert caught.value.involving({'image_qos'})[0].text.startswith("image_qos 'fast'")
+    params = NodeParams.from_values(_defaults() | {'odom_frame_id': ''})
+    assert params.odom_frame_id == '' and params.covariance.mode == 'calibrated'
+
+
+@pytest.mark.parametrize('value, problem', [
+    ([0.0] * 7, '8 finite numbers'), ([0, 0, 0, 0, 0, 0, 0, 1.0], 'non-zero'),
+    ([0, 0, 0, 0, 0, 0, 1.0, -2.0], 'scale positive'),
+    ([0, 0, float('nan'), 0, 0, 0, 1.0, 1.0], '8 finite numbers')])
+def test_scene_alignment_parameter_is_validated(value, problem):
+    with pytest.raises(ParameterValidationError, match=problem) as caught:
+        parse_scene_alignment('atrium', value)
+    assert 'scenes.atrium.map_from_scene' in str(caught.value)
+    parsed = parse_scene_alignment('atrium', [1, 2, 3, 0, 0, 0, 2.0, 1.5])
+    assert parsed == {'translation': [1.0, 2.0, 3.0], 'rotation_xyzw': [0.0, 0.0, 0.0, 1.0],
+                      'scale': 1.5}
