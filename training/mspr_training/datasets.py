@@ -1,0 +1,176 @@
+"""Build the posed-image datasets that a config's ``data`` section describes.
+
+Formats (``data.format``): ``cambridge`` (one folder per scene with ``dataset_<split>.txt``),
+``7scenes`` (one folder per scene with ``TrainSplit.txt``/``TestSplit.txt``), ``label_csv``
+(MS-Transformer label files, ``data.label_files[split]``) and ``rosbag``
+(``data.bags[split]``; a bag's scene is its parent folder's name unless ``data.scene_topic``
+names a ``std_msgs/String`` scene topic). Scene indices are the sorted scene names (as
+MS-Transformer's ``np.unique``) unless an explicit order is given (a bundle's).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mspr_training.config import DataConfig
+from mspr_training.data import (
+    DatasetError, MultiSceneDataset, PoseSample, read_7scenes, read_cambridge, read_label_csv,
+    read_rosbag)
+
+# The file that marks a folder as a scene of the split, per format.
+_SCENE_MARKERS = {
+    'cambridge': lambda split: f'dataset_{split}.txt',
+    '7scenes': lambda split: {'train': 'TrainSplit.txt', 'test': 'TestSplit.txt'}.get(
+        split, f'{split}Split.txt'),
+}
+
+
+def resolve_split(data: DataConfig, split: str) -> str:
+    """Return the dataset split a command-line split name means ('val' -> data.val_split)."""
+    return data.val_split if split == 'val' else split
+
+
+def data_root(data: DataConfig, override: str | Path | None = None) -> Path:
+    """Return the dataset root (``override`` wins over ``data.root``).
+
+    Raises:
+        DatasetError: no root given, or it is not a folder.
+    """
+    root = override if override is not None else data.root
+    if root is None:
+        raise DatasetError('no dataset root: set data.root in the config or pass --data-root')
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f'{root}: dataset root is not a folder')
+    return root
+
+
+def _scene_folders(data: DataConfig, root: Path, split: str) -> list[Path]:
+    """Return the scene folders of a folder-per-scene dataset."""
+    marker = _SCENE_MARKERS[data.format](split)
+    if data.scenes is not None:
+        folders = [root / name for name in data.scenes]
+        for folder in folders:
+            if not (folder / marker).is_file():
+                raise DatasetError(f'{folder / marker}: scene {folder.name!r} named in '
+                                   f'data.scenes has no {data.format} {split} split file')
+        return folders
+    folders = sorted(path.parent for path in root.glob(f'*/{marker}'))
+    if not folders:
+        raise DatasetError(f'{root}: no scene folder holds {marker} (format {data.format}, '
+                           f'split {split})')
+    return folders
+
+
+def _group(samples: Sequence[PoseSample], scenes: Sequence[str] | None, source: str
+           ) -> dict[str, list[PoseSample]]:
+    """Group samples by scene, keeping only ``scenes`` (all when None)."""
+    grouped: dict[str, list[PoseSample]] = {}
+    for sample in samples:
+        if scenes is None or sample.scene in scenes:
+            grouped.setdefault(sample.scene, []).append(sample)
+    if scenes is not None:
+        missing = [name for name in scenes if name not in grouped]
+        if missing:
+            raise DatasetError(f'{source}: no samples of the scenes {missing} named in '
+                               'data.scenes')
+    if not grouped:
+        raise DatasetError(f'{source}: no samples')
+    return grouped
+
+
+def read_split(data: DataConfig, split: str, root: str | Path | None = None
+               ) -> dict[str, list[PoseSample]]:
+    """Read one split of the dataset; returns ``{scene name: samples}``.
+
+    Args:
+        data: the config's data section.
+        split: split name ('val' means ``data.val_split``).
+        root: dataset root overriding ``data.root``.
+
+    Raises:
+        DatasetError: missing root, scenes or files, or malformed input (from the readers,
+            naming the file and line).
+    """
+    split = resolve_split(data, split)
+    root = data_root(data, root)
+    if data.format == 'cambridge':
+        return {folder.name: read_cambridge(folder, split)
+                for folder in _scene_folders(data, root, split)}
+    if data.format == '7scenes':
+        return {folder.name: read_7scenes(folder, split)
+                for folder in _scene_folders(data, root, split)}
+    if data.format == 'label_csv':
+        if split not in data.label_files:
+            raise DatasetError(f'data.label_files has no entry for split {split!r} '
+                               f'(has {sorted(data.label_files)})')
+        csv_path = root / data.label_files[split]
+        samples = read_label_csv(csv_path, root, rotation=data.rotation)
+        return _group(samples, data.scenes, str(csv_path))
+    if data.format == 'rosbag':
+        if split not in data.bags or not data.bags[split]:
+            raise DatasetError(f'data.bags has no bags for split {split!r} '
+                               f'(has {sorted(data.bags)})')
+        samples = []
+        for bag in data.bags[split]:
+            bag_path = root / bag
+            samples.extend(read_rosbag(bag_path, data.image_topic, pose_topic=data.pose_topic,
+                                       scene=bag_path.resolve().parent.name,
+                                       scene_topic=data.scene_topic))
+        return _group(samples, data.scenes, f'data.bags[{split}]')
+    raise DatasetError(f'unknown data.format {data.format!r}')
+
+
+def build_dataset(samples_by_scene: dict[str, list[PoseSample]],
+                  scene_names: Sequence[str] | None = None) -> MultiSceneDataset:
+    """Return the dataset of raw images (transforms are applied by the caller).
+
+    Raises:
+        DatasetError: a scene with samples that is not in ``scene_names``.
+    """
+    try:
+        return MultiSceneDataset(samples_by_scene, transform=None, scene_names=scene_names)
+    except ValueError as error:
+        raise DatasetError(str(error)) from error
+
+
+def sample_identity(sample: PoseSample, root: Path | None) -> str:
+    """Return a stable name of a sample's image: its path relative to ``root``, or bag@stamp."""
+    if sample.image_path is not None:
+        path = Path(sample.image_path)
+        if root is not None:
+            try:
+                return path.resolve().relative_to(Path(root).resolve()).as_posix()
+            except ValueError:
+                pass
+        return path.as_posix()
+    return f'{sample.scene}/{sample.sequence}@{sample.stamp_ns}'
+
+
+def data_fingerprint(samples: Sequence[PoseSample], root: Path | None) -> str:
+    """Return the sha256 over the sorted ``(image relative path, pose)`` of ``samples``.
+
+    Poses are written with 6 decimals (micrometres, 1e-6 of a quaternion), so the fingerprint
+    identifies the training set independently of its order or where the root is mounted.
+    """
+    rows = []
+    for sample in samples:
+        pose = np.concatenate([sample.position, sample.orientation])
+        rows.append(sample_identity(sample, root) + ' '
+                    + ' '.join(f'{value:.6f}' for value in pose))
+    digest = hashlib.sha256()
+    for row in sorted(rows):
+        digest.update(row.encode())
+        digest.update(b'\n')
+    return digest.hexdigest()
+
+
+def training_poses(samples_by_scene: dict[str, list[PoseSample]]
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Return ``{scene: (positions N x 3, orientations N x 4)}`` for the naive baseline."""
+    return {scene: (np.array([s.position for s in samples]).reshape(-1, 3),
+                    np.array([s.orientation for s in samples]).reshape(-1, 4))
+            for scene, samples in samples_by_scene.items()}

@@ -1,0 +1,275 @@
+"""``mspr-export``: turn a training checkpoint into the deployment weights bundle.
+
+    mspr-export --run RUN_DIR --out model.safetensors [--calibration-split val]
+    mspr-export --checkpoint RUN_DIR/checkpoint_000012000.pt --out model.safetensors
+
+The bundle (``mspr_ros.bundle.save_bundle``) carries the model, its scene names, the
+preprocessing it was trained with, a per-scene 6x6 covariance calibrated on held-out images and
+the provenance (config, git commit, training-data fingerprint, calibration metrics, time, torch
+version).
+
+Covariance calibration, per scene (see :func:`calibrate_covariance`): the model localises every
+image of the calibration split with the predicted scene, as deployed. For the images of the scene
+that were classified correctly, the error vector is ``[p_gt - p_est, rotvec(R_gt R_est^T)]``:
+metres, then radians about the scene frame's fixed axes (x, y, z: the ROS covariance order of
+``mspr_ros.covariance``). The covariance is the second moment ``mean(e e^T)`` (not centred:
+a systematic bias is part of the error a filter sees), plus a floor on the diagonal
+(``position_floor_m^2``, ``orientation_floor_rad^2``) so that a scene the network fits perfectly
+never claims zero uncertainty. Misclassified images are left out (their pose is in another
+scene's frame; the node inflates the covariance by the scene confidence instead) and counted in
+the provenance. A scene with fewer than ``min_samples`` usable images gets the pooled second
+moment of all scenes (also recorded).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, replace
+import datetime
+import logging
+import math
+from pathlib import Path
+import subprocess
+import sys
+from typing import Any, Sequence
+
+from mspr_ros.bundle import save_bundle
+from mspr_ros.device import resolve_device
+from mspr_ros.model import build_model, MSTransformer
+import numpy as np
+from scipy.spatial.transform import Rotation
+import torch
+from torch.utils.data import DataLoader
+
+from mspr_training import checkpoint as ckpt
+from mspr_training.config import ConfigError, TrainConfig
+from mspr_training.data import DatasetError
+from mspr_training.datasets import build_dataset, read_split, resolve_split, training_poses
+from mspr_training.engine import evaluate, Predictions
+from mspr_training.metrics import compute_metrics, MetricsReport, NaiveBaseline
+from mspr_training.transforms import eval_transform, SeededDraws
+
+LOGGER = logging.getLogger('mspr_training.export')
+DEFAULT_POSITION_FLOOR_M = 0.01
+DEFAULT_ORIENTATION_FLOOR_RAD = math.radians(0.5)
+DEFAULT_MIN_SAMPLES = 3
+EVAL_BATCH_SIZE = 32
+
+
+@dataclass
+class CovarianceCalibration:
+    """Per-scene 6x6 covariances and how they were obtained.
+
+    Attributes:
+        covariance: scene -> (6, 6) float64, order x y z rx ry rz (m^2, rad^2).
+        samples: scene -> correctly classified images used.
+        misclassified: scene -> images left out because their scene was mispredicted.
+        pooled: scenes that fell back to the pooled second moment (too few samples).
+    """
+
+    covariance: dict[str, np.ndarray]
+    samples: dict[str, int]
+    misclassified: dict[str, int]
+    pooled: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Return the JSON-ready description stored in the provenance."""
+        return {'samples': self.samples, 'misclassified': self.misclassified,
+                'pooled_scenes': self.pooled,
+                'position_stddev_m': {s: np.sqrt(np.diag(c)[:3]).tolist()
+                                      for s, c in self.covariance.items()},
+                'orientation_stddev_rad': {s: np.sqrt(np.diag(c)[3:]).tolist()
+                                           for s, c in self.covariance.items()}}
+
+
+def pose_error_vectors(gt_position: np.ndarray, gt_orientation: np.ndarray,
+                       pred_position: np.ndarray, pred_orientation: np.ndarray) -> np.ndarray:
+    """Return ``N x 6`` errors ``[p_gt - p_est, rotvec(R_gt R_est^T)]`` (m, rad).
+
+    The rotation error is the small rotation about the scene frame's fixed axes that takes the
+    estimate to the truth (``R_gt = exp(e) R_est``). Quaternions are xyzw; the estimate may be
+    unnormalised (scipy normalises).
+    """
+    rotation_error = (Rotation.from_quat(gt_orientation)
+                      * Rotation.from_quat(pred_orientation).inv()).as_rotvec()
+    return np.concatenate([np.asarray(gt_position) - np.asarray(pred_position),
+                           rotation_error], axis=1)
+
+
+def calibrate_covariance(scene_names: Sequence[str], predictions: Predictions, *,
+                         position_floor_m: float = DEFAULT_POSITION_FLOOR_M,
+                         orientation_floor_rad: float = DEFAULT_ORIENTATION_FLOOR_RAD,
+                         min_samples: int = DEFAULT_MIN_SAMPLES) -> CovarianceCalibration:
+    """Calibrate each scene's covariance from held-out predictions (see the module docstring).
+
+    Raises:
+        ValueError: no correctly classified image at all.
+    """
+    errors = pose_error_vectors(predictions.gt_position, predictions.gt_orientation,
+                                predictions.pred_position, predictions.pred_orientation)
+    correct = predictions.pred_scene == predictions.gt_scene
+    if not correct.any():
+        raise ValueError('no calibration image was assigned its true scene: the covariance '
+                         'cannot be calibrated')
+    floor = np.diag([position_floor_m ** 2] * 3 + [orientation_floor_rad ** 2] * 3)
+
+    def second_moment(rows: np.ndarray) -> np.ndarray:
+        """Return ``mean(e e^T)`` of the rows ``N x 6`` plus the floor, symmetrised."""
+        moment = rows.T @ rows / rows.shape[0] + floor
+        return 0.5 * (moment + moment.T)
+
+    pooled_moment = second_moment(errors[correct])
+    calibration = CovarianceCalibration({}, {}, {})
+    for index, name in enumerate(scene_names):
+        mask = predictions.gt_scene == index
+        usable = mask & correct
+        calibration.samples[name] = int(usable.sum())
+        calibration.misclassified[name] = int((mask & ~correct).sum())
+        if usable.sum() >= min_samples:
+            calibration.covariance[name] = second_moment(errors[usable])
+        else:
+            calibration.covariance[name] = pooled_moment
+            calibration.pooled.append(name)
+            LOGGER.warning('scene %s: %d usable calibration images (< %d); using the pooled '
+                           'covariance of all scenes', name, int(usable.sum()), min_samples)
+    return calibration
+
+
+def git_commit() -> str:
+    """Return ``git rev-parse HEAD`` of the source tree, or 'unknown'."""
+    try:
+        result = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else 'unknown'
+
+
+def model_from_checkpoint(state: dict[str, Any]) -> tuple[TrainConfig, MSTransformer]:
+    """Return the run's config and its model with the checkpoint's weights (eval mode)."""
+    cfg = TrainConfig.from_dict(state['config'], source=f'{state["path"]} (config)')
+    # The weights come from the checkpoint: never read the ImageNet file again.
+    model = build_model(replace(cfg.model, backbone_weights=None))
+    model.load_state_dict(state['model'], strict=True)
+    return cfg, model.eval()
+
+
+def predict_split(model: MSTransformer, cfg: TrainConfig, scene_names: Sequence[str],
+                  split: str, root: str | Path | None, device: torch.device,
+                  num_workers: int = 0) -> Predictions:
+    """Return the model's predictions (predicted scene) on a split, with the eval transform."""
+    samples = read_split(cfg.data, split, root)
+    unknown = sorted(set(samples) - set(scene_names))
+    if unknown:
+        raise DatasetError(f'split {split!r} has scenes {unknown} the model does not know '
+                           f'(its scenes: {list(scene_names)})')
+    dataset = build_dataset(samples, scene_names)
+    loader = DataLoader(SeededDraws(dataset, eval_transform(cfg.augmentation)),
+                        batch_size=EVAL_BATCH_SIZE, num_workers=num_workers)
+    return evaluate(model.to(device), loader, device)
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, *,
+                  calibration_split: str | None = 'val', data_root: str | Path | None = None,
+                  device: str = 'auto', position_floor_m: float = DEFAULT_POSITION_FLOOR_M,
+                  orientation_floor_rad: float = DEFAULT_ORIENTATION_FLOOR_RAD,
+                  num_workers: int = 0) -> tuple[Path, MetricsReport | None]:
+    """Write the bundle of a checkpoint (or a run folder's latest checkpoint).
+
+    Args:
+        checkpoint: checkpoint file or run folder.
+        out: bundle path (``.safetensors``).
+        calibration_split: split to calibrate the covariance on ('val' means the config's
+            ``data.val_split``); None keeps the bundle's default covariance.
+        data_root: dataset root; default: the root the run trained on, then ``data.root``.
+        device: where calibration inference runs.
+
+    Returns:
+        ``(bundle path, calibration metrics or None)``.
+    """
+    state = ckpt.load_checkpoint(checkpoint)
+    cfg, model = model_from_checkpoint(state)
+    scene_names = list(state['scene_names'])
+    root = data_root if data_root is not None else state.get('data_root') or cfg.data.root
+    provenance: dict[str, Any] = {
+        'config': cfg.to_dict(),
+        'git_commit': git_commit(),
+        'data_fingerprint': state['data_fingerprint'],
+        'checkpoint': {'path': state['path'], 'global_step': state['progress']['global_step'],
+                       'epoch': state['progress']['epoch']},
+        'exported_at': datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        'torch_version': torch.__version__,
+    }
+    covariance, report = None, None
+    if calibration_split is not None:
+        split = resolve_split(cfg.data, calibration_split)
+        predictions = predict_split(model, cfg, scene_names, split, root,
+                                    resolve_device(device), num_workers)
+        calibration = calibrate_covariance(scene_names, predictions,
+                                           position_floor_m=position_floor_m,
+                                           orientation_floor_rad=orientation_floor_rad)
+        covariance = calibration.covariance
+        baseline = NaiveBaseline.from_training_poses(
+            training_poses(read_split(cfg.data, cfg.data.train_split, root)))
+        report = compute_metrics(scene_names, predictions.gt_scene, predictions.gt_position,
+                                 predictions.gt_orientation, predictions.pred_scene,
+                                 predictions.pred_position, predictions.pred_orientation,
+                                 thresholds=cfg.validation.recall_thresholds,
+                                 baseline=baseline)
+        provenance['calibration'] = {
+            'split': split, 'position_floor_m': position_floor_m,
+            'orientation_floor_rad': orientation_floor_rad,
+            'method': 'second moment of [p_gt - p_est, rotvec(R_gt R_est^T)] over correctly '
+                      'classified images, plus the floor on the diagonal',
+            **calibration.summary()}
+        provenance['validation_metrics'] = report.to_dict()
+    path = save_bundle(out, model.cpu(), model.config, scene_names,
+                       preprocessing=cfg.augmentation.preprocessing(), covariance=covariance,
+                       provenance=provenance)
+    return path, report
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line of ``mspr-export``."""
+    parser = argparse.ArgumentParser(
+        prog='mspr-export', description='Write the deployment weights bundle of a training '
+        'checkpoint, with calibrated covariance and provenance.')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--checkpoint', help='checkpoint file')
+    source.add_argument('--run', help='run folder (its latest checkpoint)')
+    parser.add_argument('--out', required=True, help='bundle file to write (.safetensors)')
+    parser.add_argument('--calibration-split', default='val',
+                        help="split for the covariance calibration ('val' = the config's "
+                             "data.val_split; 'none' skips calibration)")
+    parser.add_argument('--data-root', help='dataset root (default: the one trained on)')
+    parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:N'")
+    parser.add_argument('--position-floor', type=float, default=DEFAULT_POSITION_FLOOR_M,
+                        help='covariance floor, metres (standard deviation)')
+    parser.add_argument('--orientation-floor-deg', type=float,
+                        default=math.degrees(DEFAULT_ORIENTATION_FLOOR_RAD),
+                        help='covariance floor, degrees (standard deviation)')
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``mspr-export``; returns the exit status."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+    split = None if args.calibration_split.lower() == 'none' else args.calibration_split
+    try:
+        path, report = export_bundle(
+            args.checkpoint or args.run, args.out, calibration_split=split,
+            data_root=args.data_root, device=args.device,
+            position_floor_m=args.position_floor,
+            orientation_floor_rad=math.radians(args.orientation_floor_deg))
+    except (ConfigError, DatasetError, ckpt.CheckpointError, ValueError) as error:
+        print(f'mspr-export: error: {error}', file=sys.stderr)
+        return 2
+    print(f'wrote {path}')
+    if report is not None:
+        print(report.to_markdown())
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
