@@ -207,3 +207,16 @@ def test_camera_paths_look_hand_held_and_stay_clear(world, seed):
         assert np.abs(np.degrees(look)).max() > 10.0                   # with look-around
     other = plan_path(world.scenes[0], 120, seed + 100)
     assert np.abs(other[:, :3, 3] - plan_path(world.scenes[0], 120, seed)[:, :3, 3]).max() > 0.3
+
+
+def test_training_sequences_cover_both_directions_of_travel(world):
+    """Alternating loop directions: every view a test sequence sees was seen in training."""
+    def turning(poses):
+        # Signed area (shoelace) of the loop's footprint: > 0 anticlockwise, < 0 clockwise.
+        x, y = poses[:, 0, 3], poses[:, 1, 3]
+        return 0.5 * float(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y))
+
+    plans = plan_sequences(world, train_frames=40, test_frames=20, train_sequences=2)
+    for scene in world.scene_names:
+        train = [p for p in plans if p.scene == scene and p.split == 'train']
+        assert sorted(np.sign(turning(p.poses)) for p in train) == [-1.0, 1.0], scene

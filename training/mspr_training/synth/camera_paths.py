@@ -43,11 +43,13 @@ class PathError(RuntimeError):
     """No collision-free loop could be found in the room."""
 
 
-def plan_path(scene, num_frames, seed, style=PathStyle(), attempts=200) -> np.ndarray:
+def plan_path(scene, num_frames, seed, style=PathStyle(), attempts=200,
+              clockwise=None) -> np.ndarray:
     """Return float64 (num_frames, 4, 4) ``T_scene_cam`` poses along one closed loop.
 
-    The loop runs around the room inside its walkway band, clockwise or anticlockwise, with a
-    random lateral offset at each waypoint; different seeds give different loops.
+    The loop runs around the room inside its walkway band, clockwise or anticlockwise
+    (``clockwise`` None: drawn at random), with a random lateral offset at each waypoint;
+    different seeds give different loops.
 
     Raises:
         PathError: no loop keeping ``style.clearance`` from walls and obstacles and turning no
@@ -57,13 +59,13 @@ def plan_path(scene, num_frames, seed, style=PathStyle(), attempts=200) -> np.nd
         raise ValueError(f'num_frames must be positive, got {num_frames}')
     rng = np.random.default_rng(seed)
     for _ in range(attempts):
-        loop = _random_loop(scene, rng, style)
+        loop = _random_loop(scene, rng, style, clockwise)
         if loop is not None:
             return _sample_poses(loop, num_frames, rng, style)
     raise PathError(f'no collision-free loop in scene {scene.name!r} after {attempts} attempts')
 
 
-def _random_loop(scene, rng, style):
+def _random_loop(scene, rng, style, clockwise=None):
     """Return a dense (DENSE_SAMPLES, 2) closed curve, or None when it fails the checks."""
     inner, outer = scene.walkway
     middle, half_width = (inner + outer) / 2, (outer - inner) / 2
@@ -84,7 +86,9 @@ def _random_loop(scene, rng, style):
     sigma = style.smoothing / (perimeter / DENSE_SAMPLES)
     dense = gaussian_filter1d(points + offsets[:, None] * normals, sigma, axis=0, mode='wrap')
     dense = np.roll(dense, int(rng.integers(DENSE_SAMPLES)), axis=0)
-    if rng.uniform() < 0.5:
+    # The draw is made even when the direction is imposed, so the rest of the loop stays the same.
+    reverse = rng.uniform() < 0.5
+    if reverse if clockwise is None else clockwise:
         dense = dense[::-1]
     if scene.clearance(dense).min() < style.clearance:
         return None

@@ -14,7 +14,7 @@ from mspr_training.synth.world import build_world
 from mspr_training.synth.writers import write_frames
 
 #: Bump when the rendered output changes, so that older caches are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FORMATS = ('cambridge', '7scenes', 'bag')
 OUTPUTS = {'cambridge': 'cambridge', '7scenes': '7scenes', 'bag': 'bag'}
 MANIFEST = 'manifest.json'

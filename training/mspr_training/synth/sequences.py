@@ -59,7 +59,10 @@ def plan_sequences(world, train_frames=300, test_frames=100, train_sequences=2,
     """Return the plans of every scene: train sequences, then test sequences.
 
     ``train_frames`` and ``test_frames`` are per scene, shared out over the sequences. Each
-    sequence walks its own loop (its own seed) under its own random lighting.
+    sequence walks its own loop (its own seed) under its own random lighting. Training
+    sequences alternate between the two directions of travel, as a dataset's mapping runs cover
+    the views a robot will see; a test sequence's direction is drawn at random (a regressor
+    cannot place a view it never saw, e.g. every test frame facing the other way).
     """
     for name, frames, sequences in (('train', train_frames, train_sequences),
                                     ('test', test_frames, test_sequences)):
@@ -72,7 +75,8 @@ def plan_sequences(world, train_frames=300, test_frames=100, train_sequences=2,
                   + [('test', n) for n in split_counts(test_frames, test_sequences)])
         for number, (split, frames) in enumerate(counts, start=1):
             rng = np.random.default_rng([world.seed, scene_index, number])
-            poses = plan_path(scene, frames, rng)
+            clockwise = bool(number % 2 == 0) if split == 'train' else None
+            poses = plan_path(scene, frames, rng, clockwise=clockwise)
             plans.append(SequencePlan(scene.name, split, number, poses, Lighting.random(rng)))
     return plans
 
