@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from mspr_ros.bundle import Bundle, build_model_from_bundle, load_bundle
+from mspr_ros.bundle import build_model_from_bundle, Bundle, load_bundle
 from mspr_ros.device import resolve_device
 from mspr_ros.preprocess import preprocess_batch, validate_rgb_image
 
@@ -106,7 +106,7 @@ class Localizer:
 
     @property
     def bundle(self) -> Bundle:
-        """The loaded bundle (metadata and CPU tensors)."""
+        """The loaded bundle: metadata and CPU tensors."""
         return self._bundle
 
     @property

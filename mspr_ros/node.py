@@ -487,7 +487,7 @@ class LocalizerNode(LifecycleNode):
             f'yaw={math.degrees(T_frame_base.yaw()):.1f} deg in {params.global_frame_id}')
 
     def _is_own_seed(self, msg: PoseWithCovarianceStamped) -> bool:
-        """True for the ``initialpose`` this node published itself (seed for AMCL)."""
+        """Return True for the ``initialpose`` this node published itself (seed for AMCL)."""
         seed = self._last_seed
         return seed is not None and seed.header == msg.header and seed.pose == msg.pose
 

@@ -61,7 +61,7 @@ class ParamSpec:
     constraints: str = ''
 
     def descriptor(self) -> ParameterDescriptor:
-        """Build the rcl descriptor (ranges are inclusive, step 0 means continuous)."""
+        """Build the rcl descriptor; ranges are inclusive, step 0 means continuous."""
         descriptor = ParameterDescriptor(
             name=self.name, type=self.type, description=self.description,
             read_only=self.read_only, additional_constraints=self.constraints)

@@ -251,7 +251,7 @@ class RosClient:
             pass
 
     def now_ns(self) -> int:
-        """The client's clock (system time), nanoseconds."""
+        """Return the client's clock (system time), nanoseconds."""
         return self.node.get_clock().now().nanoseconds
 
     def subscribe(self, msg_type, topic: str, qos: Any = 10) -> Inbox:
@@ -337,7 +337,7 @@ def diagnostic_values(status) -> Dict[str, str]:
 
 
 def own_status(array_msg, node_name: str = NODE_NAME):
-    """The localizer's status in a ``DiagnosticArray`` (None when absent)."""
+    """Return the localizer's status in a ``DiagnosticArray`` (None when absent)."""
     for status in array_msg.status:
         if status.name == f'{node_name}: localization':
             return status

@@ -2,11 +2,11 @@
 import json
 from pathlib import Path
 
-from mspr_ros.geometry import Transform
-from mspr_ros.localizer import Localizer
 import numpy as np
 import pytest
 
+from mspr_ros.geometry import Transform
+from mspr_ros.localizer import Localizer
 from mspr_training.bag_eval import main
 from mspr_training.bag_live import evaluate_live, LiveOptions
 from mspr_training.bag_offline import default_params_file, evaluate_offline, GroundTruthSpec

@@ -4,13 +4,13 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from mspr_ros.geometry import SceneAlignment, Transform
-from mspr_ros.localizer import Localizer
 import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.geometry import SceneAlignment, Transform
+from mspr_ros.localizer import Localizer
 from mspr_training.bag_eval import main
 from mspr_training.bag_offline import alignment_overrides, evaluate_offline, GroundTruthSpec
 from mspr_training.bag_offline import read_node_parameters
@@ -28,7 +28,7 @@ FRAMES = 15
 
 @pytest.fixture(scope='module')
 def world_plans():
-    """The tiny bundle's three scenes, one 5-frame test sequence each."""
+    """Return the tiny bundle's three scenes, one 5-frame test sequence each."""
     world = build_world(seed=0, num_scenes=3)
     plans = plan_sequences(world, train_frames=1, test_frames=5, train_sequences=1,
                            test_sequences=1)
@@ -50,13 +50,13 @@ def mcap_bag(world_plans, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='module')
 def sqlite_bag(world_plans, tmp_path_factory) -> Path:
-    """The same recording in sqlite3 storage."""
+    """Return the same recording in sqlite3 storage."""
     return _render_bag(world_plans, tmp_path_factory.mktemp('sqlite') / 'bag', 'sqlite3')
 
 
 @pytest.fixture(scope='module')
 def localizer(tiny_bundle_path) -> Localizer:
-    """The tiny random-weights model on the CPU."""
+    """Return the tiny random-weights model on the CPU."""
     return Localizer.from_file(tiny_bundle_path, device='cpu')
 
 

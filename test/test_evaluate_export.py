@@ -5,13 +5,13 @@ import math
 from pathlib import Path
 import random
 
-from mspr_ros.bundle import load_bundle
-from mspr_ros.localizer import Localizer
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 import torch
 
+from mspr_ros.bundle import load_bundle
+from mspr_ros.localizer import Localizer
 from mspr_training import evaluate, export
 from mspr_training.checkpoint import latest_checkpoint, load_checkpoint
 from mspr_training.config import load_config

@@ -45,7 +45,7 @@ def test_fixed_pose_loss_and_presets():
 
 
 def test_criterion_total_includes_scene_nll_and_weighted_qka():
-    """loss = pose + NLL + lambda (qka_t + qka_rot); lambda 0 drops the QKA term."""
+    """Loss = pose + NLL + lambda (qka_t + qka_rot); lambda 0 drops the QKA term."""
     position, orientation, position_gt, orientation_gt = example_batch()
     log_probs = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
     outputs = {'position': position, 'orientation': orientation, 'scene_log_probs': log_probs,

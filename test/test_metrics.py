@@ -2,11 +2,11 @@
 import json
 import math
 
-from mspr_ros.geometry import pose_error, Transform
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.geometry import pose_error, Transform
 from mspr_training.metrics import (
     compute_metrics, NaiveBaseline, orientation_errors_deg, position_errors, recall,
     TimingStats)

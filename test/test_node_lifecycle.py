@@ -22,7 +22,7 @@ BASE_PARAMS = {'min_scene_confidence': 0.0, 'max_image_age': 30.0, 'odom_frame_i
 
 @pytest.fixture(scope='module')
 def nodes(tiny_bundle_path, tmp_path_factory):
-    """The managed node plus two nodes whose weights are missing or garbage, and a client."""
+    """Start the managed node plus two nodes whose weights are missing or garbage, and a client."""
     tmp = tmp_path_factory.mktemp('lifecycle')
     garbage = tmp / 'garbage.safetensors'
     garbage.write_bytes(b'this is not a safetensors file at all' * 10)

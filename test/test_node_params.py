@@ -13,7 +13,7 @@ from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import DescribeParameters
 
 from mspr_ros.node_params import NodeParams, PARAM_NAMES, PARAM_SPECS
-from mspr_ros.node_params import parse_scene_alignment, ParameterValidationError
+from mspr_ros.node_params import ParameterValidationError, parse_scene_alignment
 from ros_harness import domain_id, NodeProcess, RosClient, stop_all
 
 pytestmark = pytest.mark.ros
@@ -23,7 +23,7 @@ FQN = f'/{NAME}'
 
 @pytest.fixture(scope='module')
 def system(tiny_bundle_path, tmp_path_factory):
-    """A node with invalid parameters, one with an out-of-range override, and a client."""
+    """Start a node with invalid parameters, one with an out-of-range override, and a client."""
     tmp = tmp_path_factory.mktemp('params')
     domain = domain_id(4)
     bad = NodeProcess(domain, tmp / 'bad.log', name=NAME, params={

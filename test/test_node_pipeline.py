@@ -69,7 +69,7 @@ def tf_matrix(transform):
 
 
 def assert_same_pose(actual, expected, tol=1e-5):
-    """Translation within ``tol`` m, rotation matrix entries within ``tol``."""
+    """Assert translation within ``tol`` m, rotation matrix entries within ``tol``."""
     np.testing.assert_allclose(actual[:3, 3], expected[:3, 3], atol=tol)
     np.testing.assert_allclose(actual[:3, :3], expected[:3, :3], atol=tol)
 
@@ -80,7 +80,7 @@ T_BASE_CAM = matrix([0.2, 0.0, 0.5], Rotation.from_euler(
 
 
 def transform_msg(m, parent, child, stamp_ns):
-    """TransformStamped of a 4x4 matrix."""
+    """Return the TransformStamped of a 4x4 matrix."""
     msg = TransformStamped()
     msg.header.stamp = ns_to_stamp(stamp_ns)
     msg.header.frame_id, msg.child_frame_id = parent, child
@@ -93,14 +93,14 @@ def transform_msg(m, parent, child, stamp_ns):
 
 
 def odom_pose(k):
-    """A distinct odom -> base_link for the k-th frame (3-D, so nothing is accidentally planar)."""
+    """Return a distinct odom -> base_link for frame k (3-D, so nothing is accidentally planar)."""
     return matrix([1.0 + 0.3 * k, -0.5 * k, 0.05],
                   Rotation.from_euler('xyz', [0.02, -0.01, 0.4 * k]).as_quat())
 
 
 @pytest.fixture(scope='module')
 def aligned_bundle(tiny_bundle_path, tmp_path_factory):
-    """The tiny bundle re-saved with non-trivial scene alignments and a calibration."""
+    """Re-save the tiny bundle with non-trivial scene alignments and a calibration."""
     bundle = load_bundle(tiny_bundle_path)
     path = tmp_path_factory.mktemp('pipeline') / 'aligned.safetensors'
     save_bundle(path, build_model_from_bundle(bundle), bundle.config, bundle.scene_names,
@@ -111,13 +111,13 @@ def aligned_bundle(tiny_bundle_path, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def localizer(aligned_bundle):
-    """The same model, run in the test process."""
+    """Return the same model, run in the test process."""
     return Localizer.from_file(aligned_bundle, device='cpu')
 
 
 @pytest.fixture(scope='module')
 def system(aligned_bundle, tmp_path_factory):
-    """A running node plus a client with publishers and inboxes on every output."""
+    """Start a running node plus a client with publishers and inboxes on every output."""
     domain = domain_id(0)
     node = NodeProcess(domain, tmp_path_factory.mktemp('logs') / 'node.log', params={
         'weights': str(aligned_bundle), 'min_scene_confidence': 0.0, 'max_image_age': 30.0,
@@ -185,7 +185,7 @@ class Sender:
 
 
 def expected_outputs(localizer, msg, odom):
-    """What the node must publish for ``msg``: by hand from the localizer's raw result."""
+    """Return what the node must publish for ``msg``, by hand from the localizer's raw result."""
     rgb = image_to_rgb(msg.height, msg.width, msg.encoding, msg.step, bytes(msg.data))
     result = localizer.localize(rgb)
     align = ALIGNMENTS[result.scene_name]

@@ -1,5 +1,7 @@
-"""TF behaviour over real DDS: 2-D mode, odometry from a topic, extrinsics fallback, scene-frame
-overrides, steady re-broadcast, ``tf_broadcast``, and ``odom_frame_id: ''``.
+"""Test TF behaviour over real DDS.
+
+Covers 2-D mode, odometry from a topic, extrinsics fallback, scene-frame overrides, steady
+re-broadcast, ``tf_broadcast``, and ``odom_frame_id: ''``.
 
 One node process (two_d_mode, use_odom_topic, no base <- camera TF so ``camera_to_base`` is used,
 ``scenes.atrium.map_from_scene`` overridden); expected values come from ``Localizer`` run here
@@ -61,7 +63,7 @@ def assert_same(actual, expected, tol=1e-5):
 
 @pytest.fixture(scope='module')
 def system(tiny_bundle_path, tmp_path_factory):
-    """The node, a client, publishers and inboxes."""
+    """Start the node, a client, publishers and inboxes."""
     domain = domain_id(3)
     node = NodeProcess(domain, tmp_path_factory.mktemp('tf') / 'node.log', params={
         'weights': str(tiny_bundle_path), 'min_scene_confidence': 0.0, 'max_image_age': 60.0,
@@ -89,7 +91,7 @@ def system(tiny_bundle_path, tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def localizer(tiny_bundle_path):
-    """The same model in this process."""
+    """Return the same model in this process."""
     return Localizer.from_file(tiny_bundle_path, device='cpu')
 
 

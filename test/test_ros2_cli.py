@@ -1,5 +1,7 @@
-"""What the README tells users, typed as they would: ``ros2 launch``, ``topic``, ``service``,
-``lifecycle`` and ``param`` against a node launched in a namespace.
+"""Test what the README tells users, typed as they would.
+
+``ros2 launch``, ``topic``, ``service``, ``lifecycle`` and ``param`` against a node launched
+in a namespace.
 
 Needs ROS 2's real command line in the venv (``.venv/bin/ros2``, installed by the set-up from
 ``../shared/vendor/ros2_launch``); skipped with the reason otherwise. The bundle is the tiny test
@@ -19,7 +21,7 @@ import torch
 
 from mspr_ros.bundle import build_model_from_bundle, load_bundle, save_bundle
 from mspr_ros.ros_conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
-from ros_harness import domain_id, RELIABLE_LATCHED, RosClient, ros_env, small_photos
+from ros_harness import domain_id, RELIABLE_LATCHED, ros_env, RosClient, small_photos
 from ros_harness import stop_process_group, TF_QOS, wait_until
 
 ROS2 = Path(sys.executable).parent / 'ros2'
@@ -33,7 +35,7 @@ pytestmark = [
 
 @pytest.fixture(scope='module')
 def confident_bundle(tiny_bundle_path, tmp_path_factory):
-    """The tiny model with scene logits scaled up: one scene wins with probability ~1."""
+    """Return the tiny model with scene logits scaled up: one scene wins with probability ~1."""
     bundle = load_bundle(tiny_bundle_path)
     model = build_model_from_bundle(bundle)
     with torch.no_grad():

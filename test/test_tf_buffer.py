@@ -18,7 +18,10 @@ def pose(x=0.0, y=0.0, z=0.0, yaw=0.0, roll=0.0):
 
 @pytest.fixture
 def robot():
-    """map -> odom (dynamic) -> base (dynamic) -> camera_link (static) -> optical (static)."""
+    """Build the robot's frame chain.
+
+    map -> odom (dynamic) -> base (dynamic) -> camera_link (static) -> optical (static).
+    """
     buffer = TransformBuffer()
     buffer.set_transform('map', 'odom', 0, pose(x=1.0, yaw=0.1))
     buffer.set_transform('map', 'odom', 2 * S, pose(x=1.2, yaw=0.1))

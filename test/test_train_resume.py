@@ -7,11 +7,11 @@ import subprocess
 import sys
 import time
 
-from mspr_ros.model import build_model
 import numpy as np
 import pytest
 import torch
 
+from mspr_ros.model import build_model
 from mspr_training import feature_cache
 from mspr_training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from mspr_training.config import ConfigError, load_config

@@ -16,12 +16,12 @@ from pathlib import Path
 import sys
 from typing import Mapping, Sequence
 
-from mspr_ros.attention_stats import (
-    AttentionStats, collect_attention_stats, DEFAULT_NEIGHBOURS, LayerAttentionStats)
 import numpy as np
 import torch
 from torch import nn
 
+from mspr_ros.attention_stats import (
+    AttentionStats, collect_attention_stats, DEFAULT_NEIGHBOURS, LayerAttentionStats)
 from mspr_training.plots import plot_attention_entropy, plot_purity_histograms
 
 # Images per forward pass: the purity needs an N x 2N distance matrix per image and head.

@@ -1,4 +1,4 @@
-"""``mspr-bag-eval``: measure the localizer on a rosbag2 recording, offline or live.
+r"""``mspr-bag-eval``: measure the localizer on a rosbag2 recording, offline or live.
 
 Users judge a localizer by replaying their own recordings, so there are two ways to run it:
 
@@ -19,7 +19,7 @@ The node package stays lean, and the dependency runs one way: ``mspr_training`` 
 Examples::
 
     mspr-bag-eval run.mcap_folder --weights model.safetensors --out eval_offline
-    mspr-bag-eval run --weights model.safetensors --live --rate 1.0 --out eval_live \\
+    mspr-bag-eval run --weights model.safetensors --live --rate 1.0 --out eval_live \
         --param min_scene_confidence:=0.3
     mspr-bag-eval run --weights W --gt-frames map base_link   # base pose from TF ground truth
 """
@@ -29,7 +29,7 @@ from pathlib import Path
 import sys
 
 from mspr_training.bag_offline import (
-    alignment_overrides, default_params_file, DEFAULT_IMAGE_TOPIC, evaluate_offline,
+    alignment_overrides, DEFAULT_IMAGE_TOPIC, default_params_file, evaluate_offline,
     GroundTruthSpec, NODE_NAME, read_node_parameters)
 from mspr_training.bag_report import build_report, write_output_bag, write_report
 from mspr_training.data.samples import DatasetError

@@ -24,12 +24,12 @@ from pathlib import Path
 import re
 import sys
 
-from mspr_ros.geometry import Transform
-from mspr_ros.image_conversion import encode_compressed
 import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from tqdm import tqdm
 
+from mspr_ros.geometry import Transform
+from mspr_ros.image_conversion import encode_compressed
 from mspr_training.data.cambridge import read_cambridge
 from mspr_training.data.rosbag import typestore
 from mspr_training.data.samples import DatasetError, load_rgb

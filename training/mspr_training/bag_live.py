@@ -43,8 +43,6 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from lifecycle_msgs.srv import GetState
-import mspr_ros
-from mspr_ros.geometry import Transform
 import numpy as np
 import rclpy
 from rclpy.context import Context
@@ -57,6 +55,8 @@ from std_msgs.msg import Float32, String
 from tf2_msgs.msg import TFMessage
 from tqdm import tqdm
 
+import mspr_ros
+from mspr_ros.geometry import Transform
 from mspr_training.bag_offline import (
     count_messages, GroundTruthSpec, load_ground_truth, match_ground_truth, needs_transforms,
     NODE_NAME, read_bag_transforms, read_node_parameters, STATIC_TF_TOPICS, TF_TOPICS)

@@ -26,13 +26,13 @@ import sys
 import time
 from typing import Iterable, Sequence
 
-import mspr_ros
-from mspr_ros.geometry import SceneAlignment, Transform
-from mspr_ros.tf_buffer import TransformBuffer, TransformDataError
 import numpy as np
 from tqdm import tqdm
 import yaml
 
+import mspr_ros
+from mspr_ros.geometry import SceneAlignment, Transform
+from mspr_ros.tf_buffer import TransformBuffer, TransformDataError
 from mspr_training.bag_report import BagEvaluation, FrameRecord, FrameStatus
 from mspr_training.data.rosbag import (
     DEFAULT_MAX_GAP_NS, iter_bag_images, open_bag, read_bag_trajectory, STRING_TYPE, TF_TYPE)

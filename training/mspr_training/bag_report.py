@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
-from mspr_ros.geometry import Transform
 import numpy as np
 
+from mspr_ros.geometry import Transform
 from mspr_training.metrics import (
     compute_metrics, DEFAULT_RECALL_THRESHOLDS, MetricsReport, orientation_errors_deg,
     position_errors, TimingStats)

@@ -17,9 +17,10 @@ import types
 import typing
 from typing import Any, Mapping, Sequence, Union
 
+import yaml
+
 from mspr_ros.config import ModelConfig
 from mspr_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessingConfig
-import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
 DATA_FORMATS = ('cambridge', '7scenes', 'label_csv', 'rosbag')

@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--scenes', type=int, default=3, help='scenes in the rendered world')
     parser.add_argument('--train-frames', type=int, default=300, help='train frames per scene')
     parser.add_argument('--test-frames', type=int, default=100, help='test frames per scene')
+    parser.add_argument('--train-sequences', type=int, default=6,
+                        help='training loops per scene (alternating direction, other offsets)')
     parser.add_argument('--size', default='320x240', help='rendered image size WIDTHxHEIGHT')
     parser.add_argument('--epochs', type=int, default=None, help='override the config epochs')
     parser.add_argument('--bag-rate', type=float, default=5.0,
@@ -74,6 +76,7 @@ def main(argv=None) -> int:
     manifest = synth.generate(
         world_dir, formats=('cambridge', 'bag'), num_scenes=args.scenes,
         train_frames=args.train_frames, test_frames=args.test_frames, size=(width, height),
+        train_sequences=args.train_sequences,
         seed=args.seed, bag_rate_hz=args.bag_rate, preview=True, progress=True)
     state = 'reused' if manifest.cached else f'rendered in {manifest.seconds:.0f} s'
     print(f'world {state}: {", ".join(f"{s} {c}" for s, c in manifest.counts.items())}')

@@ -22,11 +22,11 @@ import sys
 import time
 from typing import Sequence
 
+import numpy as np
+
 from mspr_ros.bundle import BundleError
 from mspr_ros.localizer import Localizer
 from mspr_ros.preprocess import preprocess_batch
-import numpy as np
-
 from mspr_training.attention_report import collect, write_report
 from mspr_training.config import ConfigError, DataConfig, load_config
 from mspr_training.data import DatasetError, load_rgb, MultiSceneDataset

@@ -32,14 +32,14 @@ import subprocess
 import sys
 from typing import Any, Sequence
 
-from mspr_ros.bundle import save_bundle
-from mspr_ros.device import resolve_device
-from mspr_ros.model import build_model, MSTransformer
 import numpy as np
 from scipy.spatial.transform import Rotation
 import torch
 from torch.utils.data import DataLoader
 
+from mspr_ros.bundle import save_bundle
+from mspr_ros.device import resolve_device
+from mspr_ros.model import build_model, MSTransformer
 from mspr_training import checkpoint as ckpt
 from mspr_training.config import ConfigError, TrainConfig
 from mspr_training.data import DatasetError

@@ -19,7 +19,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mspr_ros.preprocess import PreprocessingConfig
 import numpy as np
 import safetensors.torch
 import torch
@@ -27,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mspr_ros.preprocess import PreprocessingConfig
 from mspr_training.data import MultiSceneDataset
 from mspr_training.transforms import EvalTransform, SeededDraws
 

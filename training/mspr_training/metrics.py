@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
-from mspr_ros.geometry import quaternion_angle_deg
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+from mspr_ros.geometry import quaternion_angle_deg
 
 DEFAULT_RECALL_THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
-
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402

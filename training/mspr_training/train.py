@@ -24,10 +24,6 @@ import sys
 import time
 from typing import Any, Sequence
 
-from mspr_ros.bundle import load_bundle
-from mspr_ros.device import resolve_device
-from mspr_ros.losses import MultiScenePoseCriterion, PoseLoss
-from mspr_ros.model import build_model, MSTransformer
 import numpy as np
 import torch
 from torch import nn
@@ -35,6 +31,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mspr_ros.bundle import load_bundle
+from mspr_ros.device import resolve_device
+from mspr_ros.losses import MultiScenePoseCriterion, PoseLoss
+from mspr_ros.model import build_model, MSTransformer
 from mspr_training import checkpoint as ckpt
 from mspr_training import distributed
 from mspr_training.config import (

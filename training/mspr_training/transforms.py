@@ -11,13 +11,13 @@ in every DataLoader worker layout, after a resume, and across data-parallel proc
 """
 from typing import Any, Callable
 
-from mspr_ros.preprocess import preprocess_image, PreprocessingConfig
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
+from mspr_ros.preprocess import preprocess_image, PreprocessingConfig
 from mspr_training.config import AugmentationConfig
 
 ImageTransform = Callable[[np.ndarray], torch.Tensor]

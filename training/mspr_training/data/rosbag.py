@@ -12,11 +12,11 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from mspr_ros.image_conversion import decode_compressed, image_to_rgb, ImageConversionError
 import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import get_typestore, Stores
 
+from mspr_ros.image_conversion import decode_compressed, image_to_rgb, ImageConversionError
 from mspr_training.data.samples import DatasetError, PoseSample
 from mspr_training.data.tf_history import TransformHistory
 from mspr_training.data.trajectory import Trajectory, trajectory_from_unsorted

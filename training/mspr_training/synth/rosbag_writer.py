@@ -21,13 +21,13 @@ folder (and the bag's ``custom_data`` key ``mspr_synth``) records scenes, stamps
 import json
 from pathlib import Path
 
-from mspr_ros.image_conversion import encode_compressed, rgb_to_image_fields
 import numpy as np
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability
 from rosbags.interfaces import QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.image_conversion import encode_compressed, rgb_to_image_fields
 from mspr_training.data.rosbag import typestore
 from mspr_training.synth.camera import R_BODY_OPTICAL
 
