@@ -70,16 +70,22 @@ def launched(confident_bundle, tmp_path_factory):
         stop_process_group(process, 15.0)
 
 
-def ros2(env, *args, timeout=60.0, discovery_s=45.0):
+def ros2(env, *args, timeout=60.0, discovery_s=150.0):
     """Run a ``ros2`` command; return its stdout (fail with its output on a non-zero exit).
 
     A command started without the daemon discovers the graph itself; on a loaded machine that
-    can take longer than the command waits, so 'Node not found' is retried until a deadline.
+    can take longer than the command waits ('Node not found', or ``echo --once`` still waiting
+    for the publisher), so those two cases are retried until a deadline.
     """
     deadline = time.monotonic() + discovery_s
     while True:
-        result = subprocess.run([str(ROS2), *args], env=env, capture_output=True, text=True,
-                                timeout=timeout)
+        try:
+            result = subprocess.run([str(ROS2), *args], env=env, capture_output=True, text=True,
+                                    timeout=timeout)
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline:
+                raise
+            continue
         undiscovered = 'Node not found' in result.stderr + result.stdout
         if result.returncode == 0 or not undiscovered or time.monotonic() > deadline:
             break
