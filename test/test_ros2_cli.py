@@ -74,8 +74,9 @@ def ros2(env, *args, timeout=60.0, discovery_s=150.0):
     """Run a ``ros2`` command; return its stdout (fail with its output on a non-zero exit).
 
     A command started without the daemon discovers the graph itself; on a loaded machine that
-    can take longer than the command waits ('Node not found', or ``echo --once`` still waiting
-    for the publisher), so those two cases are retried until a deadline.
+    can take longer than the command waits ('Node not found', a topic whose type is not known
+    yet, or ``echo --once`` still waiting for the publisher), so those are retried until a
+    deadline.
     """
     deadline = time.monotonic() + discovery_s
     while True:
@@ -86,7 +87,8 @@ def ros2(env, *args, timeout=60.0, discovery_s=150.0):
             if time.monotonic() > deadline:
                 raise
             continue
-        undiscovered = 'Node not found' in result.stderr + result.stdout
+        output = result.stderr + result.stdout
+        undiscovered = 'Node not found' in output or 'Could not determine the type' in output
         if result.returncode == 0 or not undiscovered or time.monotonic() > deadline:
             break
     assert result.returncode == 0, f'ros2 {" ".join(args)} failed:\n{result.stdout}\n' \
