@@ -1,0 +1,176 @@
+"""The benchmark scripts still run: each ``--smoke`` mode writes JSON of the expected shape.
+
+Smoke runs use tiny sizes, so their figures say nothing about speed; these tests check the
+structure and the internal consistency of what is written (counts match the requested sizes,
+durations finite and positive, ratios equal to their parts, stage times adding up), never speed.
+"""
+import json
+import math
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# A smoke run imports torch (and rclpy), renders a few frames and, for two of them, starts the
+# node; this bounds a hung run on a busy 2-core machine.
+SMOKE_TIMEOUT_S = 300
+
+
+def run_smoke(name: str, tmp_path: Path) -> dict:
+    """Run ``benchmarks/<name>.py --smoke`` in its own process; return the JSON it wrote."""
+    out = tmp_path / f'{name}.json'
+    env = dict(os.environ, OMP_NUM_THREADS='1', MSPR_BENCHMARK_WORK=str(tmp_path / 'work'),
+               PYTHONUNBUFFERED='1')
+    result = subprocess.run(
+        [sys.executable, str(REPO / 'benchmarks' / f'{name}.py'), '--smoke', '--threads', '1',
+         '--out', str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=SMOKE_TIMEOUT_S, check=False)
+    assert result.returncode == 0, (f'{name} --smoke exited {result.returncode}:\n'
+                                    f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}')
+    document = json.loads(out.read_text())
+    assert document['benchmark'] == name
+    assert document['mode'] == 'smoke'
+    machine = document['machine']
+    assert machine['cpu_model'] and machine['usable_cores'] >= 1
+    assert machine['torch_version'] and machine['date_utc']
+    assert len(machine['load_average_start']) == 3
+    assert document['settings']['threads'] == 1
+    assert isinstance(document['notes'], list)
+    return document
+
+
+def positive(value) -> bool:
+    """Return whether ``value`` is a finite number above zero."""
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def assert_summary(summary: dict, count: int) -> None:
+    """Check a ``common.Summary`` of ``count`` positive values and its order statistics."""
+    assert summary['count'] == count
+    assert all(positive(summary[key]) for key in ('mean', 'p50', 'p95', 'p99', 'min', 'max'))
+    assert summary['min'] <= summary['p50'] <= summary['p95'] <= summary['p99'] <= summary['max']
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+def test_latency_smoke(tmp_path):
+    """Node vs Localizer: both distributions, their ratio, the node's stage breakdown."""
+    document = run_smoke('latency', tmp_path)
+    settings = document['settings']
+    assert settings['models'] == ['tiny'] and settings['frames'] == 3
+    [measurement] = document['results']['measurements']
+    assert (measurement['model'], measurement['device'], measurement['precision']) == (
+        'tiny', 'cpu', 'fp32')
+    assert measurement['parameters'] > 0
+    assert_summary(measurement['direct_ms'], 3)
+    assert_summary(measurement['direct_main_thread_ms'], 3)
+    assert_summary(measurement['node_ms'], 3)
+    assert measurement['ratio_p50'] == pytest.approx(
+        measurement['node_ms']['p50'] / measurement['direct_ms']['p50'])
+    stages = measurement['node_stages_ms']
+    assert set(stages) == {'decode', 'preprocess', 'inference', 'publish', 'total'}
+    assert all(value >= 0 for value in stages.values())
+    assert positive(stages['inference']) and positive(stages['total'])
+    # Means over the same 3 frames; the node prints them with 2 decimals.
+    parts = stages['decode'] + stages['preprocess'] + stages['inference'] + stages['publish']
+    assert stages['total'] >= parts - 0.05
+    assert measurement['node_stages_frames'] == 3
+    # The round trip contains the worker's whole processing of the frame.
+    assert measurement['node_ms']['mean'] >= stages['total'] - 0.05
+    assert measurement['outside_worker_ms'] == pytest.approx(
+        measurement['node_ms']['mean'] - stages['total'])
+    direct = measurement['direct_stages_ms']
+    assert positive(direct['preprocess']) and positive(direct['inference'])
+    assert direct['preprocess'] + direct['inference'] <= measurement['direct_ms']['mean']
+
+
+@pytest.mark.slow
+def test_throughput_smoke(tmp_path):
+    """Training speed: images/s from step and loader-wait times of the requested iterations."""
+    document = run_smoke('throughput', tmp_path)
+    [device] = document['results']['devices']
+    assert device['device'] == 'cpu' and device['precision'] == 'fp32'
+    assert device['batch_size'] == 2 and device['num_workers'] == 1
+    assert device['iterations'] == 2
+    assert_summary(device['step_ms'], 2)
+    assert_summary(device['prepare_batch_ms'], 2)
+    wait = device['loader_wait_ms']
+    assert wait['count'] == 2 and 0 <= wait['min'] <= wait['max']
+    assert 0.0 <= device['loader_wait_fraction'] < 1.0
+    # images/s = batch / mean(step + wait), so it lies between the extremes of the iterations.
+    slowest = (device['step_ms']['max'] + wait['max']) / 1e3
+    fastest = (device['step_ms']['min'] + wait['min']) / 1e3
+    assert 2 / slowest <= device['images_per_s'] * (1 + 1e-9)
+    assert device['images_per_s'] <= 2 / fastest * (1 + 1e-9)
+    assert isinstance(device['loader_keeps_up'], bool)
+    assert document['settings']['parameters'] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.ros
+def test_stream_smoke(tmp_path):
+    """Stream: frames published at the camera rate, poses answered, memory and backlog figures."""
+    document = run_smoke('stream', tmp_path)
+    results = document['results']
+    counts = results['counts']
+    settings = document['settings']
+    assert counts['published'] > 0.5 * settings['rate_hz'] * settings['duration_s']
+    assert 0 < counts['answered'] <= counts['published']
+    assert counts['dropped'] == counts['published'] - counts['answered']
+    assert 0 <= counts['superseded'] and 0 <= counts['not_received'] <= counts['published']
+    assert_summary(results['latency_ms'], counts['answered'])
+    assert positive(results['backlog_ratio'])
+    assert results['backlog_ratio'] == pytest.approx(
+        results['latency_last_window_ms']['p50'] / results['latency_first_window_ms']['p50'])
+    memory = results['memory']
+    # A Python process with torch and rclpy loaded holds well over 100 MiB.
+    assert memory['rss_start_mib'] > 100 and memory['rss_end_mib'] > 100
+    assert memory['rss_max_mib'] >= memory['rss_end_mib']
+    assert memory['rss_growth'] == pytest.approx(
+        memory['rss_end_mib'] / memory['rss_start_mib'] - 1)
+    assert memory['gpu_start_mib'] is None  # the smoke node runs on the CPU
+    assert set(results['checks']) >= {'memory_flat_within_5_percent', 'no_backlog_growth'}
+    assert results['answer_rate_hz'] <= results['publish_rate_hz']
+
+
+@pytest.mark.slow
+def test_accuracy_smoke(tmp_path):
+    """Baseline and ours trained alike: per-scene metrics and per-layer attention statistics."""
+    document = run_smoke('accuracy', tmp_path)
+    results = document['results']
+    runs = results['runs']
+    assert [(run['label'], run['seed']) for run in runs] == [('baseline', 0), ('ours', 0)]
+    resolved = document['settings']['resolved_configs']
+    assert resolved['baseline']['model']['position_encoding'] == 'learned'
+    assert resolved['ours']['model']['position_encoding'] == 'sine'
+    assert resolved['baseline']['loss']['lambda_aux'] == 0.0
+    assert resolved['ours']['loss']['lambda_aux'] == pytest.approx(0.1)
+    for run in runs:
+        metrics = run['metrics']
+        assert [scene['scene'] for scene in metrics['scenes']] == ['atrium', 'corridor', 'lab']
+        for scene in metrics['scenes']:
+            assert scene['images'] == 3
+            assert scene['median_position_m'] >= 0 and 0 <= scene['median_orientation_deg'] <= 180
+            assert 0.0 <= scene['scene_accuracy'] <= 1.0
+        assert metrics['average_median_position_m'] == pytest.approx(
+            sum(s['median_position_m'] for s in metrics['scenes']) / 3)
+        assert positive(run['train_seconds'])
+        model = resolved[run['label']]['model']
+        crop = resolved[run['label']]['augmentation']['crop']
+        for branch, layers, stride in (('position', model['enc_layers_t'], 16),
+                                       ('orientation', model['enc_layers_rot'], 8)):
+            tokens = (crop // (stride * model['feature_pool'])) ** 2
+            assert len(run['attention'][branch]) == layers
+            for layer in run['attention'][branch]:
+                # Softmax over N keys: at most log N nats (uniform attention).
+                assert 0 < layer['entropy'] <= math.log(tokens) + 1e-6
+                assert layer['centroid_distance'] >= 0
+                assert 0.0 <= layer['purity_mean'] <= 1.0
+                assert sum(layer['purity_histogram']) > 0
+    for label in ('baseline', 'ours'):
+        summary = results['summary'][label]
+        assert summary['seeds'] == [0]
+        assert set(summary['per_scene']) == {'atrium', 'corridor', 'lab'}
