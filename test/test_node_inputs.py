@@ -182,6 +182,7 @@ def test_max_rate_caps_inference_and_keeps_only_the_newest_frame(system):
     assert client.set_parameters('/raw', {'max_rate': 2.0})[0].successful
     rgb = small_photos()['chelsea']
     superseded = _counter(diagnostics, 'raw', 'frames superseded')
+    received = _counter(diagnostics, 'raw', 'frames received')
     try:
         stamps = []
         started = time.monotonic()
@@ -198,7 +199,18 @@ def test_max_rate_caps_inference_and_keeps_only_the_newest_frame(system):
     answered = [s for s in stamps
                 if s in {stamp_to_ns(m.header.stamp) for m in poses['raw'].snapshot()}]
     assert 1 <= len(answered) <= 2.0 * elapsed + 1, (len(answered), elapsed)
-    _wait_counter(diagnostics, 'raw', 'frames superseded', superseded + 20 - len(answered))
+    # Best-effort delivery may lose a frame on a loaded machine: every frame the node RECEIVED
+    # was either answered or superseded by a newer one.
+
+    def accounted(msg):
+        status = own_status(msg, 'raw')
+        if status is None:
+            return False
+        values = diagnostic_values(status)
+        got = int(values['frames received']) - received
+        dropped = int(values['frames superseded']) - superseded
+        return got >= len(answered) and dropped == got - len(answered)
+    diagnostics.wait_for(accounted, 15.0, 'received == answered + superseded for the burst')
 
 
 def test_cv_bridge_and_core_conversion_agree_for_every_encoding():
