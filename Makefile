@@ -11,9 +11,9 @@ DEPS   := requirements/lock.txt setup.py training/setup.py tools/setup_venv.sh \
           $(wildcard launch/* config/* rviz/*)
 
 # The ROS 2 wheels need no sourcing; these make the ros2 CLI find our package (as colcon would) and
-# let large images cross Fast DDS (without LARGE_DATA best-effort 640x480@30 Hz loses nearly every frame).
+# let images use Fast DDS shared memory (config/fastdds_images.xml says why and what it measured).
 export AMENT_PREFIX_PATH := $(VENV)
-export FASTDDS_BUILTIN_TRANSPORTS := LARGE_DATA
+export FASTDDS_DEFAULT_PROFILES_FILE ?= $(CURDIR)/config/fastdds_images.xml
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export PYTHONUNBUFFERED := 1
 

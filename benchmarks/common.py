@@ -29,6 +29,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 import numpy as np
 import psutil
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from tf2_msgs.msg import TFMessage
@@ -39,6 +41,7 @@ from mspr_ros.bundle import save_bundle
 from mspr_ros.config import ModelConfig
 from mspr_ros.geometry import Transform
 from mspr_ros.model import build_model
+from mspr_ros.node import POSE_QOS as NODE_POSE_QOS
 from mspr_ros.ros_conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
 from mspr_ros.ros_conversions import transform_to_msg
 from mspr_training.config import load_config
@@ -54,9 +57,12 @@ SCENE_NAMES = ('atrium', 'corridor', 'lab')
 MODEL_SIZES = ('tiny', 'demo', 'paper')
 CAMERA_FRAME = 'camera_optical'
 NODE_NAME = 'mspr_localizer'
-# ROS domains of the benchmarks: the tests draw theirs from 1..101, and 215..232 is the other
-# range whose ports stay clear of Linux's ephemeral ports.
-BENCHMARK_DOMAINS = {'latency': 215, 'stream': 216}
+# First domain offsets of the benchmarks (ros_harness.domain_id: pid-based ids in 1..101, as the
+# tests draw theirs); a domain where another node is already visible is skipped.
+DOMAIN_OFFSETS = {'latency': 85, 'echo': 90, 'stream': 95}
+DOMAIN_ATTEMPTS = 5
+# Long enough for localhost discovery to show a node already on the domain.
+DOMAIN_PROBE_S = 1.5
 
 
 def _load_ros_harness():
@@ -137,8 +143,9 @@ def machine_info() -> MachineInfo:
 def contention_note(machine: MachineInfo, threads: int) -> Optional[str]:
     """Return a warning when other processes load the CPUs this benchmark needs, else None."""
     load = machine.load_average_start[0]
-    spare = machine.usable_cores - load
-    if spare < threads:
+    # Cores not needed by the measured threads; half a core of other work is tolerated.
+    spare = machine.usable_cores - threads
+    if load > spare + 0.5:
         return (f'the machine was busy: load average {load:.2f} on {machine.usable_cores} '
                 f'cores when the benchmark started, so the figures are slower than on an idle '
                 f'machine (ratios measured side by side stay comparable)')
@@ -394,24 +401,35 @@ def node_parameters(weights: Path, device: str, fp16: bool = False,
     return params
 
 
+def node_command(weights: Path, device: str, fp16: bool, **params: Any) -> List[str]:
+    """Return the command line of the localizer node with :func:`node_parameters`."""
+    return [sys.executable, '-m', 'mspr_ros.node', '--ros-args', '-r',
+            f'__node:={NODE_NAME}'] + ros_harness.param_args(
+                node_parameters(weights, device, fp16, **params))
+
+
+def echo_command() -> List[str]:
+    """Return the command line of the echo node (:func:`echo_node_main`)."""
+    return [sys.executable, str(Path(__file__).resolve()), 'echo']
+
+
 class BenchmarkNode(ros_harness.NodeProcess):
-    """The localizer node in its own process group with ``threads`` torch threads.
+    """A node process (``command``) in its own process group with ``threads`` torch threads.
 
     ``NodeProcess`` pins test nodes to one OpenMP thread; a latency comparison needs the node
     and the in-process Localizer on the same thread count.
     """
 
-    def __init__(self, domain: int, log_path: Path, params: Dict[str, Any], threads: int):
-        """Start ``python -m mspr_ros.node`` with ``params`` on ROS domain ``domain``."""
+    def __init__(self, domain: int, log_path: Path, command: Sequence[str], threads: int):
+        """Start ``command`` on ROS domain ``domain``, its output going to ``log_path``."""
         self.name = NODE_NAME
         self.namespace = ''
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, '-m', 'mspr_ros.node', '--ros-args', '-r',
-                   f'__node:={NODE_NAME}'] + ros_harness.param_args(params)
         self._log = open(self.log_path, 'w')
         self.process = subprocess.Popen(
-            command, cwd=REPO, env=ros_harness.ros_env(domain, OMP_NUM_THREADS=str(threads)),
+            list(command), cwd=REPO,
+            env=ros_harness.ros_env(domain, OMP_NUM_THREADS=str(threads)),
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def resident_bytes(self) -> int:
@@ -499,6 +517,30 @@ POSE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
 START_TIMEOUT_S = 180.0
 
 
+def free_domain(first_offset: int) -> int:
+    """Return a ROS domain id (1..101) on which no other node is visible.
+
+    Benchmarks run beside test suites and other benchmark runs (a CI copy of the repo runs the
+    smoke tests); two localizer nodes on one domain would answer each other's images.
+
+    Raises:
+        RuntimeError: every candidate domain is in use.
+    """
+    probe_name = 'mspr_benchmark_domain_probe'
+    for offset in range(first_offset, first_offset + DOMAIN_ATTEMPTS):
+        domain = ros_harness.domain_id(offset)
+        client = ros_harness.RosClient(domain, name=probe_name)
+        try:
+            # Nothing to wait on: discovery announces other participants within this time.
+            time.sleep(DOMAIN_PROBE_S)
+            others = [name for name in client.node.get_node_names() if name != probe_name]
+        finally:
+            client.close()
+        if not others:
+            return domain
+    raise RuntimeError(f'no free ROS domain among {DOMAIN_ATTEMPTS} candidates')
+
+
 class NodeSession:
     """A benchmark node plus this process's client: image publisher, pose and diagnostics.
 
@@ -507,12 +549,14 @@ class NodeSession:
     Use as a context manager; leaving it stops the node and the client.
     """
 
-    def __init__(self, name: str, weights: Path, device: str, fp16: bool, threads: int,
-                 log_path: Path, **params: Any) -> None:
-        """Start the node and the client on the benchmark's ROS domain."""
-        domain = BENCHMARK_DOMAINS[name]
-        self.node = BenchmarkNode(domain, log_path, node_parameters(weights, device, fp16,
-                                                                    **params), threads)
+    def __init__(self, name: str, command: Sequence[str], threads: int,
+                 log_path: Path) -> None:
+        """Start ``command`` (:func:`node_command` or :func:`echo_command`) and the client.
+
+        Both run on a free ROS domain (see :func:`free_domain`); ``name`` picks its offsets.
+        """
+        domain = free_domain(DOMAIN_OFFSETS[name])
+        self.node = BenchmarkNode(domain, log_path, command, threads)
         self.client: Optional[ros_harness.RosClient] = None
         try:
             self.client = ros_harness.RosClient(domain, name=f'mspr_benchmark_{name}')
@@ -607,3 +651,38 @@ class NodeSession:
                     and ros_harness.own_status(msg, NODE_NAME) is not None)
         msg = self.diagnostics.wait_for(newer, timeout, 'the node diagnostics')
         return ros_harness.diagnostic_values(ros_harness.own_status(msg, NODE_NAME))
+
+
+def echo_node_main() -> None:
+    """Run the echo node: each image on ``image`` comes back at once on ``~/pose``.
+
+    The pose is empty but carries the image's header, on the localizer's topic, QoS and
+    executor (single-threaded), so its round trip is the floor that any
+    Python ROS node with this interface pays: DDS both ways, (de)serialising the image and the
+    executor hand-offs, without decoding or inference.
+    """
+    rclpy.init()
+    node = rclpy.create_node(NODE_NAME)
+    poses = node.create_publisher(PoseWithCovarianceStamped, '~/pose', NODE_POSE_QOS)
+
+    def echo(image: Image) -> None:
+        poses.publish(PoseWithCovarianceStamped(header=image.header))
+
+    node.create_subscription(Image, 'image', echo, IMAGE_QOS)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    print('active: waiting for images (echo node)', flush=True)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    if sys.argv[1:] != ['echo']:
+        sys.exit(f'usage: {sys.argv[0]} echo   (the echo node of benchmarks/latency.py)')
+    echo_node_main()

@@ -16,8 +16,10 @@ machine hit all alike, and never at the same time:
 
 Printed and written: both distributions, the ratio node/direct (target < 1.15 on the CPU), the
 node's per-stage means from its ``/diagnostics`` (decode, preprocess, inference, publish, total)
-and what remains (DDS both ways, serialisation, executor hand-offs). With CUDA, the same for
-fp32 and fp16 on the GPU; without, a note says it was skipped.
+and what remains (DDS both ways, serialisation, executor hand-offs). That remainder is set
+against an echo node (``common.echo_node_main``: same topics, QoS and executor, answers each
+image at once with an empty pose), the floor of any Python node with this interface. With CUDA,
+the same for fp32 and fp16 on the GPU; without, a note says it was skipped.
 
 Usage: ``python benchmarks/latency.py [--quick | --smoke] [--models tiny demo paper]``
 """
@@ -33,9 +35,10 @@ import numpy as np
 import torch
 
 from common import add_common_arguments, add_node_arguments, apply_omp_wait_policy, contention_note
-from common import default_out, machine_info, model_config, MODEL_SIZES, NodeSession, parse_size
-from common import print_machine, rendered_frames, run_mode, save_random_bundle, set_threads
-from common import stage_means, summarise, Summary, WORK_DIR, write_results
+from common import default_out, echo_command, machine_info, model_config, MODEL_SIZES, node_command
+from common import NodeSession, parse_size, print_machine, rendered_frames, run_mode
+from common import save_random_bundle, set_threads, stage_means, summarise, Summary, WORK_DIR
+from common import write_results
 from mspr_ros.diagnostics import LATENCY_WINDOW
 from mspr_ros.localizer import Localizer
 
@@ -181,8 +184,9 @@ def measure(size: str, device: str, fp16: bool, frames: List[np.ndarray],
     try:
         direct.warmup(args.warmup)
         # A reliable image subscription: with one frame in flight a lost frame is never answered.
-        with NodeSession(NAME, bundle, device, fp16, args.threads, log,
-                         **{'image_qos': NODE_IMAGE_QOS, **dict(args.node_params)}) as session:
+        command = node_command(bundle, device, fp16,
+                               **{'image_qos': NODE_IMAGE_QOS, **dict(args.node_params)})
+        with NodeSession(NAME, command, args.threads, log) as session:
             messages = session.image_messages(frames)
             session.first_pose(messages[0])
             for index in range(1, args.warmup):
@@ -210,7 +214,23 @@ def measure(size: str, device: str, fp16: bool, frames: List[np.ndarray],
         outside_worker_ms=node_ms.mean - node_stages['total'])
 
 
-def print_table(results: Sequence[LatencyResult]) -> None:
+def measure_echo(frames: List[np.ndarray], args: argparse.Namespace) -> Summary:
+    """Return the round trip of the echo node (``common.echo_node_main``) on the frames.
+
+    The floor any Python node with the localizer's interface pays (DDS both ways, image
+    (de)serialisation, executor hand-offs), to set the node's overhead against.
+    """
+    log = WORK_DIR / 'logs' / 'latency_echo_node.log'
+    with NodeSession('echo', echo_command(), args.threads, log) as session:
+        messages = session.image_messages(frames)
+        session.first_pose(messages[0])
+        for index in range(1, args.warmup):
+            session.round_trip_ms(messages[index % len(messages)], args.timeout)
+        return summarise(session.round_trip_ms(messages[index % len(messages)], args.timeout)
+                         for index in range(args.frames))
+
+
+def print_table(results: Sequence[LatencyResult], echo: Summary) -> None:
     """Print the side-by-side table and the stage breakdown."""
     print(f"\n{'model':<7}{'device':<7}{'prec':<6}{'params':>12}{'direct p50':>12}"
           f"{'node p50':>10}{'ratio':>7}{'direct p95':>12}{'node p95':>10}  target"
@@ -221,6 +241,13 @@ def print_table(results: Sequence[LatencyResult]) -> None:
               f'{r.direct_ms.p50:>12.1f}{r.node_ms.p50:>10.1f}{r.ratio_p50:>7.3f}'
               f'{r.direct_ms.p95:>12.1f}{r.node_ms.p95:>10.1f}  {verdict:<8}'
               f'{r.direct_main_thread_ms.p50:>15.1f}')
+    print(f'\nEcho node (image in, empty pose out, no work): p50 {echo.p50:.1f} ms, p95 '
+          f'{echo.p95:.1f} ms: the floor of a Python node with this interface.')
+    print('Node overhead p50 (node - direct) and what is left after the echo floor:')
+    for r in results:
+        overhead = r.node_ms.p50 - r.direct_ms.p50
+        print(f'{r.model:<7}{r.device:<7}{r.precision:<6}{overhead:>8.1f} ms, beyond the '
+              f'floor {overhead - echo.p50:.1f} ms')
     print('\nNode stages (mean ms): decode, preprocess, inference, publish, total worker; '
           'outside the worker (DDS, executor); direct Localizer preprocess / inference')
     for r in results:
@@ -251,13 +278,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f'rendering {min(args.frames, 30)} frames of {args.image_size[0]}x'
           f'{args.image_size[1]}', flush=True)
     frames = rendered_frames(min(args.frames, 30), args.image_size)
+    print(f'measuring the echo node: {args.warmup} warm-up + {args.frames} frames', flush=True)
+    echo = measure_echo(frames, args)
     results = []
     with tempfile.TemporaryDirectory(prefix='mspr_latency_') as work:
         for size, device, fp16 in settings:
             print(f'measuring {size} on {device} ({"fp16" if fp16 else "fp32"}): '
                   f'{args.warmup} warm-up + {args.frames} frames', flush=True)
             results.append(measure(size, device, fp16, frames, args, work))
-    print_table(results)
+    print_table(results, echo)
     out = write_results(
         args.out or default_out(NAME, mode), NAME, mode, machine,
         settings={'threads': args.threads, 'frames': args.frames, 'warmup': args.warmup,
@@ -265,7 +294,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   'target_ratio': TARGET_RATIO, 'models': args.models,
                   'node_parameters': {'image_qos': NODE_IMAGE_QOS, **dict(args.node_params)},
                   'model_configs': {size: model_config(size).to_dict() for size in args.models}},
-        results={'measurements': results}, notes=notes)
+        results={'measurements': results, 'echo_node_ms': echo}, notes=notes)
     print(f'\nwrote {out}')
     return 0
 

@@ -28,7 +28,7 @@ import torch
 
 from common import add_common_arguments, add_node_arguments, apply_omp_wait_policy, contention_note
 from common import default_out, gpu_memory_mib, machine_info, model_config, MODEL_SIZES
-from common import NodeSession, parse_size, print_machine, rendered_frames, run_mode
+from common import node_command, NodeSession, parse_size, print_machine, rendered_frames, run_mode
 from common import save_random_bundle, set_threads, summarise, Summary, WORK_DIR, write_results
 
 NAME = 'stream'
@@ -186,8 +186,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bundle, parameters = save_random_bundle(f'{work}/{args.model}.safetensors',
                                                 model_config(args.model))
         log = WORK_DIR / 'logs' / f'stream_node_{args.model}_{args.device}.log'
-        with NodeSession(NAME, bundle, args.device, args.fp16, args.threads, log,
-                         **dict(args.node_params)) as session:
+        command = node_command(bundle, args.device, args.fp16, **dict(args.node_params))
+        with NodeSession(NAME, command, args.threads, log) as session:
             camera = CameraStream(session, frames, args.rate)
             session.first_pose(camera.messages[0])
             print(f'warm-up {args.warmup:.0f} s, then {args.duration:.0f} s at '

@@ -6,8 +6,9 @@ Example::
         image_topic:=/camera/color/image_raw rviz:=true
 
 Arguments left empty (``weights``, ``device``) keep the value of ``params_file``.
-``FASTDDS_BUILTIN_TRANSPORTS`` is set to ``LARGE_DATA`` unless already set: with Fast DDS's default
-transports a best-effort 640x480 stream at 30 Hz loses nearly every frame.
+``FASTDDS_DEFAULT_PROFILES_FILE`` is set to ``config/fastdds_images.xml`` unless a profile is
+already set: with Fast DDS's default 512 KiB shared-memory segment, 640x480 images go over UDP
+and a best-effort subscription loses most frames. The camera driver needs it too (README).
 """
 import os
 
@@ -18,6 +19,9 @@ from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = 'mspr_ros'
+# Fast DDS reads the first; a user who set the older name keeps that profile.
+PROFILE_VARIABLE = 'FASTDDS_DEFAULT_PROFILES_FILE'
+LEGACY_PROFILE_VARIABLE = 'FASTRTPS_DEFAULT_PROFILES_FILE'
 TRUE_WORDS = ('true', '1', 'yes', 'on')
 
 
@@ -96,8 +100,8 @@ def generate_launch_description():
                               description='debug, info, warn, error or fatal'),
     ]
     return LaunchDescription(arguments + [
-        SetEnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS',
-                               EnvironmentVariable('FASTDDS_BUILTIN_TRANSPORTS',
-                                                   default_value='LARGE_DATA')),
+        SetEnvironmentVariable(PROFILE_VARIABLE, EnvironmentVariable(
+            PROFILE_VARIABLE, default_value=EnvironmentVariable(
+                LEGACY_PROFILE_VARIABLE, default_value=_share('config', 'fastdds_images.xml')))),
         OpaqueFunction(function=_launch_setup),
     ])

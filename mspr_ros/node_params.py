@@ -87,6 +87,10 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
     ParamSpec('device', 'auto', _S, 'Inference device: auto, cpu, cuda or cuda:N.',
               read_only=True, constraints='auto|cpu|cuda|cuda:N; auto falls back to cpu'),
     ParamSpec('fp16', False, _B, 'Run inference in half precision (CUDA only).', read_only=True),
+    ParamSpec('cpu_threads', 0, _I,
+              "PyTorch intra-op threads of this process; 0 keeps PyTorch's default (one per "
+              'core). Fewer leave cores to the camera driver and the rest of the robot.',
+              read_only=True, int_range=(0, 1024)),
     ParamSpec('image_transport', 'raw', _S,
               "Image input: 'raw' subscribes to image, 'compressed' to image/compressed.",
               read_only=True, constraints='|'.join(IMAGE_TRANSPORTS)),
@@ -177,6 +181,7 @@ class NodeParams:
     weights: str
     device: str
     fp16: bool
+    cpu_threads: int
     image_transport: str
     image_qos: str
     max_image_age: float
@@ -233,7 +238,8 @@ class NodeParams:
             raise ParameterValidationError(problems)
         return cls(
             weights=str(values['weights']), device=str(values['device']),
-            fp16=bool(values['fp16']), image_transport=values['image_transport'],
+            fp16=bool(values['fp16']), cpu_threads=int(values['cpu_threads']),
+            image_transport=values['image_transport'],
             image_qos=values['image_qos'], max_image_age=float(values['max_image_age']),
             max_rate=float(values['max_rate']), global_frame_id=values['global_frame_id'],
             odom_frame_id=values['odom_frame_id'], base_frame_id=values['base_frame_id'],

@@ -23,9 +23,11 @@ import cv2
 import numpy as np
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+from mspr_ros.dds_profile import with_image_profile
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -38,8 +40,8 @@ TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 TF_STATIC_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
-# Every process the tests start (and this one) moves images over Fast DDS's large-data transport.
-os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+# Every process the tests start (and this one) moves images over Fast DDS shared memory.
+with_image_profile()
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 
 
@@ -57,7 +59,6 @@ def ros_env(domain: int, **extra: str) -> Dict[str, str]:
     env.update({
         'ROS_DOMAIN_ID': str(domain),
         'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-        'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA',
         'OMP_NUM_THREADS': '1',
         'PYTHONUNBUFFERED': '1',
         'RCUTILS_COLORIZED_OUTPUT': '0',
@@ -67,7 +68,7 @@ def ros_env(domain: int, **extra: str) -> Dict[str, str]:
         'PYTHONPATH': os.pathsep.join(filter(None, [str(REPO), env.get('PYTHONPATH', '')])),
     })
     env.update(extra)
-    return env
+    return with_image_profile(env)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
@@ -239,7 +240,8 @@ class RosClient:
         self.context = Context()
         rclpy.init(context=self.context, domain_id=domain)
         self.node = rclpy.create_node(name, context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        # Single-threaded as the node's: rclpy's multi-threaded executor delays large messages.
+        self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()

@@ -61,6 +61,7 @@ def test_latency_smoke(tmp_path):
     document = run_smoke('latency', tmp_path)
     settings = document['settings']
     assert settings['models'] == ['tiny'] and settings['frames'] == 3
+    assert_summary(document['results']['echo_node_ms'], 3)
     [measurement] = document['results']['measurements']
     assert (measurement['model'], measurement['device'], measurement['precision']) == (
         'tiny', 'cpu', 'fp32')

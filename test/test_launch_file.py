@@ -42,7 +42,8 @@ def test_generate_launch_description(monkeypatch):
     from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
     monkeypatch.setenv('AMENT_PREFIX_PATH', str(Path(sys.executable).parent.parent))
-    monkeypatch.delenv('FASTDDS_BUILTIN_TRANSPORTS', raising=False)
+    monkeypatch.delenv('FASTDDS_DEFAULT_PROFILES_FILE', raising=False)
+    monkeypatch.delenv('FASTRTPS_DEFAULT_PROFILES_FILE', raising=False)
     description = _load_launch_module().generate_launch_description()
     arguments = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
     assert set(arguments) == ARGUMENTS
@@ -56,24 +57,29 @@ def test_generate_launch_description(monkeypatch):
         argument.execute(context)
     env_action = next(e for e in description.entities if isinstance(e, SetEnvironmentVariable))
     env_action.execute(context)
-    assert context.environment['FASTDDS_BUILTIN_TRANSPORTS'] == 'LARGE_DATA'
+    profile = Path(context.environment['FASTDDS_DEFAULT_PROFILES_FILE'])
+    assert profile.resolve() == (ROOT / 'config' / 'fastdds_images.xml').resolve()
     setup = next(e for e in description.entities if isinstance(e, OpaqueFunction))
     nodes = [a for a in setup.execute(context) if isinstance(a, launch_ros.actions.Node)]
     assert len(nodes) == 1, 'rviz is off by default'
     assert nodes[0].node_package == 'mspr_ros' and nodes[0].node_executable == 'localizer'
 
 
-def test_an_existing_transport_setting_is_kept(monkeypatch):
+@pytest.mark.parametrize('variable', ['FASTDDS_DEFAULT_PROFILES_FILE',
+                                      'FASTRTPS_DEFAULT_PROFILES_FILE'])
+def test_a_profile_the_user_chose_is_kept(monkeypatch, variable):
     pytest.importorskip('launch', reason="ROS 2's launch is not installed")
     from launch import LaunchContext
     from launch.actions import SetEnvironmentVariable
     monkeypatch.setenv('AMENT_PREFIX_PATH', str(Path(sys.executable).parent.parent))
-    monkeypatch.setenv('FASTDDS_BUILTIN_TRANSPORTS', 'SHM')
+    monkeypatch.delenv('FASTDDS_DEFAULT_PROFILES_FILE', raising=False)
+    monkeypatch.delenv('FASTRTPS_DEFAULT_PROFILES_FILE', raising=False)
+    monkeypatch.setenv(variable, '/robot/dds.xml')
     description = _load_launch_module().generate_launch_description()
     context = LaunchContext()
     next(e for e in description.entities if isinstance(e, SetEnvironmentVariable)).execute(
         context)
-    assert context.environment['FASTDDS_BUILTIN_TRANSPORTS'] == 'SHM'
+    assert context.environment['FASTDDS_DEFAULT_PROFILES_FILE'] == '/robot/dds.xml'
 
 
 def test_argument_values_become_typed_overrides_and_remaps():

@@ -26,6 +26,7 @@ from mspr_ros.localizer import Localizer
 from mspr_ros.ros_conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
 from ros_harness import diagnostic_values, domain_id, NodeProcess, own_status
 from ros_harness import RELIABLE_LATCHED, RosClient, small_photos, TF_QOS, TF_STATIC_QOS
+from ros_harness import wait_until
 
 pytestmark = pytest.mark.ros
 NS = '/mspr_localizer'
@@ -122,7 +123,9 @@ def system(aligned_bundle, tmp_path_factory):
     node = NodeProcess(domain, tmp_path_factory.mktemp('logs') / 'node.log', params={
         'weights': str(aligned_bundle), 'min_scene_confidence': 0.0, 'max_image_age': 30.0,
         'transform_timeout': 2.0, 'transform_tolerance': TOLERANCE_S,
-        'publish_initialpose': True, 'diagnostics_period': 0.2})
+        'publish_initialpose': True, 'diagnostics_period': 0.2,
+        # The harness starts nodes with OMP_NUM_THREADS=1; the parameter must override it.
+        'cpu_threads': 2})
     client = RosClient(domain)
     try:
         inboxes = {
@@ -287,6 +290,7 @@ def test_diagnostics_report_model_rates_and_latency(system, aligned_bundle):
     assert values['weights'] == str(aligned_bundle)
     assert values['weights sha256'] == hashlib.sha256(aligned_bundle.read_bytes()).hexdigest()
     assert values['device'] == 'cpu' and values['lifecycle state'] == 'active'
+    assert values['cpu threads'] == '2'
     assert values['input topic'] == '/image'
     assert int(values['poses published']) >= 1
     assert float(values['input rate (Hz)']) > 0 and float(values['output rate (Hz)']) > 0
@@ -372,7 +376,9 @@ def test_frame_without_odom_tf_at_its_stamp_is_skipped(system):
     pubs['image'].publish(rgb_to_image_msg(small_photos()['coffee'], 'rgb8', stamp,
                                            CAMERA_FRAME))
     _wait_rejections(inboxes, ('tf_unavailable',), before + 1)
-    assert "no transform 'odom' <- 'base_link'" in node.output()
+    # The rejection is counted before it is logged: wait for the line rather than race it.
+    wait_until(lambda: "no transform 'odom' <- 'base_link'" in node.output(), 5.0,
+               'the tf_unavailable warning in the node log')
     assert stamp not in {stamp_to_ns(m.header.stamp) for m in inboxes['pose'].snapshot()}
 
 

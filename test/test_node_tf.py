@@ -24,6 +24,7 @@ from mspr_ros.localizer import Localizer
 from mspr_ros.ros_conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
 from ros_harness import diagnostic_values, domain_id, NodeProcess, own_status
 from ros_harness import RELIABLE_LATCHED, RosClient, small_photos, TF_QOS, TF_STATIC_QOS
+from ros_harness import wait_until
 
 pytestmark = pytest.mark.ros
 NS = '/mspr_localizer'
@@ -212,7 +213,9 @@ def test_missing_odometry_skips_the_frame(system):
     inboxes['diagnostics'].wait_for(lambda m: own_status(m) is not None and int(
         diagnostic_values(own_status(m))['rejected tf_unavailable']) > before, 10.0,
         'a tf_unavailable rejection')
-    assert "no transform 'odom' <- 'base_link'" in node.output()
+    # The rejection is counted before it is logged: wait for the line rather than race it.
+    wait_until(lambda: "no transform 'odom' <- 'base_link'" in node.output(), 5.0,
+               'the tf_unavailable warning in the node log')
     assert stamp not in {stamp_to_ns(m.header.stamp) for m in inboxes['pose'].snapshot()}
 
 

@@ -3,7 +3,7 @@
 ``LiveSession`` starts the node (console script ``localizer``) in its own process group with the
 parameters of ``config/mspr_ros.yaml`` (or ``--params``) plus ``weights``, ``use_sim_time:=true``
 and the image topic remapped to the bag's; every process gets
-``FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA`` (images over DDS, docs/environment.md). It waits until
+the Fast DDS image profile (``mspr_ros.dds_profile``: images through shared memory). It waits until
 the node's lifecycle state is ``active`` and its subscriptions are matched, then ``play`` replays
 the bag at its recorded rate (times ``rate``): ``/clock`` (rosgraph_msgs/Clock) from the bag's
 receive times, the image topic, ``/tf`` and ``/tf_static`` republished byte for byte as recorded.
@@ -56,6 +56,7 @@ from tf2_msgs.msg import TFMessage
 from tqdm import tqdm
 
 import mspr_ros
+from mspr_ros.dds_profile import with_image_profile
 from mspr_ros.geometry import Transform
 from mspr_training.bag_offline import (
     count_messages, GroundTruthSpec, load_ground_truth, match_ground_truth, needs_transforms,
@@ -140,9 +141,8 @@ def node_command_line(options: LiveOptions, node_name: str, image_topic: str,
 
 
 def node_environment(domain_id: int | None) -> dict:
-    """Return the node's environment: ours plus LARGE_DATA, the domain and our mspr_ros."""
-    env = dict(os.environ)
-    env['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
+    """Return the node's environment: ours plus the image profile, the domain and our mspr_ros."""
+    env = with_image_profile(dict(os.environ))
     if domain_id is not None:
         env['ROS_DOMAIN_ID'] = str(domain_id)
     # The child must import the same mspr_ros as this process, wherever it is started from.
@@ -284,7 +284,7 @@ class LiveSession:
 
     def __enter__(self):
         """Start rclpy, the recorder and the node; wait until the node is active and matched."""
-        os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+        with_image_profile()
         try:
             self._start_ros()
             self._start_node()

@@ -16,10 +16,11 @@ its last checkpoint.
 import argparse
 import hashlib
 import json
-import os
 from pathlib import Path
 import sys
 import time
+
+from mspr_ros.dds_profile import with_image_profile
 
 DEFAULT_OUT = Path('artifacts') / 'demo'
 CONFIG = 'synth_demo'
@@ -61,8 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     """Run the demo; return the exit status."""
     args = parse_args(argv)
-    # Images cross Fast DDS only reliably with the large-data transports (see README).
-    os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+    # Images cross Fast DDS quickly and without loss only through shared memory (see README).
+    with_image_profile()
     from mspr_training import bag_eval, evaluate, export, synth, train
     from mspr_training.config import load_config
 

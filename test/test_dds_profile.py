@@ -1,0 +1,90 @@
+"""The Fast DDS image profile: where it is found, who keeps their own, and that it works.
+
+The functional test is the reason the profile exists: without it a best-effort subscriber in
+another process receives about one 640x480 frame in ten at 30 Hz (config/fastdds_images.xml).
+"""
+from pathlib import Path
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+
+from mspr_ros.dds_profile import image_profile_path, PROFILE_VARIABLES, with_image_profile
+from ros_harness import domain_id, REPO, ros_env, RosClient, stop_process_group
+
+FRAMES = 60
+RATE_HZ = 30.0
+# A best-effort subscriber may miss the odd frame on a loaded machine; without the profile it
+# missed nine in ten.
+MIN_DELIVERED = 50
+
+COUNTER = """
+import sys, rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image
+rclpy.init()
+node = rclpy.create_node('image_counter')
+count = 0
+def on_image(msg):
+    global count
+    count += 1
+    print(count, msg.width * msg.height, flush=True)
+node.create_subscription(Image, 'image', on_image, qos_profile_sensor_data)
+print('ready', flush=True)
+try:
+    rclpy.spin(node)
+except BaseException:
+    pass
+"""
+
+
+def test_the_profile_is_the_checkout_file_and_a_valid_fast_dds_profile():
+    path = image_profile_path()
+    assert path == REPO / 'config' / 'fastdds_images.xml'
+    root = ElementTree.parse(path).getroot()
+    ns = {'dds': 'http://www.eprosima.com'}
+    segment = root.find('.//dds:transport_descriptor[dds:type="SHM"]/dds:segment_size', ns)
+    # Room for a few 1080p rgb8 images in flight, the point of the profile.
+    assert int(segment.text) >= 5 * 1920 * 1080 * 3
+    participant = root.find('.//dds:participant', ns)
+    assert participant.get('is_default_profile') == 'true'
+
+
+def test_a_process_gets_the_profile_unless_a_profile_is_chosen():
+    assert with_image_profile({})[PROFILE_VARIABLES[0]] == str(image_profile_path())
+    for name in PROFILE_VARIABLES:
+        env = {name: '/robot/dds.xml'}
+        assert with_image_profile(env) == {name: '/robot/dds.xml'}
+    assert with_image_profile({'FASTDDS_DEFAULT_PROFILES_FILE': ''})[PROFILE_VARIABLES[0]] == str(
+        image_profile_path())
+
+
+def test_best_effort_640x480_at_30_hz_crosses_processes_with_the_profile(tmp_path):
+    domain = domain_id(11)
+    env = ros_env(domain)
+    assert Path(env[PROFILE_VARIABLES[0]]) == image_profile_path()
+    counter = subprocess.Popen([sys.executable, '-c', COUNTER], env=env, stdout=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    client = RosClient(domain, name='image_profile_test')
+    try:
+        assert counter.stdout.readline().strip() == 'ready'
+        publisher = client.publisher(Image, 'image', qos_profile_sensor_data)
+        client.wait_for_subscribers(publisher)
+        time.sleep(1.0)  # best effort: let the shared-memory ports connect first
+        data = np.random.default_rng(0).integers(0, 255, 640 * 480 * 3, np.uint8).tobytes()
+        msg = Image(height=480, width=640, encoding='rgb8', step=640 * 3, data=data)
+        for _ in range(FRAMES):
+            publisher.publish(msg)
+            time.sleep(1.0 / RATE_HZ)
+        time.sleep(1.0)
+    finally:
+        client.close()
+        stop_process_group(counter)
+    lines = counter.stdout.read().split()
+    received = int(lines[-2]) if len(lines) >= 2 else 0
+    assert received >= MIN_DELIVERED, (
+        f'{received} of {FRAMES} best-effort 640x480 frames arrived with the image profile')
