@@ -21,13 +21,13 @@ import math
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-import uuid
 
 import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
 
+from mspr_ros.atomic_file import atomic_write
 from mspr_ros.config import ModelConfig
 from mspr_ros.geometry import SceneAlignment
 from mspr_ros.model import build_model, MSTransformer
@@ -201,18 +201,9 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, config: ModelConfig,
     except (TypeError, ValueError) as error:
         raise ValueError(f'bundle metadata is not JSON-serialisable: {error}') from error
     payload = safetensors.torch.save(tensors, metadata=metadata)
-    # Write beside the target and rename, so readers never see a half-written bundle.
-    # open(..., 'xb') (unlike mkstemp) gives the file the usual umask-based permissions.
-    tmp_path = path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp')
-    try:
-        with open(tmp_path, 'xb') as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    # Readers (a node being restarted) never see a half-written bundle.
+    with atomic_write(path) as handle:
+        handle.write(payload)
     return path
 
 

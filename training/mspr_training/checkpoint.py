@@ -23,15 +23,15 @@ file wins over a mid-epoch file of the same step).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 import random
 import re
 from typing import Any
-import uuid
 
 import numpy as np
 import torch
+
+from mspr_ros.atomic_file import atomic_write
 
 CHECKPOINT_FORMAT = 1
 _NAME = re.compile(r'^checkpoint_(\d{9})(_iter)?\.pt$')
@@ -88,16 +88,8 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     A kill at any moment leaves either the previous file or the complete new one.
     """
     path = Path(path)
-    tmp_path = path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp')
-    try:
-        with open(tmp_path, 'xb') as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        torch.save(state, handle)
     return path
 
 
