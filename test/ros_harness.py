@@ -1,8 +1,8 @@
 """Helpers for tests that talk to the localizer node over real DDS.
 
 - ``domain_id``: a ROS domain per test module (and per CLI test), so parallel runs and modules do
-  not see each other; ``ros_env``: the environment every process we start gets (LARGE_DATA
-  transport, localhost discovery, one OpenMP thread).
+  not see each other; ``ros_env``: the environment every process we start gets (the Fast DDS
+  image profile, localhost discovery, one OpenMP thread).
 - ``NodeProcess``: the node in its own process, its log captured to a file, stopped by process
   group with SIGINT and then SIGKILL after a deadline.
 - ``RosClient``: an rclpy node in the test process, in its own context on the module's domain,
