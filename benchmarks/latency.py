@@ -39,6 +39,7 @@ from common import default_out, echo_command, machine_info, model_config, MODEL_
 from common import NodeSession, parse_size, print_machine, rendered_frames, run_mode
 from common import save_random_bundle, set_threads, stage_means, summarise, Summary, WORK_DIR
 from common import write_results
+from mspr_ros.allocator import retain_freed_memory
 from mspr_ros.diagnostics import LATENCY_WINDOW
 from mspr_ros.localizer import Localizer
 
@@ -263,6 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     apply_omp_wait_policy(args)
     mode = run_mode(args)
+    # The node tunes its allocator at start-up; the direct reference gets the same process.
+    retain_freed_memory()
     set_threads(args.threads)
     machine = machine_info()
     print_machine(machine, args.threads)

@@ -46,6 +46,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32, String
 from std_srvs.srv import Empty, Trigger
 
+from mspr_ros.allocator import retain_freed_memory
 from mspr_ros.diagnostics import build_status, LocalizationStats, NO_IMAGE_WARN_S, NodeInfo
 from mspr_ros.frame_processor import CovarianceSettings, FrameEstimate, FrameProcessor
 from mspr_ros.frame_processor import NON_FINITE, NonFiniteEstimate, ProcessorSettings
@@ -763,12 +764,15 @@ def _torch_threads() -> int:
 
 def main(args=None) -> None:
     """Run the node with a single-threaded executor until Ctrl-C or shutdown."""
+    # Before the model allocates anything: per-frame memory is then reused, not re-faulted.
+    allocator = retain_freed_memory()
     rclpy.init(args=args)
     executor = SingleThreadedExecutor()
     node = None
     exit_code = 0
     try:
         node = LocalizerNode()
+        node.get_logger().info(f'memory allocator: {allocator or "left at its defaults"}')
         executor.add_node(node)
         node.autostart()
         executor.spin()
