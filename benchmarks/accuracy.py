@@ -29,9 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from common import add_common_arguments, apply_omp_wait_policy, contention_note, default_out
-from common import machine_info, parse_size, print_machine, run_mode, set_threads, WORK_DIR
-from common import write_results
+from common import add_common_arguments, apply_omp_wait_policy, default_out, parse_size, run_mode
+from common import set_threads, start_report, WORK_DIR, write_results
 from mspr_ros.attention_stats import AttentionStats
 from mspr_training import checkpoint as ckpt
 from mspr_training.attention_report import collect, to_markdown, write_report
@@ -285,9 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode = run_mode(args)
     budget = args.budget
     set_threads(args.threads)
-    machine = machine_info()
-    print_machine(machine, args.threads)
-    notes = [note for note in [contention_note(machine, args.threads)] if note]
+    machine, notes = start_report(args.threads)
     if mode == 'smoke':
         notes.append('smoke run: a handful of images and one epoch; the figures mean nothing')
     for note in notes:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
@@ -138,6 +138,13 @@ def machine_info() -> MachineInfo:
         git_commit=git_commit(),
         date_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         load_average_start=[round(v, 2) for v in os.getloadavg()])
+
+
+def start_report(threads: int) -> Tuple[MachineInfo, List[str]]:
+    """Print the machine line; return it and the run's notes (a contention warning, if any)."""
+    machine = machine_info()
+    print_machine(machine, threads)
+    return machine, [note for note in [contention_note(machine, threads)] if note]
 
 
 def contention_note(machine: MachineInfo, threads: int) -> Optional[str]:

@@ -34,11 +34,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from common import add_common_arguments, add_node_arguments, apply_omp_wait_policy, contention_note
-from common import default_out, echo_command, machine_info, model_config, MODEL_SIZES, node_command
-from common import NodeSession, parse_size, print_machine, rendered_frames, run_mode
-from common import save_random_bundle, set_threads, stage_means, summarise, Summary, WORK_DIR
-from common import write_results
+from common import add_common_arguments, add_node_arguments, apply_omp_wait_policy, default_out
+from common import echo_command, model_config, MODEL_SIZES, node_command, NodeSession, parse_size
+from common import rendered_frames, run_mode, save_random_bundle, set_threads, stage_means
+from common import start_report, summarise, Summary, WORK_DIR, write_results
 from mspr_ros.allocator import retain_freed_memory
 from mspr_ros.diagnostics import LATENCY_WINDOW
 from mspr_ros.localizer import Localizer
@@ -267,9 +266,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # The node tunes its allocator at start-up; the direct reference gets the same process.
     retain_freed_memory()
     set_threads(args.threads)
-    machine = machine_info()
-    print_machine(machine, args.threads)
-    notes = [note for note in [contention_note(machine, args.threads)] if note]
+    machine, notes = start_report(args.threads)
     settings = [(size, 'cpu', False) for size in args.models]
     if torch.cuda.is_available() and not args.skip_cuda:
         settings += [(size, 'cuda', fp16) for size in args.models for fp16 in (False, True)]

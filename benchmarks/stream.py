@@ -26,10 +26,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from common import add_common_arguments, add_node_arguments, apply_omp_wait_policy, contention_note
-from common import default_out, gpu_memory_mib, machine_info, model_config, MODEL_SIZES
-from common import node_command, NodeSession, parse_size, print_machine, rendered_frames, run_mode
-from common import save_random_bundle, set_threads, summarise, Summary, WORK_DIR, write_results
+from common import add_common_arguments, add_node_arguments, apply_omp_wait_policy, default_out
+from common import gpu_memory_mib, model_config, MODEL_SIZES, node_command, NodeSession, parse_size
+from common import rendered_frames, run_mode, save_random_bundle, set_threads, start_report
+from common import summarise, Summary, WORK_DIR, write_results
 
 NAME = 'stream'
 MEMORY_TOLERANCE = 0.05
@@ -171,9 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     apply_omp_wait_policy(args)
     mode = run_mode(args)
     set_threads(args.threads)
-    machine = machine_info()
-    print_machine(machine, args.threads)
-    notes = [note for note in [contention_note(machine, args.threads)] if note]
+    machine, notes = start_report(args.threads)
     if args.device == 'cpu':
         notes.append('GPU memory not measured: the node runs on the CPU'
                      + ('' if torch.cuda.is_available() else ' (no CUDA device here)'))

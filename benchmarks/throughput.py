@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from common import add_common_arguments, apply_omp_wait_policy, contention_note, default_out
-from common import machine_info, model_config, parameter_count, parse_size, print_machine, run_mode
-from common import set_threads, summarise, Summary, WORK_DIR, write_results
+from common import add_common_arguments, apply_omp_wait_policy, default_out, model_config
+from common import parameter_count, parse_size, run_mode, set_threads, start_report, summarise
+from common import Summary, WORK_DIR, write_results
 from mspr_training.config import load_config
 from mspr_training.engine import IterationInfo, train_one_epoch
 from mspr_training.synth import generate
@@ -228,9 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     set_threads(args.threads)
     # Random B0 weights give denormal activations that trained weights do not (see docstring).
     torch.set_flush_denormal(True)
-    machine = machine_info()
-    print_machine(machine, args.threads)
-    notes = [note for note in [contention_note(machine, args.threads)] if note]
+    machine, notes = start_report(args.threads)
     devices = ['cpu']
     if torch.cuda.is_available() and not args.skip_cuda:
         devices.append('cuda')
