@@ -26,7 +26,7 @@ setup(
     python_requires='>=3.10',
     entry_points={
         'console_scripts': [
-            'localizer = mspr_ros.node:main',
+            'localizer = mspr_ros.ros.node:main',
         ],
     },
 )

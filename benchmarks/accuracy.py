@@ -31,7 +31,7 @@ import torch
 
 from common import add_common_arguments, apply_omp_wait_policy, default_out, parse_size, run_mode
 from common import set_threads, start_report, WORK_DIR, write_results
-from mspr_ros.attention_stats import AttentionStats
+from mspr_ros.model.attention_stats import AttentionStats
 from mspr_training import checkpoint as ckpt
 from mspr_training.attention_report import collect, to_markdown, write_report
 from mspr_training.config import load_config, TrainConfig

@@ -38,12 +38,12 @@ import torch
 import yaml
 
 from mspr_ros.bundle import save_bundle
-from mspr_ros.config import ModelConfig
-from mspr_ros.geometry import Transform
-from mspr_ros.model import build_model
-from mspr_ros.node import POSE_QOS as NODE_POSE_QOS
-from mspr_ros.ros_conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
-from mspr_ros.ros_conversions import transform_to_msg
+from mspr_ros.geometry.transforms import Transform
+from mspr_ros.model.config import ModelConfig
+from mspr_ros.model.ms_transformer import build_model
+from mspr_ros.ros.conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
+from mspr_ros.ros.conversions import transform_to_msg
+from mspr_ros.ros.node import POSE_QOS as NODE_POSE_QOS
 from mspr_training.config import load_config
 from mspr_training.export import git_commit
 from mspr_training.synth import build_world, Intrinsics, plan_sequences
@@ -410,7 +410,7 @@ def node_parameters(weights: Path, device: str, fp16: bool = False,
 
 def node_command(weights: Path, device: str, fp16: bool, **params: Any) -> List[str]:
     """Return the command line of the localizer node with :func:`node_parameters`."""
-    return [sys.executable, '-m', 'mspr_ros.node', '--ros-args', '-r',
+    return [sys.executable, '-m', 'mspr_ros.ros.node', '--ros-args', '-r',
             f'__node:={NODE_NAME}'] + ros_harness.param_args(
                 node_parameters(weights, device, fp16, **params))
 

@@ -1,7 +1,7 @@
 """End-to-end latency of the node against the core ``Localizer`` alone, on the same frames.
 
 For each model size (tiny, demo, paper; see ``common.model_config``) one bundle is saved and
-loaded twice: by a ``Localizer`` in this process and by the node (``python -m mspr_ros.node``)
+loaded twice: by a ``Localizer`` in this process and by the node (``python -m mspr_ros.ros.node``)
 in its own process, both with the same torch thread count. Frames are rendered 640x480 rgb8
 images of the synthetic world. Per frame, in rotating order so that load changes on a shared
 machine hit all alike, and never at the same time:
@@ -38,9 +38,9 @@ from common import add_common_arguments, add_node_arguments, apply_omp_wait_poli
 from common import echo_command, model_config, MODEL_SIZES, node_command, NodeSession, parse_size
 from common import rendered_frames, run_mode, save_random_bundle, set_threads, stage_means
 from common import start_report, summarise, Summary, WORK_DIR, write_results
-from mspr_ros.allocator import retain_freed_memory
-from mspr_ros.diagnostics import LATENCY_WINDOW
 from mspr_ros.localizer import Localizer
+from mspr_ros.ros.diagnostics import LATENCY_WINDOW
+from mspr_ros.runtime.allocator import retain_freed_memory
 
 NAME = 'latency'
 TARGET_RATIO = 1.15

@@ -24,9 +24,9 @@ from typing import Callable
 
 import torch
 
-from mspr_ros.config import ModelConfig
-from mspr_ros.losses import MultiScenePoseCriterion, PoseLoss
-from mspr_ros.model import build_model
+from mspr_ros.model.config import ModelConfig
+from mspr_ros.model.losses import MultiScenePoseCriterion, PoseLoss
+from mspr_ros.model.ms_transformer import build_model
 
 NUM_SCENES = 7
 IMAGE_SIZE = 224

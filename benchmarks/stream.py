@@ -1,6 +1,6 @@
 """A long 30 Hz camera stream through the node: memory, latency, dropped frames, backlog.
 
-The node (``python -m mspr_ros.node``, its own process, ``--threads`` torch threads) runs a
+The node (``python -m mspr_ros.ros.node``, its own process, ``--threads`` torch threads) runs a
 bundle of ``--model`` size; this script publishes rendered 640x480 rgb8 frames (cycled) on
 ``/image`` at ``--rate`` Hz for ``--duration`` seconds (default 600 s, the 10-minute spec;
 ``--quick`` 60 s) after a warm-up, like a camera driver: on schedule, never waiting for the

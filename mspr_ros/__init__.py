@@ -1,7 +1,7 @@
 """mspr_ros: multi-scene absolute pose regression (MS-Transformer) for ROS 2.
 
 The core (model, weights bundle, localizer, geometry) is ROS-free. The heavy names below are
-imported lazily so that light modules such as ``mspr_ros.geometry`` do not import torch.
+imported lazily so that light modules such as ``mspr_ros.geometry.transforms`` do not import torch.
 """
 import importlib
 
@@ -9,8 +9,8 @@ _LAZY_EXPORTS = {
     'BundleError': 'mspr_ros.bundle',
     'LocalizationResult': 'mspr_ros.localizer',
     'Localizer': 'mspr_ros.localizer',
-    'ModelConfig': 'mspr_ros.config',
-    'build_model': 'mspr_ros.model',
+    'ModelConfig': 'mspr_ros.model.config',
+    'build_model': 'mspr_ros.model.ms_transformer',
     'load_bundle': 'mspr_ros.bundle',
 }
 

@@ -27,11 +27,11 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from mspr_ros.atomic_file import atomic_write
-from mspr_ros.config import ModelConfig
-from mspr_ros.geometry import SceneAlignment
-from mspr_ros.model import build_model, MSTransformer
+from mspr_ros.geometry.transforms import SceneAlignment
+from mspr_ros.model.config import ModelConfig
+from mspr_ros.model.ms_transformer import build_model, MSTransformer
 from mspr_ros.preprocess import PreprocessingConfig
+from mspr_ros.runtime.atomic_file import atomic_write
 
 FORMAT_VERSION = 1
 METADATA_KEY = 'mspr_bundle'

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mspr_ros.bundle import save_bundle
-from mspr_ros.config import ModelConfig
-from mspr_ros.model import build_model
+from mspr_ros.model.config import ModelConfig
+from mspr_ros.model.ms_transformer import build_model
 
 TINY_SCENE_NAMES = ['atrium', 'corridor', 'lab']
 

@@ -27,7 +27,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-from mspr_ros.dds_profile import with_image_profile
+from mspr_ros.runtime.dds_profile import with_image_profile
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -102,7 +102,7 @@ def param_args(params: Dict[str, Any]) -> List[str]:
 
 
 class NodeProcess:
-    """The localizer node (``python -m mspr_ros.node``) in its own process group."""
+    """The localizer node (``python -m mspr_ros.ros.node``) in its own process group."""
 
     def __init__(self, domain: int, log_path: Path, params: Optional[Dict[str, Any]] = None,
                  ros_args: Sequence[str] = (), name: str = NODE_NAME, namespace: str = ''):
@@ -110,7 +110,7 @@ class NodeProcess:
         self.name = name
         self.namespace = namespace
         self.log_path = Path(log_path)
-        command = [PYTHON, '-m', 'mspr_ros.node', '--ros-args', '-r', f'__node:={name}']
+        command = [PYTHON, '-m', 'mspr_ros.ros.node', '--ros-args', '-r', f'__node:={name}']
         if namespace:
             command += ['-r', f'__ns:={namespace}']
         command += param_args(params or {}) + list(ros_args)

@@ -1,6 +1,7 @@
 """retain_freed_memory: freed frame memory stays in the process; a user's glibc setting wins.
 
-Whether that saves time is measured in the node (mspr_ros/allocator.py has the figures); here
+Whether that saves time is measured in the node (mspr_ros/runtime/allocator.py has the figures);
+here
 the contract is checked in a fresh process: a freed 40 MiB block is returned to the OS with
 glibc's defaults and kept for reuse once tuned.
 """
@@ -9,11 +10,11 @@ import sys
 
 import pytest
 
-from mspr_ros import allocator
+from mspr_ros.runtime import allocator
 
 PROBE = """
 import ctypes, os, sys
-from mspr_ros.allocator import retain_freed_memory
+from mspr_ros.runtime.allocator import retain_freed_memory
 note = retain_freed_memory() if sys.argv[1] == 'tuned' else None
 libc = ctypes.CDLL('libc.so.6')
 libc.malloc.restype = ctypes.c_void_p

@@ -1,7 +1,7 @@
 """atomic_write: the old file survives any failure; success replaces it whole."""
 import pytest
 
-from mspr_ros.atomic_file import atomic_write
+from mspr_ros.runtime.atomic_file import atomic_write
 
 
 def test_success_replaces_the_file_and_leaves_no_temporary(tmp_path):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mspr_ros.attention_stats import (attention_entropy, collect_attention_stats,
-                                      query_purity)
-from mspr_ros.config import ModelConfig
-from mspr_ros.model import build_model
+from mspr_ros.model.attention_stats import (attention_entropy, collect_attention_stats,
+                                            query_purity)
+from mspr_ros.model.config import ModelConfig
+from mspr_ros.model.ms_transformer import build_model
 
 
 def small_model():

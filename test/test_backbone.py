@@ -8,9 +8,9 @@ import skimage.data
 import torch
 import torchvision
 
-from mspr_ros import backbone
-from mspr_ros.backbone import build_backbone, build_lite0_classifier
-from mspr_ros.config import ModelConfig
+from mspr_ros.model import backbone
+from mspr_ros.model.backbone import build_backbone, build_lite0_classifier
+from mspr_ros.model.config import ModelConfig
 from mspr_ros.preprocess import preprocess_batch
 
 EGYPTIAN_OR_TABBY_CAT = {281, 285}
@@ -81,7 +81,7 @@ def test_b0_imagenet_only_from_the_hub_cache(tmp_path, monkeypatch, caplog):
     """'imagenet' reads torchvision's cached file; without it: one warning, random init."""
     monkeypatch.setattr(backbone, '_warned', set())
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger='mspr_ros.backbone'):
+    with caplog.at_level(logging.WARNING, logger='mspr_ros.model.backbone'):
         build_backbone(config('efficientnet_b0', 'imagenet'))
         build_backbone(config('efficientnet_b0', 'imagenet'))
     assert caplog.text.count('never downloaded') == 1

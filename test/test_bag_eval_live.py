@@ -5,13 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mspr_ros.geometry import Transform
+from mspr_ros.geometry.transforms import Transform
 from mspr_ros.localizer import Localizer
-from mspr_training.bag_eval import main
-from mspr_training.bag_live import evaluate_live, LiveOptions
-from mspr_training.bag_offline import default_params_file, evaluate_offline, GroundTruthSpec
-from mspr_training.bag_offline import read_bag_transforms
-from mspr_training.bag_report import build_report, FrameStatus
+from mspr_training.bags.cli import main
+from mspr_training.bags.live import evaluate_live, LiveOptions
+from mspr_training.bags.offline import default_params_file, evaluate_offline, GroundTruthSpec
+from mspr_training.bags.offline import read_bag_transforms
+from mspr_training.bags.report import build_report, FrameStatus
 from mspr_training.synth import build_world, Intrinsics, plan_sequences, write_rosbag
 from ros_harness import domain_id
 

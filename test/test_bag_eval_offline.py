@@ -9,12 +9,12 @@ import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from scipy.spatial.transform import Rotation
 
-from mspr_ros.geometry import SceneAlignment, Transform
+from mspr_ros.geometry.transforms import SceneAlignment, Transform
 from mspr_ros.localizer import Localizer
-from mspr_training.bag_eval import main
-from mspr_training.bag_offline import alignment_overrides, evaluate_offline, GroundTruthSpec
-from mspr_training.bag_offline import read_node_parameters
-from mspr_training.bag_report import build_report, FrameStatus, write_report
+from mspr_training.bags.cli import main
+from mspr_training.bags.offline import alignment_overrides, evaluate_offline, GroundTruthSpec
+from mspr_training.bags.offline import read_node_parameters
+from mspr_training.bags.report import build_report, FrameStatus, write_report
 from mspr_training.data import read_bag_trajectory, read_rosbag
 from mspr_training.data.rosbag import typestore
 from mspr_training.synth import build_world, Intrinsics, plan_sequences, write_rosbag

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mspr_training.bag_from_dataset import COMPRESSED_TOPIC, convert_dataset, GT_TOPIC
-from mspr_training.bag_from_dataset import IMAGE_TOPIC, main, NS_PER_S, SCENE_TOPIC
+from mspr_training.bags.from_dataset import COMPRESSED_TOPIC, convert_dataset, GT_TOPIC
+from mspr_training.bags.from_dataset import IMAGE_TOPIC, main, NS_PER_S, SCENE_TOPIC
 from mspr_training.data import load_rgb, read_7scenes, read_cambridge, read_rosbag
 from mspr_training.data.rosbag import open_bag
 from mspr_training.synth import generate

@@ -12,8 +12,8 @@ import torch
 from mspr_ros.bundle import (build_model_from_bundle, bundle_metadata, BundleError,
                              default_covariance, load_bundle, METADATA_KEY, save_bundle,
                              SceneAlignment)
-from mspr_ros.config import ModelConfig
-from mspr_ros.model import build_model
+from mspr_ros.model.config import ModelConfig
+from mspr_ros.model.ms_transformer import build_model
 from mspr_ros.preprocess import PreprocessingConfig
 
 SCENES = ['hall', 'lab']

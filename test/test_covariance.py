@@ -1,14 +1,14 @@
-"""Unit tests of mspr_ros.covariance."""
+"""Unit tests of mspr_ros.geometry.covariance."""
 import math
 
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from mspr_ros.covariance import (confidence_inflation_factor, covariance_at_offset,
-                                 flatten_row_major, pose_covariance, two_d_covariance,
-                                 UNESTIMATED_VARIANCE, validate_covariance)
-from mspr_ros.geometry import SceneAlignment, Transform
+from mspr_ros.geometry.covariance import (confidence_inflation_factor, covariance_at_offset,
+                                          flatten_row_major, pose_covariance, two_d_covariance,
+                                          UNESTIMATED_VARIANCE, validate_covariance)
+from mspr_ros.geometry.transforms import SceneAlignment, Transform
 
 YAW_90 = [0.0, 0.0, math.sqrt(0.5), math.sqrt(0.5)]
 ROLL_90 = [math.sqrt(0.5), 0.0, 0.0, math.sqrt(0.5)]

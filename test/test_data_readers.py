@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from mspr_training.data import (
-    DatasetError, load_rgb, PoseSample, read_7scenes, read_cambridge, read_label_csv)
+from mspr_training.data import (DatasetError, load_rgb, PoseSample, read_7scenes, read_cambridge,
+                                read_label_csv)
 
 CAMBRIDGE_HEADER = 'Visual Landmark Dataset V1\nImageFile, Camera Position [X Y Z W P Q R]\n\n'
 # World-to-camera rotation of a camera whose optical axis looks along world +X with image "down"

@@ -8,9 +8,8 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 from scipy.spatial.transform import Rotation
 
-from mspr_training.data import (
-    DatasetError, iter_bag_images, read_bag_trajectory, read_rosbag, read_rosbag_with_stats,
-    Trajectory)
+from mspr_training.data import (DatasetError, iter_bag_images, read_bag_trajectory, read_rosbag,
+                                read_rosbag_with_stats, Trajectory)
 
 TYPES = get_typestore(Stores.ROS2_HUMBLE)
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}

@@ -14,7 +14,7 @@ import numpy as np
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from mspr_ros.dds_profile import image_profile_path, PROFILE_VARIABLES, with_image_profile
+from mspr_ros.runtime.dds_profile import image_profile_path, PROFILE_VARIABLES, with_image_profile
 from ros_harness import domain_id, REPO, ros_env, RosClient, stop_process_group, wait_until
 
 FRAMES = 60

@@ -18,8 +18,8 @@ from mspr_training.config import load_config
 from mspr_training.data import load_rgb
 from mspr_training.datasets import build_dataset, data_fingerprint, read_split
 from mspr_training.engine import Predictions
-from mspr_training.export import (
-    calibrate_covariance, export_bundle, model_from_checkpoint, pose_error_vectors)
+from mspr_training.export import (calibrate_covariance, export_bundle, model_from_checkpoint,
+                                  pose_error_vectors)
 from mspr_training.synth import generate
 from mspr_training.train import train
 from mspr_training.transforms import eval_transform

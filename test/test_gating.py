@@ -1,13 +1,14 @@
-"""Unit tests of mspr_ros.gating."""
+"""Unit tests of mspr_ros.estimation.gating."""
 import math
 import threading
 
 import numpy as np
 import pytest
 
-from mspr_ros.gating import (GateConfig, GateDecision, JUMP_ROTATION, JUMP_TRANSLATION,
-                             LOW_CONFIDENCE, PoseGate, REJECTION_REASONS, SCENE_NOT_ALLOWED)
-from mspr_ros.geometry import Transform
+from mspr_ros.estimation.gating import (GateConfig, GateDecision, JUMP_ROTATION, JUMP_TRANSLATION,
+                                        LOW_CONFIDENCE, PoseGate, REJECTION_REASONS,
+                                        SCENE_NOT_ALLOWED)
+from mspr_ros.geometry.transforms import Transform
 
 ORIGIN = Transform.from_xyz_rpy([0, 0, 0], [0, 0, 0])
 

@@ -1,4 +1,4 @@
-"""Unit tests of mspr_ros.geometry: transforms, scene alignments, frame chain, pose error."""
+"""Unit tests of mspr_ros.geometry.transforms: transforms, alignments, frame chain, pose error."""
 import copy
 import dataclasses
 import math
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from mspr_ros.geometry import (base_in_map, body_from_optical, map_to_odom, optical_from_body,
-                               pose_error, quaternion_angle_deg, SceneAlignment, Transform)
+from mspr_ros.geometry.transforms import (base_in_map, body_from_optical, map_to_odom,
+                                          optical_from_body, pose_error, quaternion_angle_deg,
+                                          SceneAlignment, Transform)
 
 YAW_90 = [0.0, 0.0, math.sqrt(0.5), math.sqrt(0.5)]
 

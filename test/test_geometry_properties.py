@@ -4,8 +4,8 @@ import math
 from hypothesis import given, settings, strategies as st
 import numpy as np
 
-from mspr_ros.covariance import pose_covariance, two_d_covariance
-from mspr_ros.geometry import map_to_odom, pose_error, SceneAlignment, Transform
+from mspr_ros.geometry.covariance import pose_covariance, two_d_covariance
+from mspr_ros.geometry.transforms import map_to_odom, pose_error, SceneAlignment, Transform
 
 # The shared CPU makes per-example timing meaningless; the example count bounds the runtime.
 PROPERTY_SETTINGS = settings(deadline=None, max_examples=100)

@@ -11,7 +11,7 @@ import sys
 import pytest
 import yaml
 
-from mspr_ros.node_params import PARAM_NAMES, PARAM_SPECS
+from mspr_ros.ros.params import PARAM_NAMES, PARAM_SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / 'launch' / 'localize.launch.py'

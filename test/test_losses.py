@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mspr_ros.losses import MultiScenePoseCriterion, POSE_LOSS_PRESETS, PoseLoss
+from mspr_ros.model.losses import MultiScenePoseCriterion, POSE_LOSS_PRESETS, PoseLoss
 
 
 def example_batch():

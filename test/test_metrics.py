@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from mspr_ros.geometry import pose_error, Transform
-from mspr_training.metrics import (
-    compute_metrics, NaiveBaseline, orientation_errors_deg, position_errors, recall,
-    TimingStats)
+from mspr_ros.geometry.transforms import pose_error, Transform
+from mspr_training.metrics import (compute_metrics, NaiveBaseline, orientation_errors_deg,
+                                   position_errors, recall, TimingStats)
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0]
 

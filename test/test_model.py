@@ -3,8 +3,8 @@ import pytest
 import torch
 import torchvision
 
-from mspr_ros.config import ModelConfig
-from mspr_ros.model import build_model
+from mspr_ros.model.config import ModelConfig
+from mspr_ros.model.ms_transformer import build_model
 
 IMAGE_SIZE = 64
 

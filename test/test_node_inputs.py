@@ -14,8 +14,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
 from mspr_ros.image_conversion import encode_compressed
-from mspr_ros.ros_conversions import ns_to_stamp, rgb_to_compressed_msg, rgb_to_image_msg
-from mspr_ros.ros_conversions import stamp_to_ns
+from mspr_ros.ros.conversions import ns_to_stamp, rgb_to_compressed_msg, rgb_to_image_msg
+from mspr_ros.ros.conversions import stamp_to_ns
 from ros_harness import diagnostic_values, domain_id, NodeProcess, own_status
 from ros_harness import RELIABLE_LATCHED, RosClient, small_photos, stop_all
 
@@ -215,7 +215,7 @@ def test_max_rate_caps_inference_and_keeps_only_the_newest_frame(system):
 
 def test_cv_bridge_and_core_conversion_agree_for_every_encoding():
     from mspr_ros.image_conversion import SUPPORTED_ENCODINGS
-    from mspr_ros.ros_conversions import ImageDecoder
+    from mspr_ros.ros.conversions import ImageDecoder
     try:
         bridge = ImageDecoder(4096 * 4096, use_cv_bridge=True)
     except ImportError as error:

@@ -10,7 +10,7 @@ import pytest
 from sensor_msgs.msg import Image
 from tf2_msgs.msg import TFMessage
 
-from mspr_ros.ros_conversions import rgb_to_image_msg, stamp_to_ns
+from mspr_ros.ros.conversions import rgb_to_image_msg, stamp_to_ns
 from ros_harness import domain_id, NodeProcess, RELIABLE_LATCHED, RosClient, stop_all
 from ros_harness import TF_STATIC_QOS
 

@@ -12,8 +12,8 @@ import pytest
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import DescribeParameters
 
-from mspr_ros.node_params import NodeParams, PARAM_NAMES, PARAM_SPECS
-from mspr_ros.node_params import ParameterValidationError, parse_scene_alignment
+from mspr_ros.ros.params import NodeParams, PARAM_NAMES, PARAM_SPECS
+from mspr_ros.ros.params import ParameterValidationError, parse_scene_alignment
 from ros_harness import domain_id, NodeProcess, RosClient, stop_all
 
 pytestmark = pytest.mark.ros

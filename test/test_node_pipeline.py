@@ -1,7 +1,8 @@
 """The node end to end over real DDS: image + TF in; pose, camera pose, scene, map -> odom out.
 
 One node process serves the module. Every output is checked against ``Localizer`` run here on the
-same image, with the frame chain applied by hand in 4x4 matrices (not through mspr_ros.geometry):
+same image, with the frame chain applied by hand in 4x4 matrices (not through
+mspr_ros.geometry.transforms):
 ``T_map_cam = S_map_scene * T_scene_cam``, ``T_map_base = T_map_cam * inv(T_base_cam)``,
 ``T_map_odom = T_map_base * inv(T_odom_base(t_img))``.
 """
@@ -23,7 +24,7 @@ from tf2_msgs.msg import TFMessage
 from mspr_ros.bundle import build_model_from_bundle, load_bundle, save_bundle
 from mspr_ros.image_conversion import image_to_rgb
 from mspr_ros.localizer import Localizer
-from mspr_ros.ros_conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
+from mspr_ros.ros.conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
 from ros_harness import diagnostic_values, domain_id, NodeProcess, own_status
 from ros_harness import RELIABLE_LATCHED, RosClient, small_photos, TF_QOS, TF_STATIC_QOS
 from ros_harness import wait_until
@@ -409,7 +410,7 @@ def test_low_confidence_and_disallowed_scenes_publish_nothing(system, localizer)
 
 def test_diagnostic_levels_follow_the_localization_state():
     """Pure check of the status logic with a fake clock (no DDS)."""
-    from mspr_ros.diagnostics import build_status, LocalizationStats, NodeInfo
+    from mspr_ros.ros.diagnostics import build_status, LocalizationStats, NodeInfo
     now = [100.0]
     stats = LocalizationStats(clock=lambda: now[0])
     info = NodeInfo(node_name='n', lifecycle_state='inactive', input_topic='/cam/image')

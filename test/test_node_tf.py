@@ -21,7 +21,7 @@ from sensor_msgs.msg import Image
 from tf2_msgs.msg import TFMessage
 
 from mspr_ros.localizer import Localizer
-from mspr_ros.ros_conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
+from mspr_ros.ros.conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
 from ros_harness import diagnostic_values, domain_id, NodeProcess, own_status
 from ros_harness import RELIABLE_LATCHED, RosClient, small_photos, TF_QOS, TF_STATIC_QOS
 from ros_harness import wait_until
@@ -265,9 +265,9 @@ def test_empty_odom_frame_publishes_map_to_base_directly(system):
 @pytest.mark.parametrize('backend', ['mspr_ros', 'tf2_ros'])
 def test_tf_backends_broadcast_latch_and_look_up(backend):
     """Both TF backends behind one interface, over DDS between two nodes of this process."""
-    from mspr_ros.geometry import Transform
-    from mspr_ros.ros_conversions import transform_to_msg
-    from mspr_ros.tf_support import backend_names, create_tf_interfaces, TransformUnavailable
+    from mspr_ros.geometry.transforms import Transform
+    from mspr_ros.ros.conversions import transform_to_msg
+    from mspr_ros.ros.tf import backend_names, create_tf_interfaces, TransformUnavailable
     if backend not in backend_names():
         pytest.skip(f'{backend} is not installed here (PyPI has no tf2_ros wheel)')
     client = RosClient(domain_id(5), name='tf_backend_test')

@@ -96,7 +96,7 @@ def test_ament_layout_files_exist():
     setup_text = (ROOT / 'setup.py').read_text()
     for share in ('launch', 'config', 'rviz'):
         assert f"'/{share}', glob('{share}/" in setup_text
-    assert 'localizer = mspr_ros.node:main' in setup_text
+    assert 'localizer = mspr_ros.ros.node:main' in setup_text
 
 
 def test_wheel_tf2_msgs_is_hidden_from_colcon():

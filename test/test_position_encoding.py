@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from mspr_ros.config import ModelConfig
-from mspr_ros.position_encoding import (build_position_encoding, PositionEncodingLearned,
-                                        PositionEncodingSine)
+from mspr_ros.model.config import ModelConfig
+from mspr_ros.model.position_encoding import (build_position_encoding, PositionEncodingLearned,
+                                              PositionEncodingSine)
 
 
 def closed_form_sine(channel: int, row: int, col: int, feats: int = 128,

@@ -20,7 +20,7 @@ from tf2_msgs.msg import TFMessage
 import torch
 
 from mspr_ros.bundle import build_model_from_bundle, load_bundle, save_bundle
-from mspr_ros.ros_conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
+from mspr_ros.ros.conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
 from ros_harness import domain_id, RELIABLE_LATCHED, ros_env, RosClient, small_photos
 from ros_harness import stop_process_group, TF_QOS, wait_until
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from mspr_training.synth import (
-    build_world, camera_pose, Intrinsics, Lighting, plan_path, plan_sequences, render)
+from mspr_training.synth import (build_world, camera_pose, Intrinsics, Lighting, plan_path,
+                                 plan_sequences, render)
 from mspr_training.synth.camera import R_BODY_OPTICAL
 from mspr_training.synth.textures import Material
 from mspr_training.synth.world import Box, Cylinder, MAX_SCENES, ROOM_FACES, Scene

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from mspr_training.data import (
-    iter_bag_images, load_rgb, read_7scenes, read_bag_trajectory, read_cambridge, read_rosbag)
+from mspr_training.data import (iter_bag_images, load_rgb, read_7scenes, read_bag_trajectory,
+                                read_cambridge, read_rosbag)
 from mspr_training.synth import build_world, generate, Intrinsics, plan_sequences
 from mspr_training.synth.cli import main
 from mspr_training.synth.dataset_writers import CambridgeWriter, SevenScenesWriter

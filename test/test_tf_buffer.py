@@ -1,13 +1,13 @@
-"""Unit tests of mspr_ros.tf_buffer.TransformBuffer."""
+"""Unit tests of mspr_ros.geometry.tf_history.TransformBuffer."""
 import math
 import threading
 import time
 
 import pytest
 
-from mspr_ros.geometry import Transform
-from mspr_ros.tf_buffer import (ConnectivityError, ExtrapolationError, FrameNotFound,
-                                TransformBuffer, TransformDataError)
+from mspr_ros.geometry.tf_history import (ConnectivityError, ExtrapolationError, FrameNotFound,
+                                          TransformBuffer, TransformDataError)
+from mspr_ros.geometry.transforms import Transform
 
 S = 1_000_000_000  # nanoseconds per second
 

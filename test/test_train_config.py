@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from mspr_training.config import (
-    bundled_config, CONFIG_DIR, ConfigError, DataConfig, dump_config, load_config, TrainConfig)
+from mspr_training.config import (bundled_config, CONFIG_DIR, ConfigError, DataConfig, dump_config,
+                                  load_config, TrainConfig)
 from mspr_training.data import DatasetError
 from mspr_training.datasets import data_fingerprint, read_split
 from mspr_training.synth import generate

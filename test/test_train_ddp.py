@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mspr_ros.model import build_model
+from mspr_ros.model.ms_transformer import build_model
 from mspr_training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from mspr_training.config import load_config
 from mspr_training.synth import generate

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from mspr_ros.transformer import DecoderLayer, EncoderLayer, SceneTransformer
+from mspr_ros.model.transformer import DecoderLayer, EncoderLayer, SceneTransformer
 
 D_MODEL, HEADS, FF = 16, 4, 24
 

@@ -38,7 +38,7 @@ if [ "$(cat "$venv/.lock-installed" 2>/dev/null)" != "$lock_sum" ]; then
 fi
 
 # Checked from / so that the repo root on sys.path cannot hide a broken editable install.
-if ! (cd / && "$py" -c "import mspr_ros.config, mspr_training.data") 2>/dev/null \
+if ! (cd / && "$py" -c "import mspr_ros.model.config, mspr_training.data") 2>/dev/null \
    || [ "$(cat "$venv/.pkg-installed" 2>/dev/null)" != "$(cat "$root/setup.py" "$root/training/setup.py" | sha256sum | cut -c1-16)" ]; then
   step "installing mspr_ros and mspr_training (editable)"
   quiet "$venv/bin/pip" install --disable-pip-version-check --no-deps --no-build-isolation -e "$root" -e "$root/training"

@@ -16,8 +16,8 @@ setup(
             'mspr-train = mspr_training.train:main',
             'mspr-evaluate = mspr_training.evaluate:main',
             'mspr-export = mspr_training.export:main',
-            'mspr-bag-eval = mspr_training.bag_eval:main',
-            'mspr-bag-from-dataset = mspr_training.bag_from_dataset:main',
+            'mspr-bag-eval = mspr_training.bags.cli:main',
+            'mspr-bag-from-dataset = mspr_training.bags.from_dataset:main',
         ],
     },
 )

@@ -1,7 +1,8 @@
 """Encoder self-attention report (NeurIPS 2024 analysis, docs/paper.md section 3.4).
 
 For a model and a sample of images: per branch and encoder layer the attention entropy, the
-query/key centroid distance and the query-region purity (``mspr_ros.attention_stats``), written
+query/key centroid distance and the query-region purity (``mspr_ros.model.attention_stats``),
+written
 as ``attention.json``, ``attention.md`` and plots (entropy per layer, purity histograms).
 Reports of several models (baseline vs ours) are compared with::
 
@@ -20,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mspr_ros.attention_stats import (
-    AttentionStats, collect_attention_stats, DEFAULT_NEIGHBOURS, LayerAttentionStats)
+from mspr_ros.model.attention_stats import (AttentionStats, collect_attention_stats,
+                                            DEFAULT_NEIGHBOURS, LayerAttentionStats)
 from mspr_training.plots import plot_attention_entropy, plot_purity_histograms
 
 # Images per forward pass: the purity needs an N x 2N distance matrix per image and head.

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mspr_ros.atomic_file import atomic_write
+from mspr_ros.runtime.atomic_file import atomic_write
 
 CHECKPOINT_FORMAT = 1
 _NAME = re.compile(r'^checkpoint_(\d{9})(_iter)?\.pt$')

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence, Union
 
 import yaml
 
-from mspr_ros.config import ModelConfig
+from mspr_ros.model.config import ModelConfig
 from mspr_ros.preprocess import IMAGENET_MEAN, IMAGENET_STD, PreprocessingConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'

@@ -16,9 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from mspr_training.config import DataConfig
-from mspr_training.data import (
-    DatasetError, MultiSceneDataset, PoseSample, read_7scenes, read_cambridge, read_label_csv,
-    read_rosbag)
+from mspr_training.data import (DatasetError, MultiSceneDataset, PoseSample, read_7scenes,
+                                read_cambridge, read_label_csv, read_rosbag)
 
 # The file that marks a folder as a scene of the split, per format.
 _SCENE_MARKERS = {

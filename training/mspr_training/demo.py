@@ -20,7 +20,7 @@ from pathlib import Path
 import sys
 import time
 
-from mspr_ros.dds_profile import with_image_profile
+from mspr_ros.runtime.dds_profile import with_image_profile
 
 DEFAULT_OUT = Path('artifacts') / 'demo'
 CONFIG = 'synth_demo'
@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # Images cross Fast DDS quickly and without loss only through shared memory (see README).
     with_image_profile()
-    from mspr_training import bag_eval, evaluate, export, synth, train
+    from mspr_training import evaluate, export, synth, train
+    from mspr_training.bags import cli as bag_eval
     from mspr_training.config import load_config
 
     started = time.perf_counter()

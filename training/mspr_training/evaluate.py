@@ -30,11 +30,10 @@ from mspr_ros.preprocess import preprocess_batch
 from mspr_training.attention_report import collect, write_report
 from mspr_training.config import ConfigError, DataConfig, load_config
 from mspr_training.data import DatasetError, load_rgb, MultiSceneDataset
-from mspr_training.datasets import (
-    build_dataset, read_split, resolve_split, sample_identity, training_poses)
-from mspr_training.metrics import (
-    compute_metrics, DEFAULT_RECALL_THRESHOLDS, MetricsReport, NaiveBaseline,
-    orientation_errors_deg, position_errors)
+from mspr_training.datasets import (build_dataset, read_split, resolve_split, sample_identity,
+                                    training_poses)
+from mspr_training.metrics import (compute_metrics, DEFAULT_RECALL_THRESHOLDS, MetricsReport,
+                                   NaiveBaseline, orientation_errors_deg, position_errors)
 from mspr_training.plots import plot_error_cdfs, plot_trajectories
 
 LOGGER = logging.getLogger('mspr_training.evaluate')

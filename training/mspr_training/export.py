@@ -12,7 +12,8 @@ Covariance calibration, per scene (see :func:`calibrate_covariance`): the model 
 image of the calibration split with the predicted scene, as deployed. For the images of the scene
 that were classified correctly, the error vector is ``[p_gt - p_est, rotvec(R_gt R_est^T)]``:
 metres, then radians about the scene frame's fixed axes (x, y, z: the ROS covariance order of
-``mspr_ros.covariance``). The covariance is the second moment ``mean(e e^T)`` (not centred:
+``mspr_ros.geometry.covariance``). The covariance is the second moment ``mean(e e^T)`` (not
+centred:
 a systematic bias is part of the error a filter sees), plus a floor on the diagonal
 (``position_floor_m^2``, ``orientation_floor_rad^2``) so that a scene the network fits perfectly
 never claims zero uncertainty. Misclassified images are left out (their pose is in another
@@ -39,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from mspr_ros.bundle import save_bundle
 from mspr_ros.device import resolve_device
-from mspr_ros.model import build_model, MSTransformer
+from mspr_ros.model.ms_transformer import build_model, MSTransformer
 from mspr_training import checkpoint as ckpt
 from mspr_training.config import ConfigError, TrainConfig
 from mspr_training.data import DatasetError

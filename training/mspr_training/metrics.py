@@ -1,7 +1,8 @@
 """Localisation metrics of the papers (docs/paper.md section 5.1), shared by every evaluator.
 
 Per image: position error ``||x_est - x_gt||`` (m) and orientation error
-``2 acos(|<q_est, q_gt>|)`` (deg, dot clamped, via ``mspr_ros.geometry.quaternion_angle_deg``).
+``2 acos(|<q_est, q_gt>|)`` (deg, dot clamped, via
+``mspr_ros.geometry.transforms.quaternion_angle_deg``).
 Per scene, computed independently: median position and median orientation error (``np.median``,
 the midpoint of the two middle values), scene-classification accuracy, localisation recall at
 (m, deg) thresholds. Over scenes: the average of the per-scene medians (the papers' "average
@@ -17,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from mspr_ros.geometry import quaternion_angle_deg
+from mspr_ros.geometry.transforms import quaternion_angle_deg
 
 DEFAULT_RECALL_THRESHOLDS = ((0.25, 2.0), (0.5, 5.0), (5.0, 10.0))
 

@@ -33,15 +33,14 @@ from tqdm import tqdm
 
 from mspr_ros.bundle import load_bundle
 from mspr_ros.device import resolve_device
-from mspr_ros.losses import MultiScenePoseCriterion, PoseLoss
-from mspr_ros.model import build_model, MSTransformer
+from mspr_ros.model.losses import MultiScenePoseCriterion, PoseLoss
+from mspr_ros.model.ms_transformer import build_model, MSTransformer
 from mspr_training import checkpoint as ckpt
 from mspr_training import distributed
-from mspr_training.config import (
-    ConfigError, dump_config, load_config, TrainConfig)
+from mspr_training.config import (ConfigError, dump_config, load_config, TrainConfig)
 from mspr_training.data import DatasetError, MultiSceneDataset
-from mspr_training.datasets import (
-    build_dataset, data_fingerprint, data_root, read_split, training_poses)
+from mspr_training.datasets import (build_dataset, data_fingerprint, data_root, read_split,
+                                    training_poses)
 from mspr_training.engine import EpochTotals, evaluate, IterationInfo, LOSS_KEYS, \
     Predictions, train_one_epoch, TrainStep
 from mspr_training.feature_cache import CachedFeatureDataset, load_or_compute

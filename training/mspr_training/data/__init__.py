@@ -6,9 +6,8 @@ docs/ARCHITECTURE.md) and raises ``DatasetError`` naming the file and line of ba
 from mspr_training.data.cambridge import read_cambridge
 from mspr_training.data.label_csv import read_label_csv
 from mspr_training.data.multiscene import MultiSceneDataset
-from mspr_training.data.rosbag import (
-    BagImage, BagReadResult, BagReadStats, iter_bag_images, read_bag_trajectory, read_rosbag,
-    read_rosbag_with_stats)
+from mspr_training.data.rosbag import (BagImage, BagReadResult, BagReadStats, iter_bag_images,
+                                       read_bag_trajectory, read_rosbag, read_rosbag_with_stats)
 from mspr_training.data.samples import DatasetError, load_rgb, PoseSample
 from mspr_training.data.seven_scenes import read_7scenes
 from mspr_training.data.trajectory import Trajectory

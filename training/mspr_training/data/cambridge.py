@@ -11,9 +11,8 @@ from pathlib import Path
 
 from scipy.spatial.transform import Rotation
 
-from mspr_training.data.samples import (
-    checked_quaternion, DatasetError, parse_floats, PoseSample, quaternion_from_rotation,
-    require_image, where)
+from mspr_training.data.samples import (checked_quaternion, DatasetError, parse_floats, PoseSample,
+                                        quaternion_from_rotation, require_image, where)
 
 SPLITS = ('train', 'test')
 HEADER_LINES = 3

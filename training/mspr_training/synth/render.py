@@ -15,8 +15,7 @@ import math
 import numpy as np
 
 from mspr_training.synth.camera import as_pose_matrix, Intrinsics
-from mspr_training.synth.raycast import (
-    box_hits, CURVED, cylinder_hits, room_hits, safe_inverse)
+from mspr_training.synth.raycast import (box_hits, CURVED, cylinder_hits, room_hits, safe_inverse)
 from mspr_training.synth.textures import TEXTURE_SIZE
 from mspr_training.synth.world import Box, ROOM_FACES, Scene
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mspr_ros.geometry import SceneAlignment
+from mspr_ros.geometry.transforms import SceneAlignment
 
 COVARIANCE_MODES = ('calibrated', 'fixed')
 # Variance given to the dimensions two_d_mode does not estimate (z, roll, pitch): large enough

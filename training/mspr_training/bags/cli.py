@@ -28,10 +28,10 @@ import logging
 from pathlib import Path
 import sys
 
-from mspr_training.bag_offline import (
-    alignment_overrides, DEFAULT_IMAGE_TOPIC, default_params_file, evaluate_offline,
-    GroundTruthSpec, NODE_NAME, read_node_parameters)
-from mspr_training.bag_report import build_report, write_output_bag, write_report
+from mspr_training.bags.offline import (alignment_overrides, DEFAULT_IMAGE_TOPIC,
+                                        default_params_file, evaluate_offline, GroundTruthSpec,
+                                        NODE_NAME, read_node_parameters)
+from mspr_training.bags.report import build_report, write_output_bag, write_report
 from mspr_training.data.samples import DatasetError
 
 LOGGER = logging.getLogger('mspr-bag-eval')
@@ -128,7 +128,7 @@ def run(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.live:
         from mspr_ros.bundle import load_bundle
-        from mspr_training.bag_live import evaluate_live, LiveOptions
+        from mspr_training.bags.live import evaluate_live, LiveOptions
         # Fail in a second on a bad bundle rather than after the node's start-up.
         load_bundle(args.weights)
         options = LiveOptions(
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     from mspr_ros.bundle import BundleError
     errors = (DatasetError, BundleError, ValueError, FileExistsError)
     if args.live:
-        from mspr_training.bag_live import LiveEvaluationError
+        from mspr_training.bags.live import LiveEvaluationError
         errors += (LiveEvaluationError,)
     try:
         return run(args)

@@ -18,10 +18,9 @@ from typing import Any
 from matplotlib.figure import Figure
 import numpy as np
 
-from mspr_ros.geometry import Transform
-from mspr_training.metrics import (
-    compute_metrics, DEFAULT_RECALL_THRESHOLDS, MetricsReport, orientation_errors_deg,
-    position_errors, TimingStats)
+from mspr_ros.geometry.transforms import Transform
+from mspr_training.metrics import (compute_metrics, DEFAULT_RECALL_THRESHOLDS, MetricsReport,
+                                   orientation_errors_deg, position_errors, TimingStats)
 
 #: Group label of the metrics when the bag announces no scene.
 ALL_SCENES = '(all frames)'
@@ -465,7 +464,7 @@ def write_output_bag(evaluation: BagEvaluation, path, storage: str = 'mcap') -> 
     """
     # Imported here: bag_from_dataset holds the typed writer; importing it at module level
     # would make the report depend on the dataset readers for nothing.
-    from mspr_training.bag_from_dataset import OutputBag
+    from mspr_training.bags.from_dataset import OutputBag
     frame = evaluation.global_frame
     with OutputBag(path, storage) as bag:
         for record in evaluation.frames:

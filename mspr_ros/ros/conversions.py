@@ -1,10 +1,10 @@
 """Conversions between ROS messages and the ROS-free core types.
 
-Time is carried as integer nanoseconds, transforms as ``mspr_ros.geometry.Transform``, images
-as ``H x W x 3`` uint8 RGB arrays. Raw images go through ROS 2's ``cv_bridge`` when it is
+Time is carried as integer nanoseconds, transforms as ``mspr_ros.geometry.transforms.Transform``,
+images as ``H x W x 3`` uint8 RGB arrays. Raw images go through ROS 2's ``cv_bridge`` when it is
 installed and works (a full ROS install), otherwise through ``mspr_ros.image_conversion``;
-compressed images always use the core decoder because it refuses oversized images from the
-header, before decoding a single pixel.
+compressed images always use the core decoder because it refuses oversized images from the header,
+before decoding a single pixel.
 """
 from typing import Optional, Tuple
 
@@ -16,8 +16,8 @@ from nav_msgs.msg import Odometry
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
-from mspr_ros.covariance import flatten_row_major
-from mspr_ros.geometry import Transform
+from mspr_ros.geometry.covariance import flatten_row_major
+from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import decode_compressed, encode_compressed, image_to_rgb
 from mspr_ros.image_conversion import ImageConversionError, rgb_to_image_fields
 

@@ -3,7 +3,8 @@
 ``LiveSession`` starts the node (console script ``localizer``) in its own process group with the
 parameters of ``config/mspr_ros.yaml`` (or ``--params``) plus ``weights``, ``use_sim_time:=true``
 and the image topic remapped to the bag's; every process gets
-the Fast DDS image profile (``mspr_ros.dds_profile``: images through shared memory). It waits until
+the Fast DDS image profile (``mspr_ros.runtime.dds_profile``: images through shared memory).
+It waits until
 the node's lifecycle state is ``active`` and its subscriptions are matched, then ``play`` replays
 the bag at its recorded rate (times ``rate``): ``/clock`` (rosgraph_msgs/Clock) from the bag's
 receive times, the image topic, ``/tf`` and ``/tf_static`` republished byte for byte as recorded.
@@ -56,12 +57,13 @@ from tf2_msgs.msg import TFMessage
 from tqdm import tqdm
 
 import mspr_ros
-from mspr_ros.dds_profile import with_image_profile
-from mspr_ros.geometry import Transform
-from mspr_training.bag_offline import (
-    count_messages, GroundTruthSpec, load_ground_truth, match_ground_truth, needs_transforms,
-    NODE_NAME, read_bag_transforms, read_node_parameters, STATIC_TF_TOPICS, TF_TOPICS)
-from mspr_training.bag_report import BagEvaluation, FrameRecord, FrameStatus
+from mspr_ros.geometry.transforms import Transform
+from mspr_ros.runtime.dds_profile import with_image_profile
+from mspr_training.bags.offline import (count_messages, GroundTruthSpec, load_ground_truth,
+                                        match_ground_truth, needs_transforms, NODE_NAME,
+                                        read_bag_transforms, read_node_parameters,
+                                        STATIC_TF_TOPICS, TF_TOPICS)
+from mspr_training.bags.report import BagEvaluation, FrameRecord, FrameStatus
 from mspr_training.data.rosbag import COMPRESSED_TYPE, IMAGE_TYPE, iter_bag_images, open_bag
 from mspr_training.data.samples import DatasetError
 
@@ -98,7 +100,7 @@ class LiveOptions:
         device: the node's ``device`` parameter.
         domain_id: ROS domain of the node and the player (None: ``ROS_DOMAIN_ID`` or 0).
         node_command: the node executable (None: the ``localizer`` console script next to this
-            Python, else ``python -m mspr_ros.node``).
+            Python, else ``python -m mspr_ros.ros.node``).
         startup_timeout_s: time for the node to import torch, load the bundle and activate.
         settle_timeout_s: after the last image, wait for outputs until none came for this long.
         node_log: file receiving the node's output (None: a temporary file).
@@ -126,7 +128,8 @@ def node_command_line(options: LiveOptions, node_name: str, image_topic: str,
     command = list(options.node_command or ())
     if not command:
         script = Path(sys.executable).with_name('localizer')
-        command = [str(script)] if script.is_file() else [sys.executable, '-m', 'mspr_ros.node']
+        command = ([str(script)] if script.is_file()
+                   else [sys.executable, '-m', 'mspr_ros.ros.node'])
     command += ['--ros-args', '-r', f'__node:={node_name}']
     if options.params_file is not None:
         command += ['--params-file', str(options.params_file)]

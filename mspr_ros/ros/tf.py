@@ -8,7 +8,8 @@ With a full ROS 2 install ``tf2_ros`` is importable and used (``TransformBroadca
 - ``/tf_static``: reliable, transient local, depth 1, and every static transform sent so far in
   one message (a late subscriber gets them all, like tf2's static broadcaster);
 
-and listens with subscriptions that feed ``mspr_ros.tf_buffer.TransformBuffer`` (``/tf_static``
+and listens with subscriptions that feed ``mspr_ros.geometry.tf_history.TransformBuffer``
+(``/tf_static``
 subscribed transient local, so it receives transforms latched before it started); lookups wait
 on new data up to their timeout.
 
@@ -24,9 +25,9 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from tf2_msgs.msg import TFMessage
 
-from mspr_ros.geometry import Transform
-from mspr_ros.ros_conversions import stamp_to_ns, transform_from_msg
-from mspr_ros.tf_buffer import TransformBuffer
+from mspr_ros.geometry.tf_history import TransformBuffer
+from mspr_ros.geometry.transforms import Transform
+from mspr_ros.ros.conversions import stamp_to_ns, transform_from_msg
 
 TF_TOPIC = '/tf'
 TF_STATIC_TOPIC = '/tf_static'

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mspr_ros.model import MSTransformer
+from mspr_ros.model.ms_transformer import MSTransformer
 
 DEFAULT_NEIGHBOURS = 10
 

@@ -6,7 +6,7 @@ Both encodings map a feature map ``B x C x H x W`` to a positional map ``B x 2F 
 import torch
 from torch import nn
 
-from mspr_ros.config import ModelConfig
+from mspr_ros.model.config import ModelConfig
 
 LEARNED_TABLE_SIZE = 50
 

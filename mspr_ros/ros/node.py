@@ -17,7 +17,7 @@ TF). Measured with 640x480 images (benchmarks/README.md): rclpy's MultiThreadedE
 each image by 25-75 ms median, p95 350 ms, where the single-threaded one takes 2 ms.
 
 Run: ``ros2 run mspr_ros localizer --ros-args --params-file config/mspr_ros.yaml`` or
-``python -m mspr_ros.node --ros-args ...``.
+``python -m mspr_ros.ros.node --ros-args ...``.
 """
 import contextlib
 from dataclasses import dataclass
@@ -46,24 +46,24 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float32, String
 from std_srvs.srv import Empty, Trigger
 
-from mspr_ros.allocator import retain_freed_memory
-from mspr_ros.diagnostics import build_status, LocalizationStats, NO_IMAGE_WARN_S, NodeInfo
-from mspr_ros.frame_processor import CovarianceSettings, FrameEstimate, FrameProcessor
-from mspr_ros.frame_processor import NON_FINITE, NonFiniteEstimate, ProcessorSettings
-from mspr_ros.gating import GateConfig
-from mspr_ros.geometry import SceneAlignment, Transform
+from mspr_ros.estimation.frame_processor import CovarianceSettings, FrameEstimate, FrameProcessor
+from mspr_ros.estimation.frame_processor import NON_FINITE, NonFiniteEstimate, ProcessorSettings
+from mspr_ros.estimation.gating import GateConfig
+from mspr_ros.geometry.tf_history import TransformBuffer
+from mspr_ros.geometry.transforms import SceneAlignment, Transform
 from mspr_ros.image_conversion import ImageConversionError
-from mspr_ros.node_params import alignment_to_param, declare_node_parameters, NodeParams
-from mspr_ros.node_params import PARAM_NAMES, ParameterValidationError, parse_scene_alignment
-from mspr_ros.node_params import read_node_parameters, SCENE_PARAM_PREFIX
-from mspr_ros.node_params import scene_alignment_descriptor, scene_param_name
-from mspr_ros.ros_conversions import covariance_from_msg, ImageDecoder, ns_to_stamp
-from mspr_ros.ros_conversions import odometry_transform, pose_from_msg, pose_stamped
-from mspr_ros.ros_conversions import pose_with_covariance_stamped, stamp_to_ns
-from mspr_ros.ros_conversions import transform_to_msg
-from mspr_ros.tf_buffer import TransformBuffer
-from mspr_ros.tf_support import create_tf_interfaces, lookup_or_raise, TfInterfaces
-from mspr_ros.tf_support import TransformUnavailable
+from mspr_ros.ros.conversions import covariance_from_msg, ImageDecoder, ns_to_stamp
+from mspr_ros.ros.conversions import odometry_transform, pose_from_msg, pose_stamped
+from mspr_ros.ros.conversions import pose_with_covariance_stamped, stamp_to_ns
+from mspr_ros.ros.conversions import transform_to_msg
+from mspr_ros.ros.diagnostics import build_status, LocalizationStats, NO_IMAGE_WARN_S, NodeInfo
+from mspr_ros.ros.params import alignment_to_param, declare_node_parameters, NodeParams
+from mspr_ros.ros.params import PARAM_NAMES, ParameterValidationError, parse_scene_alignment
+from mspr_ros.ros.params import read_node_parameters, SCENE_PARAM_PREFIX
+from mspr_ros.ros.params import scene_alignment_descriptor, scene_param_name
+from mspr_ros.ros.tf import create_tf_interfaces, lookup_or_raise, TfInterfaces
+from mspr_ros.ros.tf import TransformUnavailable
+from mspr_ros.runtime.allocator import retain_freed_memory
 
 NODE_NAME = 'mspr_localizer'
 # Latched like AMCL's amcl_pose: late joiners get the last pose; volatile subscribers match.

@@ -28,7 +28,7 @@ import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from tqdm import tqdm
 
-from mspr_ros.geometry import Transform
+from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import encode_compressed
 from mspr_training.data.cambridge import read_cambridge
 from mspr_training.data.rosbag import typestore

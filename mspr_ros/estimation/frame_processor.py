@@ -16,16 +16,16 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from mspr_ros.covariance import covariance_at_offset, pose_covariance, two_d_covariance
-from mspr_ros.gating import GateConfig, GateDecision, PoseGate
-from mspr_ros.geometry import base_in_map, map_to_odom, SceneAlignment, Transform
+from mspr_ros.estimation.gating import GateConfig, GateDecision, PoseGate
+from mspr_ros.geometry.covariance import covariance_at_offset, pose_covariance, two_d_covariance
+from mspr_ros.geometry.transforms import base_in_map, map_to_odom, SceneAlignment, Transform
 
 NON_FINITE = 'non_finite'
 
 
 @dataclass(frozen=True)
 class CovarianceSettings:
-    """Arguments of ``mspr_ros.covariance.pose_covariance`` that come from parameters."""
+    """Arguments of ``mspr_ros.geometry.covariance.pose_covariance`` that come from parameters."""
 
     mode: str = 'calibrated'
     position_stddev: float = 0.5

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from mspr_ros.covariance import validate_covariance
-from mspr_ros.geometry import Transform
+from mspr_ros.geometry.covariance import validate_covariance
+from mspr_ros.geometry.transforms import Transform
 
 LOW_CONFIDENCE = 'low_confidence'
 SCENE_NOT_ALLOWED = 'scene_not_allowed'

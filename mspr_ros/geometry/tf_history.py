@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-from mspr_ros.geometry import Transform
+from mspr_ros.geometry.transforms import Transform
 
 _NS_PER_S = 1_000_000_000
 

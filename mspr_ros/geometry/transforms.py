@@ -48,6 +48,16 @@ def _unit_quaternion(value: Any, name: str) -> np.ndarray:
     return unit
 
 
+def canonical_quaternion(quaternion_xyzw: Any) -> np.ndarray:
+    """Return the unit x, y, z, w quaternion of the same rotation with ``w >= 0`` (float64 (4,)).
+
+    The one sign convention of the project (``q`` and ``-q`` are the same rotation). Raises
+    ValueError for a non-finite or zero-length input, naming the values.
+    """
+    return Rotation.from_quat(_unit_quaternion(quaternion_xyzw, 'quaternion')).as_quat(
+        canonical=True)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Transform:
     """A rigid transform ``T_parent_child``: ``p_parent = R p_child + translation``.

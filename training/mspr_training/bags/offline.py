@@ -31,11 +31,11 @@ from tqdm import tqdm
 import yaml
 
 import mspr_ros
-from mspr_ros.geometry import SceneAlignment, Transform
-from mspr_ros.tf_buffer import TransformBuffer, TransformDataError
-from mspr_training.bag_report import BagEvaluation, FrameRecord, FrameStatus
-from mspr_training.data.rosbag import (
-    DEFAULT_MAX_GAP_NS, iter_bag_images, open_bag, read_bag_trajectory, STRING_TYPE, TF_TYPE)
+from mspr_ros.geometry.tf_history import TransformBuffer, TransformDataError
+from mspr_ros.geometry.transforms import SceneAlignment, Transform
+from mspr_training.bags.report import BagEvaluation, FrameRecord, FrameStatus
+from mspr_training.data.rosbag import (DEFAULT_MAX_GAP_NS, iter_bag_images, open_bag,
+                                       read_bag_trajectory, STRING_TYPE, TF_TYPE)
 from mspr_training.data.samples import DatasetError
 from mspr_training.data.trajectory import Trajectory
 
@@ -275,7 +275,7 @@ def alignment_overrides(parameters: dict) -> dict:
     for name, value in parameters.items():
         if name.startswith(SCENE_PARAM_PREFIX) and name.endswith(SCENE_PARAM_SUFFIX):
             # The node's own parser, so that a value the node accepts means the same here.
-            from mspr_ros.node_params import parse_scene_alignment
+            from mspr_ros.ros.params import parse_scene_alignment
             scene = name[len(SCENE_PARAM_PREFIX):-len(SCENE_PARAM_SUFFIX)]
             overrides[scene] = parse_scene_alignment(scene, value)
     return overrides

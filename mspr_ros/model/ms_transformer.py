@@ -8,10 +8,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from mspr_ros.backbone import build_backbone, ORIENTATION_CHANNELS, POSITION_CHANNELS
-from mspr_ros.config import ModelConfig
-from mspr_ros.position_encoding import build_position_encoding
-from mspr_ros.transformer import SceneTransformer
+from mspr_ros.model.backbone import build_backbone, ORIENTATION_CHANNELS, POSITION_CHANNELS
+from mspr_ros.model.config import ModelConfig
+from mspr_ros.model.position_encoding import build_position_encoding
+from mspr_ros.model.transformer import SceneTransformer
 
 
 def _regression_head(d_model: int, hidden: int, out_features: int) -> nn.Sequential:

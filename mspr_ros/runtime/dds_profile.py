@@ -17,7 +17,7 @@ PROFILE_VARIABLES = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES
 
 def image_profile_path() -> Optional[Path]:
     """Return the profile of this checkout or installation, or None when neither has it."""
-    checkout = Path(__file__).resolve().parents[1] / 'config' / PROFILE_FILE_NAME
+    checkout = Path(__file__).resolve().parents[2] / 'config' / PROFILE_FILE_NAME
     if checkout.is_file():
         return checkout
     try:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 import torchvision
 
-from mspr_ros.config import ModelConfig
+from mspr_ros.model.config import ModelConfig
 
 LOGGER = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ POSITION_ENCODINGS = ('sine', 'learned')
 
 @dataclass
 class ModelConfig:
-    """Hyper-parameters of :class:`mspr_ros.model.MSTransformer`.
+    """Hyper-parameters of :class:`mspr_ros.model.ms_transformer.MSTransformer`.
 
     Attributes:
         num_scenes: number of scenes S (one learned query per scene and branch).

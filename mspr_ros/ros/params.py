@@ -166,7 +166,7 @@ PARAM_NAMES = tuple(spec.name for spec in PARAM_SPECS)
 
 @dataclass(frozen=True)
 class CovarianceParams:
-    """How the published covariance is formed (see ``mspr_ros.covariance.pose_covariance``)."""
+    """How the published covariance is formed (``mspr_ros.geometry.covariance``)."""
 
     mode: str
     position_stddev: float

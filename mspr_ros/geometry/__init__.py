@@ -1,0 +1,1 @@
+"""Rigid transforms, rotations, frame chains, pose covariance and the TF history (ROS-free)."""

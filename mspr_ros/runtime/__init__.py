@@ -1,0 +1,1 @@
+"""Process-level settings every entry point applies: allocator, DDS profile, atomic files."""
