@@ -37,7 +37,7 @@ demo: $(STAMP)
 	$(PY) -m mspr_training.demo $(DEMO_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m flake8 mspr_ros training launch test benchmarks
+	$(PY) -m flake8 mspr_ros training launch test benchmarks setup.py
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/run_all.py

@@ -20,8 +20,8 @@ setup(
     zip_safe=True,
     maintainer='mspr_ros developers',
     maintainer_email='mspr-ros@users.noreply.github.com',
-    description='Multi-scene absolute pose regression (MS-Transformer with activated self-attention) '
-                'as a ROS 2 relocalization node.',
+    description='Multi-scene absolute pose regression (MS-Transformer with activated '
+                'self-attention) as a ROS 2 relocalization node.',
     license='Apache-2.0',
     python_requires='>=3.10',
     entry_points={

@@ -1,6 +1,6 @@
 """End-to-end latency of the node against the core ``Localizer`` alone, on the same frames.
 
-For each model size (tiny, demo, paper; see ``common.model_config``) one bundle is saved and
+For each model size (tiny, demo, paper; see ``common.models.model_config``) one bundle is saved and
 loaded twice: by a ``Localizer`` in this process and by the node (``python -m mspr_ros.ros.node``)
 in its own process, both with the same torch thread count. Frames are rendered 640x480 rgb8
 images of the synthetic world. Per frame, in rotating order so that load changes on a shared
@@ -17,7 +17,7 @@ machine hit all alike, and never at the same time:
 Printed and written: both distributions, the ratio node/direct (target < 1.15 on the CPU), the
 node's per-stage means from its ``/diagnostics`` (decode, preprocess, inference, publish, total)
 and what remains (DDS both ways, serialisation, executor hand-offs). That remainder is set
-against an echo node (``common.echo_node_main``: same topics, QoS and executor, answers each
+against an echo node (``benchmarks/echo_node.py``: same topics, QoS and executor, answers each
 image at once with an empty pose), the floor of any Python node with this interface. With CUDA,
 the same for fp32 and fp16 on the GPU; without, a note says it was skipped.
 
@@ -34,10 +34,12 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from common import add_common_arguments, add_node_arguments, apply_omp_wait_policy, default_out
-from common import echo_command, model_config, MODEL_SIZES, node_command, NodeSession, parse_size
-from common import rendered_frames, run_mode, save_random_bundle, set_threads, stage_means
-from common import start_report, summarise, Summary, WORK_DIR, write_results
+from common.cli import add_common_arguments, add_node_arguments, begin, parse_size, run_mode
+from common.frames import rendered_frames
+from common.models import model_config, MODEL_SIZES, save_random_bundle
+from common.node_session import ECHO_PROGRAM, node_parameters, NodeSession, stage_means
+from common.results import save_results, WORK_DIR
+from common.stats import summarise, Summary
 from mspr_ros.localizer import Localizer
 from mspr_ros.ros.diagnostics import LATENCY_WINDOW
 from mspr_ros.runtime.allocator import retain_freed_memory
@@ -184,9 +186,9 @@ def measure(size: str, device: str, fp16: bool, frames: List[np.ndarray],
     try:
         direct.warmup(args.warmup)
         # A reliable image subscription: with one frame in flight a lost frame is never answered.
-        command = node_command(bundle, device, fp16,
-                               **{'image_qos': NODE_IMAGE_QOS, **dict(args.node_params)})
-        with NodeSession(NAME, command, args.threads, log) as session:
+        params = node_parameters(bundle, device, fp16,
+                                 **{'image_qos': NODE_IMAGE_QOS, **dict(args.node_params)})
+        with NodeSession(NAME, args.threads, log, params) as session:
             messages = session.image_messages(frames)
             session.first_pose(messages[0])
             for index in range(1, args.warmup):
@@ -215,13 +217,13 @@ def measure(size: str, device: str, fp16: bool, frames: List[np.ndarray],
 
 
 def measure_echo(frames: List[np.ndarray], args: argparse.Namespace) -> Summary:
-    """Return the round trip of the echo node (``common.echo_node_main``) on the frames.
+    """Return the round trip of the echo node (``benchmarks/echo_node.py``) on the frames.
 
     The floor any Python node with the localizer's interface pays (DDS both ways, image
     (de)serialisation, executor hand-offs), to set the node's overhead against.
     """
     log = WORK_DIR / 'logs' / 'latency_echo_node.log'
-    with NodeSession('echo', echo_command(), args.threads, log) as session:
+    with NodeSession('echo', args.threads, log, program=ECHO_PROGRAM) as session:
         messages = session.image_messages(frames)
         session.first_pose(messages[0])
         for index in range(1, args.warmup):
@@ -261,12 +263,9 @@ def print_table(results: Sequence[LatencyResult], echo: Summary) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
-    apply_omp_wait_policy(args)
-    mode = run_mode(args)
+    mode, machine, notes = begin(args)
     # The node tunes its allocator at start-up; the direct reference gets the same process.
     retain_freed_memory()
-    set_threads(args.threads)
-    machine, notes = start_report(args.threads)
     settings = [(size, 'cpu', False) for size in args.models]
     if torch.cuda.is_available() and not args.skip_cuda:
         settings += [(size, 'cuda', fp16) for size in args.models for fp16 in (False, True)]
@@ -287,16 +286,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f'{args.warmup} warm-up + {args.frames} frames', flush=True)
             results.append(measure(size, device, fp16, frames, args, work))
     print_table(results, echo)
-    out = write_results(
-        args.out or default_out(NAME, mode), NAME, mode, machine,
+    return save_results(
+        args.out, NAME, mode, machine,
         settings={'threads': args.threads, 'frames': args.frames, 'warmup': args.warmup,
                   'image_size': list(args.image_size), 'encoding': 'rgb8',
                   'target_ratio': TARGET_RATIO, 'models': args.models,
                   'node_parameters': {'image_qos': NODE_IMAGE_QOS, **dict(args.node_params)},
                   'model_configs': {size: model_config(size).to_dict() for size in args.models}},
         results={'measurements': results, 'echo_node_ms': echo}, notes=notes)
-    print(f'\nwrote {out}')
-    return 0
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from common.models import parameter_count
 from mspr_ros.model.config import ModelConfig
 from mspr_ros.model.losses import MultiScenePoseCriterion, PoseLoss
 from mspr_ros.model.ms_transformer import build_model
@@ -82,11 +83,6 @@ def paper_config(backbone: str, position_encoding: str) -> ModelConfig:
     """Return the full paper configuration (weights irrelevant for timing: random init)."""
     return ModelConfig(num_scenes=NUM_SCENES, backbone=backbone, backbone_weights=None,
                        position_encoding=position_encoding)
-
-
-def parameter_count(model: torch.nn.Module) -> int:
-    """Return the number of parameters."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def inference_comparison(backbone: str, device: torch.device, fp16: bool, warmup: int,

@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 # model_speed.py belongs to the model code (forward latency per backbone, QKA step overhead).
-NAMES = ('latency', 'throughput', 'stream', 'accuracy', 'model_speed')
+NAMES = ('latency', 'throughput', 'stream', 'accuracy', 'model_speed', 'fusion')
 
 
 @dataclass

@@ -26,10 +26,13 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from common import add_common_arguments, add_node_arguments, apply_omp_wait_policy, default_out
-from common import gpu_memory_mib, model_config, MODEL_SIZES, node_command, NodeSession, parse_size
-from common import rendered_frames, run_mode, save_random_bundle, set_threads, start_report
-from common import summarise, Summary, WORK_DIR, write_results
+from common.cli import add_common_arguments, add_node_arguments, begin, parse_size, run_mode
+from common.frames import rendered_frames
+from common.models import model_config, MODEL_SIZES, save_random_bundle
+from common.node_session import node_parameters, NodeSession
+from common.process_memory import gpu_memory_mib
+from common.results import save_results, WORK_DIR
+from common.stats import summarise, Summary
 
 NAME = 'stream'
 MEMORY_TOLERANCE = 0.05
@@ -143,7 +146,7 @@ class CameraStream:
             now = time.monotonic()
             if record and now >= next_sample:
                 self.rss_series.append([round(now - start, 1),
-                                        self.session.node.resident_bytes() / MIB])
+                                        self.session.resident_bytes() / MIB])
                 next_sample = now + SAMPLE_PERIOD_S
             # A camera drops the ticks it missed; it does not burst to catch up.
             behind = int((now - start) / self.period) - tick
@@ -168,10 +171,7 @@ def delta(after: Dict[str, str], before: Dict[str, str], key: str) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
-    apply_omp_wait_policy(args)
-    mode = run_mode(args)
-    set_threads(args.threads)
-    machine, notes = start_report(args.threads)
+    mode, machine, notes = begin(args)
     if args.device == 'cpu':
         notes.append('GPU memory not measured: the node runs on the CPU'
                      + ('' if torch.cuda.is_available() else ' (no CUDA device here)'))
@@ -184,22 +184,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bundle, parameters = save_random_bundle(f'{work}/{args.model}.safetensors',
                                                 model_config(args.model))
         log = WORK_DIR / 'logs' / f'stream_node_{args.model}_{args.device}.log'
-        command = node_command(bundle, args.device, args.fp16, **dict(args.node_params))
-        with NodeSession(NAME, command, args.threads, log) as session:
+        params = node_parameters(bundle, args.device, args.fp16, **dict(args.node_params))
+        with NodeSession(NAME, args.threads, log, params) as session:
             camera = CameraStream(session, frames, args.rate)
             session.first_pose(camera.messages[0])
             print(f'warm-up {args.warmup:.0f} s, then {args.duration:.0f} s at '
                   f'{args.rate:g} Hz ({args.model} model on {args.device})', flush=True)
             camera.run(args.warmup, record=False)
             before = session.diagnostics_after(time.time_ns())
-            rss_start = session.node.resident_bytes() / MIB
+            rss_start = session.resident_bytes() / MIB
             gpu_start = gpu_memory_mib(session.node.process.pid)
             camera.run(args.duration, record=True)
             try:
                 session.arrivals.wait(camera.published[-1], DRAIN_S)
             except TimeoutError:
                 notes.append('the last published frame got no pose (superseded or rejected)')
-            rss_end = session.node.resident_bytes() / MIB
+            rss_end = session.resident_bytes() / MIB
             gpu_end = gpu_memory_mib(session.node.process.pid)
             after = session.diagnostics_after(time.time_ns())
             arrivals = session.arrivals.snapshot()
@@ -255,8 +255,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f'({"flat" if checks["memory_flat_within_5_percent"] else "NOT FLAT"})')
     if gpu_start is not None:
         print(f'GPU memory: start {gpu_start:.0f} MiB, end {gpu_end:.0f} MiB')
-    out = write_results(
-        args.out or default_out(NAME, mode), NAME, mode, machine,
+    return save_results(
+        args.out, NAME, mode, machine,
         settings={'threads': args.threads, 'duration_s': args.duration,
                   'warmup_s': args.warmup, 'rate_hz': args.rate, 'model': args.model,
                   'parameters': parameters, 'model_config': model_config(args.model).to_dict(),
@@ -269,8 +269,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                  'publish_rate_hz': counts.published / seconds,
                  'answer_rate_hz': counts.answered / seconds},
         notes=notes)
-    print(f'\nwrote {out}')
-    return 0
 
 
 if __name__ == '__main__':

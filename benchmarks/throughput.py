@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from common import add_common_arguments, apply_omp_wait_policy, default_out, model_config
-from common import parameter_count, parse_size, run_mode, set_threads, start_report, summarise
-from common import Summary, WORK_DIR, write_results
+from common.cli import add_common_arguments, begin, parse_size, run_mode
+from common.models import model_config, parameter_count
+from common.results import save_results, WORK_DIR
+from common.stats import summarise, Summary
 from mspr_training.config import load_config
 from mspr_training.engine import IterationInfo, train_one_epoch
 from mspr_training.synth import generate
@@ -108,13 +109,13 @@ def config_overrides(args: argparse.Namespace, mode: str, device: str) -> List[s
     runs, the model size change; optimizer, loss, transform and sampling stay the paper's.
     """
     overrides = ['data.format=cambridge', 'data.scenes=null', 'model.num_scenes=3',
-                 'model.backbone_weights=null', f'data.num_workers={args.num_workers}',
+                 'model.backbone_weights=none', f'data.num_workers={args.num_workers}',
                  'validation.every_epochs=0', 'validation.at_end=false',
                  'checkpoint.every_epochs=0', 'logging.tensorboard=false',
                  'logging.progress=false', f'device={device}']
     if mode == 'smoke':
         tiny = model_config('tiny').to_dict()
-        tiny['backbone_weights'] = None
+        tiny['backbone_weights'] = 'none'
         overrides += [f'model.{key}={"null" if value is None else value}'
                       for key, value in tiny.items()]
         overrides.append('optim.batch_size=2')
@@ -223,12 +224,9 @@ def measure(device: str, args: argparse.Namespace, mode: str, root: Any,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
-    apply_omp_wait_policy(args)
-    mode = run_mode(args)
-    set_threads(args.threads)
+    mode, machine, notes = begin(args)
     # Random B0 weights give denormal activations that trained weights do not (see docstring).
     torch.set_flush_denormal(True)
-    machine, notes = start_report(args.threads)
     devices = ['cpu']
     if torch.cuda.is_available() and not args.skip_cuda:
         devices.append('cuda')
@@ -260,14 +258,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f'{r.images_per_s:>8.2f}{r.step_ms.p50:>10.0f}{r.loader_wait_ms.p50:>10.1f}'
               f'{100 * r.loader_wait_fraction:>7.1f}%{r.prepare_batch_ms.p50:>13.0f}  '
               f'{"keeps up" if r.loader_keeps_up else "BOTTLENECK"}')
-    out = write_results(
-        args.out or default_out(NAME, mode), NAME, mode, machine,
+    return save_results(
+        args.out, NAME, mode, machine,
         settings={'threads': args.threads, 'config': PAPER_CONFIG,
                   'image_size': list(args.image_size), 'num_workers': args.num_workers,
                   'resolved_configs': configs, 'parameters': parameters},
         results={'devices': results}, notes=notes)
-    print(f'\nwrote {out}')
-    return 0
 
 
 if __name__ == '__main__':

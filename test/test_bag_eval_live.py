@@ -8,7 +8,7 @@ import pytest
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.localizer import Localizer
 from mspr_training.bags.cli import main
-from mspr_training.bags.live import evaluate_live, LiveOptions
+from mspr_training.bags.live import assign_corrections, evaluate_live, LiveOptions
 from mspr_training.bags.offline import default_params_file, evaluate_offline, GroundTruthSpec
 from mspr_training.bags.offline import read_bag_transforms
 from mspr_training.bags.report import build_report, FrameStatus
@@ -41,8 +41,10 @@ def test_live_replay_at_5hz_answers_every_frame_like_offline(bag_5hz, tiny_bundl
                                                              tmp_path):
     out = tmp_path / 'live'
     # Ground truth of the base (TF map -> odom -> base_link): the node's ~/pose is scored.
+    # fusion none: ~/pose is then each frame's own estimate, which offline must reproduce.
     status = main([str(bag_5hz), '--weights', str(tiny_bundle_path), '--live', '--device', 'cpu',
-                   '--param', 'min_scene_confidence:=0.0', '--out', str(out), '--quiet',
+                   '--param', 'min_scene_confidence:=0.0', '--param', 'fusion:=none',
+                   '--out', str(out), '--quiet',
                    '--gt-frames', 'map', 'base_link', '--domain-id', str(domain_id(40))])
     assert status == 0, (out / 'node.log').read_text()[-3000:]
     report = json.loads((out / 'report.json').read_text())
@@ -80,6 +82,18 @@ def test_live_replay_at_5hz_answers_every_frame_like_offline(bag_5hz, tiny_bundl
         T_map_cam = Transform(frame['camera_position'], frame['camera_orientation'])
         T_map_base = Transform(frame['base_position'], frame['base_orientation'])
         assert T_map_base.almost_equal(T_map_cam @ T_base_cam.inverse(), 1e-6, 1e-6)
+
+
+def test_corrections_are_matched_to_frames_at_or_after_image_plus_tolerance():
+    images = [0, 200, 400]
+    # AMCL's rule exactly, then the node moving late corrections later to keep stamps rising.
+    assert assign_corrections(images, [500, 700, 900], 500) == [True, True, True]
+    assert assign_corrections(images, [500, 950, 960], 500) == [True, True, True]
+    # One frame's correction never came: two corrections for three frames.
+    assert sum(assign_corrections(images, [500, 900], 500)) == 2
+    # A value change stamped before image + tolerance is not this frame's correction.
+    assert assign_corrections(images, [400, 699], 500) == [True, False, False]
+    assert assign_corrections(images, [], 500) == [False, False, False]
 
 
 def test_live_replay_at_30hz_accounts_for_every_frame(tiny_bundle_path, tmp_path):

@@ -14,7 +14,8 @@ from mspr_ros.localizer import Localizer
 from mspr_training.bags.cli import main
 from mspr_training.bags.offline import alignment_overrides, evaluate_offline, GroundTruthSpec
 from mspr_training.bags.offline import read_node_parameters
-from mspr_training.bags.report import build_report, FrameStatus, write_report
+from mspr_training.bags.report import build_report, FrameStatus
+from mspr_training.bags.report_files import write_report
 from mspr_training.data import read_bag_trajectory, read_rosbag
 from mspr_training.data.rosbag import typestore
 from mspr_training.synth import build_world, Intrinsics, plan_sequences, write_rosbag

@@ -48,7 +48,7 @@ def positive(value) -> bool:
 
 
 def assert_summary(summary: dict, count: int) -> None:
-    """Check a ``common.Summary`` of ``count`` positive values and its order statistics."""
+    """Check a ``common.stats.Summary`` of ``count`` positive values and its order statistics."""
     assert summary['count'] == count
     assert all(positive(summary[key]) for key in ('mean', 'p50', 'p95', 'p99', 'min', 'max'))
     assert summary['min'] <= summary['p50'] <= summary['p95'] <= summary['p99'] <= summary['max']
@@ -175,3 +175,17 @@ def test_accuracy_smoke(tmp_path):
         summary = results['summary'][label]
         assert summary['seeds'] == [0]
         assert set(summary['per_scene']) == {'atrium', 'corridor', 'lab'}
+
+
+def test_fusion_smoke(tmp_path):
+    """The fusion benchmark simulates both seeds and reports per-frame and fused figures."""
+    document = run_smoke('fusion', tmp_path)
+    seeds = document['results']['seeds']
+    assert len(seeds) == 2
+    for result in seeds:
+        for name in ('per_frame', 'fused'):
+            figures = result[name]
+            assert 0 <= figures['position_m']['median'] <= figures['position_m']['p95']
+            assert 0.0 <= figures['coverage_2sigma']['position'] <= 1.0
+        assert set(result['goals']) >= {'p95_met', 'jitter_met', 'coverage_met'}
+    assert document['settings']['frame_rate_hz'] == 5.0

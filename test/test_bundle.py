@@ -204,3 +204,28 @@ def test_each_damage_gives_one_clear_bundle_error(tmp_path, bundle_file, model):
         labels.append(label)
     assert len(labels) == 13
     assert not (tmp_path / 'ran').exists(), 'the pickle payload was executed'
+
+
+@pytest.mark.parametrize('first_bytes', [b'\x80', b'PK'])
+def test_a_valid_bundle_whose_header_length_looks_like_another_format_loads(
+        tmp_path, bundle_file, first_bytes):
+    """A header length whose first bytes read 0x80 (pickle) or 'PK' (zip) is still a bundle.
+
+    The format sniffing must only run when the safetensors framing fails; padding the metadata
+    until the little-endian length starts with those bytes guards that order.
+    """
+    with safetensors.safe_open(str(bundle_file), 'pt') as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = handle.metadata()
+    path = tmp_path / 'lookalike.safetensors'
+    modulus = 256 ** len(first_bytes)  # the length's low byte(s) must equal first_bytes
+    base = int.from_bytes(bundle_file.read_bytes()[:8], 'little')
+    start = (int.from_bytes(first_bytes, 'little') - base) % modulus
+    for padding in range(start - 16, start + 16):  # safetensors pads the header to 8 bytes
+        safetensors.torch.save_file(tensors, str(path),
+                                    metadata={**metadata, 'pad': 'x' * max(padding, 0)})
+        if path.read_bytes()[:len(first_bytes)] == first_bytes:
+            break
+    else:
+        pytest.fail(f'no padding gave a header length starting with {first_bytes!r}')
+    assert load_bundle(path).scene_names == SCENES

@@ -8,8 +8,10 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import get_typestore, Stores
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.geometry.transforms import Transform
 from mspr_training.data import (DatasetError, iter_bag_images, read_bag_trajectory, read_rosbag,
                                 read_rosbag_with_stats, Trajectory)
+from mspr_training.data.rosbag import read_transforms
 
 TYPES = get_typestore(Stores.ROS2_HUMBLE)
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
@@ -276,6 +278,61 @@ def test_tf_chain_errors_name_the_bag_and_the_frames(tmp_path):
         read_bag_trajectory(tmp_path / 'bag', frames=('base_link', 'camera'))
     with pytest.raises(ValueError, match='exactly one'):
         read_bag_trajectory(tmp_path / 'bag')
+
+
+@pytest.mark.parametrize('second_message, words', [
+    (('/tf', 'world', 'odom', 1.0), "invalid TF tree: frame 'odom' already has parent 'map'"),
+    (('/tf_static', 'map', 'odom', 1.0), "invalid TF tree: edge 'map' -> 'odom' is dynamic"),
+    (('/tf', 'odom', 'base_link', 0.0), 'invalid transform on .*non-zero quaternion'),
+])
+def test_tf_reader_refuses_an_invalid_tree_naming_the_bag(tmp_path, second_message, words):
+    topic, parent, child, w = second_message
+    bag = BagBuilder(tmp_path / 'bag')
+    bag.write('/tf', T0, tf_msg(T0, 'map', 'odom', *map_odom(0)))
+    bag.write(topic, T0 + 1, tf_msg(T0 + 1, parent, child, (0, 0, 0), (0, 0, 0, w)))
+    bag.close()
+    with pytest.raises(DatasetError, match=f'bag: {words}'):
+        read_bag_trajectory(tmp_path / 'bag', frames=('map', 'odom'))
+
+
+@pytest.mark.parametrize('topic, msgtype, read', [
+    ('/tf', 'tf2_msgs/msg/TFMessage', {'frames': ('map', 'odom')}),
+    ('/gt', 'geometry_msgs/msg/PoseStamped', {'pose_topic': '/gt'}),
+])
+def test_corrupt_ground_truth_messages_raise_naming_bag_topic_and_time(tmp_path, topic, msgtype,
+                                                                       read):
+    bag = BagBuilder(tmp_path / 'bag')
+    bag.write_raw(topic, msgtype, T0 + 5, b'\x00\x01 not cdr')
+    bag.close()
+    with pytest.raises(DatasetError, match=f"bag: corrupt message on '{topic}' at {T0 + 5} ns"):
+        read_bag_trajectory(tmp_path / 'bag', **read)
+
+
+def test_read_transforms_fills_one_transform_buffer_or_says_there_is_no_tf(tmp_path):
+    bag = BagBuilder(tmp_path / 'bag')
+    bag.write('/tf_static', T0, tf_msg(T0, '/base_link', 'camera', *BASE_CAMERA))
+    bag.write('/gt', T0, pose_msg(T0, (0, 0, 0), yaw_quat(0)))
+    bag.close()
+    buffer, repeats = read_transforms(tmp_path / 'bag')
+    assert buffer.frames() == {'base_link', 'camera'} and repeats == 0
+    assert buffer.lookup('base_link', 'camera', T0 + 10**12).almost_equal(Transform(*BASE_CAMERA))
+    with pytest.raises(DatasetError, match="bag: no TF topic among /odom_tf"):
+        read_transforms(tmp_path / 'bag', tf_topics=('/odom_tf',), static_tf_topics=())
+    assert read_transforms(tmp_path / 'bag', ('/odom_tf',), (), False)[0].frames() == set()
+    with pytest.raises(DatasetError, match="topic '/gt' has type geometry_msgs/msg/PoseStamped"):
+        read_transforms(tmp_path / 'bag', tf_topics=('/gt',))
+
+
+def test_tf_reader_keeps_the_last_of_repeated_stamps_and_says_so(tmp_path, caplog):
+    bag = BagBuilder(tmp_path / 'bag')
+    for k, x in enumerate((0.0, 5.0, 1.0)):  # the second 0 s sample replaces the first
+        stamp = T0 + (k // 2) * SECOND
+        bag.write('/tf', stamp, tf_msg(stamp, 'map', 'odom', (x, 0, 0), yaw_quat(0)))
+    bag.close()
+    with caplog.at_level(logging.WARNING):
+        trajectory = read_bag_trajectory(tmp_path / 'bag', frames=('map', 'odom'))
+    np.testing.assert_allclose(trajectory.positions[:, 0], [5.0, 1.0])
+    assert '1 TF messages repeat a stamp; kept the last of each' in caplog.text
 
 
 def test_pose_topic_trajectory_and_its_errors(tmp_path):

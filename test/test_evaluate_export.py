@@ -3,7 +3,6 @@ import csv
 import json
 import math
 from pathlib import Path
-import random
 
 import numpy as np
 import pytest
@@ -20,7 +19,6 @@ from mspr_training.datasets import build_dataset, data_fingerprint, read_split
 from mspr_training.engine import Predictions
 from mspr_training.export import (calibrate_covariance, export_bundle, model_from_checkpoint,
                                   pose_error_vectors)
-from mspr_training.synth import generate
 from mspr_training.train import train
 from mspr_training.transforms import eval_transform
 
@@ -28,46 +26,26 @@ IDENTITY = [0.0, 0.0, 0.0, 1.0]
 
 
 @pytest.fixture(scope='module')
-def world(tmp_path_factory) -> Path:
-    """Render 3 tiny scenes (12 train / 6 test frames each, 96 x 72) in Cambridge format."""
-    out = tmp_path_factory.mktemp('world')
-    generate(out, formats=('cambridge',), num_scenes=3, train_frames=12, test_frames=6,
-             size=(96, 72))
-    return out / 'cambridge'
-
-
-@pytest.fixture(scope='module')
-def run(world, tmp_path_factory) -> Path:
-    """Train tiny_test.yaml for one epoch (restoring the global torch state afterwards)."""
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_rng_state(),
-             np.random.get_state(), random.getstate())
+def run(tiny_world, tmp_path_factory, isolated_torch) -> Path:
+    """Train tiny_test.yaml for one epoch (the global torch state is restored after the module)."""
     out = tmp_path_factory.mktemp('run')
-    try:
-        torch.set_num_threads(1)
-        train(load_config('tiny_test', ['schedule.epochs=1']), out, world)
-    finally:
-        torch.set_num_threads(saved[0])
-        torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
-        torch.set_rng_state(saved[3])
-        np.random.set_state(saved[4])
-        random.setstate(saved[5])
+    train(load_config('tiny_test', ['schedule.epochs=1']), out, tiny_world)
     return out
 
 
 @pytest.fixture(scope='module')
 def bundle_path(run, tmp_path_factory) -> Path:
-    """Export the run with calibration on the validation ('val' = test) split."""
+    """Export the run with calibration on the default split: the held-out training sequences."""
     path, report = export_bundle(run, tmp_path_factory.mktemp('bundle') / 'tiny.safetensors',
-                                 calibration_split='val', device='cpu')
+                                 device='cpu')
     assert report is not None and len(report.scenes) == 3
     return path
 
 
-def test_bundle_gives_the_training_models_outputs(run, world, bundle_path):
+def test_bundle_gives_the_training_models_outputs(run, tiny_world, bundle_path):
     state = load_checkpoint(latest_checkpoint(run))
     cfg, model = model_from_checkpoint(state)
-    dataset = build_dataset(read_split(cfg.data, 'test', world))
+    dataset = build_dataset(read_split(cfg.data, 'test', tiny_world))
     images = [load_rgb(sample) for sample in dataset.samples]
     transform = eval_transform(cfg.augmentation)
     with torch.no_grad():
@@ -85,24 +63,25 @@ def test_bundle_gives_the_training_models_outputs(run, world, bundle_path):
                                expected['scene_log_probs'].exp().numpy(), atol=1e-5)
 
 
-def test_bundle_metadata_and_provenance(run, world, bundle_path):
+def test_bundle_metadata_and_provenance(run, tiny_world, bundle_path):
     state = load_checkpoint(latest_checkpoint(run))
     bundle = load_bundle(bundle_path)
     cfg = load_config('tiny_test', ['schedule.epochs=1'])
     assert (bundle.preprocessing.resize, bundle.preprocessing.crop) == (72, 64)
     provenance = bundle.provenance
     assert provenance['config'] == cfg.to_dict() == state['config']
-    train_samples = read_split(cfg.data, 'train', world)
+    train_samples = read_split(cfg.data, 'train', tiny_world)
     assert provenance['data_fingerprint'] == data_fingerprint(
-        [s for samples in train_samples.values() for s in samples], world)
+        [s for samples in train_samples.values() for s in samples], tiny_world)
     assert provenance['torch_version'] == torch.__version__
     assert isinstance(provenance['git_commit'], str) and provenance['git_commit']
     assert provenance['exported_at'].endswith('+00:00')
-    assert provenance['checkpoint']['global_step'] == 9
+    # 3 scenes x 6 training frames (one sequence per scene is held out), batch 4: 5 steps.
+    assert provenance['checkpoint']['global_step'] == 5
     metrics = provenance['validation_metrics']
     assert [s['scene'] for s in metrics['scenes']] == bundle.scene_names
     calibration = provenance['calibration']
-    assert calibration['split'] == 'test'
+    assert calibration['split'] == 'calibration'
     assert sum(calibration['samples'].values()) + sum(calibration['misclassified'].values()) \
         == 18
     floor = np.array([export.DEFAULT_POSITION_FLOOR_M] * 3
@@ -149,10 +128,10 @@ def test_covariance_calibration_hand_values():
             **predictions.__dict__, 'pred_scene': np.array([1, 1, 1, 1, 0])}))
 
 
-def test_evaluate_writes_metrics_plots_and_attention(bundle_path, world, tmp_path):
+def test_evaluate_writes_metrics_plots_and_attention(bundle_path, tiny_world, tmp_path):
     out = tmp_path / 'eval'
     code = evaluate.main(['--weights', str(bundle_path), '--config', 'tiny_test.yaml',
-                          '--data-root', str(world), '--split', 'test', '--out', str(out),
+                          '--data-root', str(tiny_world), '--split', 'test', '--out', str(out),
                           '--device', 'cpu', '--attention', '--attention-images', '5'])
     assert code == 0
     metrics = json.loads((out / 'metrics.json').read_text())
@@ -179,14 +158,14 @@ def test_evaluate_writes_metrics_plots_and_attention(bundle_path, world, tmp_pat
     assert '### orientation encoder' in (out / 'attention' / 'attention.md').read_text()
 
 
-def test_command_line_errors_name_the_problem(bundle_path, world, tmp_path, capsys):
+def test_command_line_errors_name_the_problem(bundle_path, tiny_world, tmp_path, capsys):
     missing = tmp_path / 'missing.safetensors'
     assert evaluate.main(['--weights', str(missing), '--data-format', 'cambridge',
-                          '--data-root', str(world), '--out', str(tmp_path / 'e')]) == 2
+                          '--data-root', str(tiny_world), '--out', str(tmp_path / 'e')]) == 2
     assert str(missing) in capsys.readouterr().err
     assert export.main(['--run', str(tmp_path), '--out', str(tmp_path / 'b.safetensors')]) == 2
     assert 'holds no checkpoint' in capsys.readouterr().err
     assert evaluate.main(['--weights', str(bundle_path), '--data-format', 'cambridge',
-                          '--data-root', str(world), '--scenes', 'atrium', 'nowhere',
+                          '--data-root', str(tiny_world), '--scenes', 'atrium', 'nowhere',
                           '--out', str(tmp_path / 'e')]) == 2
     assert 'nowhere' in capsys.readouterr().err

@@ -2,7 +2,6 @@
 import math
 import threading
 
-import numpy as np
 import pytest
 
 from mspr_ros.estimation.gating import (GateConfig, GateDecision, JUMP_ROTATION, JUMP_TRANSLATION,
@@ -91,43 +90,12 @@ def test_relocalization_skips_jump_limits_once():
     assert gate.check('chess', 0.9, far, ORIGIN).reason == JUMP_TRANSLATION
 
 
-def test_prior_replaces_the_prediction_once_and_its_covariance_widens_limits():
-    gate = limited_gate()
-    prior_pose = pose(x=5.0, y=5.0, yaw_deg=45.0)
-    tight = np.diag([0.01] * 3 + [0.0001] * 3)
-    gate.set_prior(prior_pose, tight)
-    assert gate.has_prior
-    # low confidence does not consume the prior
-    assert gate.check('chess', 0.1, pose(x=5.2, y=5.0, yaw_deg=45), ORIGIN).reason == (
-        LOW_CONFIDENCE)
-    # near the prior although far from the odometry prediction: accepted
-    assert gate.check('chess', 0.9, pose(x=5.2, y=5.0, yaw_deg=50), ORIGIN).accepted
-    assert not gate.has_prior
-    # consumed: the odometry prediction is back in charge
-    assert gate.check('chess', 0.9, pose(x=5.2, y=5.0, yaw_deg=50), ORIGIN).reason == (
-        JUMP_TRANSLATION)
-    # a vague prior (std 2 m, ~30 deg): 3 sigma widens the 1 m / 20 deg limits
-    vague = np.diag([4.0, 4.0, 4.0, 0.3, 0.3, 0.3])
-    gate.set_prior(prior_pose, vague)
-    assert gate.check('chess', 0.9, pose(x=10.5, y=5.0, yaw_deg=120), ORIGIN).accepted
-    gate.set_prior(prior_pose, vague)
-    decision = gate.check('chess', 0.9, pose(x=11.5, y=5.0, yaw_deg=45), ORIGIN)
-    assert decision.reason == JUMP_TRANSLATION
-    assert 'prior' in decision.detail
-    assert not gate.has_prior  # consumed even when the candidate is rejected
-
-
-def test_prior_covariance_is_validated():
-    with pytest.raises(ValueError, match='initial pose covariance'):
-        PoseGate().set_prior(ORIGIN, np.diag([1.0, 1.0, 1.0, 1.0, 1.0, -1.0]))
-
-
-def test_reset_clears_requests_and_priors():
+def test_reset_clears_a_relocalization_request():
     gate = limited_gate()
     gate.request_relocalization()
-    gate.set_prior(ORIGIN, np.eye(6))
     gate.reset()
-    assert not gate.relocalization_pending and not gate.has_prior
+    assert not gate.relocalization_pending
+    assert gate.check('chess', 0.9, pose(x=30.0), ORIGIN).reason == JUMP_TRANSLATION
 
 
 @pytest.mark.parametrize('overrides, message', [

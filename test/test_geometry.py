@@ -1,4 +1,4 @@
-"""Unit tests of mspr_ros.geometry.transforms: transforms, alignments, frame chain, pose error."""
+"""Unit tests of mspr_ros.geometry: transforms, quaternions, interpolation, frame chain."""
 import copy
 import dataclasses
 import math
@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from mspr_ros.geometry.transforms import (base_in_map, body_from_optical, map_to_odom,
+from mspr_ros.geometry.interpolation import interpolate_series, latest_per_stamp
+from mspr_ros.geometry.quaternions import canonical_quaternions, is_canonical
+from mspr_ros.geometry.transforms import (base_in_map, body_from_optical, canonical_quaternion,
+                                          map_to_odom,
                                           optical_from_body, pose_error, quaternion_angle_deg,
                                           SceneAlignment, Transform)
 
@@ -273,3 +276,54 @@ def test_pickle_and_copy_keep_values_and_immutability():
     restored = pickle.loads(pickle.dumps(alignment))
     assert restored.to_dict() == alignment.to_dict()
     assert not restored.rotation.flags.writeable
+
+
+@pytest.mark.parametrize('given, expected', [
+    ([0.0, 0.0, 0.6, -0.8], [0.0, 0.0, -0.6, 0.8]),     # w < 0: flipped
+    ([0.0, 0.0, 0.6, 0.8], [0.0, 0.0, 0.6, 0.8]),       # w > 0: kept
+    ([-1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]),      # w == 0: first non-zero of x, y, z > 0
+    ([0.0, -0.6, 0.8, 0.0], [0.0, 0.6, -0.8, 0.0]),
+    ([0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 1.0, 0.0]),       # normalised too
+])
+def test_canonical_quaternion_sign_rule(given, expected):
+    np.testing.assert_allclose(canonical_quaternion(given), expected, atol=1e-15)
+    np.testing.assert_allclose(canonical_quaternions([given, given])[1], expected, atol=1e-15)
+    assert is_canonical(given) == np.allclose(given / np.linalg.norm(given), expected)
+
+
+def test_canonical_quaternion_rejects_degenerate_input():
+    for bad in ([0.0, 0.0, 0.0, 0.0], [0.0, 0.0, math.nan, 1.0], [1.0, 2.0, 3.0]):
+        with pytest.raises(ValueError, match='quaternion'):
+            canonical_quaternion(bad)
+    with pytest.raises(ValueError, match=r'orientations must be finite, got \[0.0, 0.0, inf'):
+        canonical_quaternions([[0, 0, 0, 1.0], [0, 0, math.inf, 1.0]], 'orientations')
+
+
+def yaw_pose(yaw):
+    return Rotation.from_euler('z', yaw).as_quat()
+
+
+def test_interpolate_series_gaps_exact_hits_and_tolerance():
+    stamps = [0, 100, 200, 1000]
+    translations = [[0, 0, 0], [1, 2, 0], [2, 2, 0], [3, 3, 3.0]]
+    quats = [yaw_pose(0.0), yaw_pose(0.4), -yaw_pose(0.8), yaw_pose(1.0)]  # a sign flip inside
+    queries = [-6, -1, 0, 25, 150, 200, 500, 1000, 1004, 1006]
+    positions, orientations, valid = interpolate_series(stamps, translations, quats, queries,
+                                                        max_gap_ns=150, tolerance_ns=5)
+    # -6 and 1006 are beyond the tolerance; 500 lies in a gap over 150 ns; 1000 is a sample.
+    assert valid.tolist() == [False, True, True, True, True, True, False, True, True, False]
+    np.testing.assert_allclose(positions[[1, 4, 8]], [[0, 0, 0], [1.5, 2, 0], [3, 3, 3]])
+    # half way from yaw 0.4 to -q(yaw 0.8): yaw 0.6, not the long way round
+    assert Rotation.from_quat(orientations[4]).as_euler('xyz')[2] == pytest.approx(0.6)
+    assert Rotation.from_quat(orientations[3]).as_euler('xyz')[2] == pytest.approx(0.1)
+    assert np.isnan(positions[[0, 6, 9]]).all() and np.isnan(orientations[[0, 6, 9]]).all()
+    _, _, valid = interpolate_series(stamps, translations, quats, [500], max_gap_ns=None)
+    assert valid.tolist() == [True]
+    # one sample: valid only at its stamp (and within the tolerance)
+    _, _, valid = interpolate_series([5], [[0, 0, 0]], [[0, 0, 0, 1]], [4, 5, 6, 9], None, 1)
+    assert valid.tolist() == [True, True, True, False]
+
+
+def test_latest_per_stamp_keeps_the_last_repeat_in_input_order():
+    keep, dropped = latest_per_stamp([30, 10, 30, 20, 10])
+    assert keep.tolist() == [4, 3, 2] and dropped == 2

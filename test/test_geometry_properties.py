@@ -1,11 +1,16 @@
-"""Property-based tests (hypothesis) of the frame maths and the covariance."""
+"""Property-based tests (hypothesis) of frame maths, quaternion convention, slerp, covariance."""
 import math
 
 from hypothesis import given, settings, strategies as st
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from mspr_ros.geometry.covariance import pose_covariance, two_d_covariance
+from mspr_ros.geometry.interpolation import slerp_poses
+from mspr_ros.geometry.quaternions import (canonical_quaternion, canonical_quaternions,
+                                           is_canonical, quaternion_from_rotation)
 from mspr_ros.geometry.transforms import map_to_odom, pose_error, SceneAlignment, Transform
+from mspr_training.data.trajectory import Trajectory
 
 # The shared CPU makes per-example timing meaningless; the example count bounds the runtime.
 PROPERTY_SETTINGS = settings(deadline=None, max_examples=100)
@@ -171,3 +176,91 @@ def test_interpolation_stays_on_the_shortest_arc(start, end, fraction):
     assert math.isclose(between.rotation_angle_to(end), (1.0 - fraction) * total, abs_tol=1e-7)
     expected = (1.0 - fraction) * start.translation + fraction * end.translation
     np.testing.assert_allclose(between.translation, expected, atol=1e-9)
+
+
+# ---------------------------------------------------------------- one quaternion convention
+
+@PROPERTY_SETTINGS
+@given(quaternions, nonzero_factors)
+def test_canonical_quaternion_is_the_unit_w_positive_representative(quaternion, factor):
+    canonical = canonical_quaternion(factor * quaternion)
+    assert math.isclose(np.linalg.norm(canonical), 1.0, abs_tol=1e-12)
+    assert is_canonical(canonical)
+    # the same rotation as the input, whatever its scale and sign
+    assert Rotation.from_quat(canonical).approx_equal(Rotation.from_quat(quaternion), atol=1e-9)
+    # scipy's own canonical form, so quaternions we compute and scipy returns agree
+    np.testing.assert_allclose(canonical, Rotation.from_quat(quaternion).as_quat(canonical=True),
+                               atol=1e-12)
+    # idempotent (up to the rounding of renormalising), and q and -q land on one representative
+    np.testing.assert_allclose(canonical_quaternion(canonical), canonical, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(canonical_quaternion(-quaternion), canonical, atol=1e-12)
+
+
+@PROPERTY_SETTINGS
+@given(st.lists(quaternions, min_size=1, max_size=8))
+def test_vectorised_canonical_quaternions_match_one_at_a_time(rows):
+    batch = canonical_quaternions(np.array(rows))
+    assert batch.shape == (len(rows), 4)
+    for row, canonical in zip(rows, batch):
+        np.testing.assert_array_equal(canonical, canonical_quaternion(row))
+    np.testing.assert_allclose(quaternion_from_rotation(Rotation.from_quat(batch)), batch,
+                               rtol=0, atol=1e-15)
+
+
+# ---------------------------------------------------------------- the one slerp
+
+@PROPERTY_SETTINGS
+@given(transforms, transforms)
+def test_slerp_hits_both_endpoints(start, end):
+    for fraction, expected in ((0.0, start), (1.0, end)):
+        translations, quats = slerp_poses(start.translation, start.rotation, end.translation,
+                                          end.rotation, [fraction])
+        assert Transform(translations[0], quats[0]).almost_equal(expected, 1e-9, 1e-7)
+        assert is_canonical(quats[0])
+
+
+@PROPERTY_SETTINGS
+@given(transforms, transforms, st.floats(0.0, 1.0), st.booleans(), st.booleans())
+def test_slerp_ignores_quaternion_signs_and_matches_transform_interpolate(
+        start, end, fraction, flip_start, flip_end):
+    signed_start = -start.rotation if flip_start else start.rotation
+    signed_end = -end.rotation if flip_end else end.rotation
+    translations, quats = slerp_poses(start.translation, signed_start, end.translation,
+                                      signed_end, [fraction])
+    # q and -q give the same pose, bit for bit, once canonical
+    reference = slerp_poses(start.translation, start.rotation, end.translation, end.rotation,
+                            [fraction])
+    np.testing.assert_allclose(quats, reference[1], atol=1e-12)
+    # Transform.interpolate is the same implementation
+    between = start.interpolate(end, fraction)
+    np.testing.assert_array_equal(between.translation, translations[0])
+    np.testing.assert_allclose(between.rotation, quats[0], atol=1e-15)
+
+
+@PROPERTY_SETTINGS
+@given(transforms, transforms, st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_slerp_turns_at_constant_rate_along_the_shortest_arc(start, end, first, second):
+    total = start.rotation_angle_to(end)
+    assert total <= math.pi + 1e-12
+    _, quats = slerp_poses(np.zeros((2, 3)), [start.rotation] * 2, np.zeros((2, 3)),
+                           [end.rotation] * 2, [first, second])
+    angle = Rotation.from_quat(quats[0]).inv() * Rotation.from_quat(quats[1])
+    assert math.isclose(angle.magnitude(), abs(second - first) * total, abs_tol=1e-7)
+
+
+@PROPERTY_SETTINGS
+@given(st.lists(st.floats(-math.pi, math.pi), min_size=2, max_size=5),
+       st.lists(st.booleans(), min_size=5, max_size=5), st.floats(0.0, 1.0))
+def test_trajectory_and_transform_interpolation_are_one_implementation(yaws, flips, fraction):
+    quats = [(-1.0 if flip else 1.0) * Rotation.from_euler('xz', [0.3, yaw]).as_quat()
+             for yaw, flip in zip(yaws, flips)]
+    positions = np.arange(3.0 * len(yaws)).reshape(-1, 3)
+    stamps = 1000 * np.arange(len(yaws))
+    trajectory = Trajectory(stamps, positions, quats, 'map')
+    query = int(round(fraction * 1000))
+    got_positions, got_quats, valid = trajectory.interpolate([query], max_gap_ns=None)
+    expected = Transform(positions[0], quats[0]).interpolate(Transform(positions[1], quats[1]),
+                                                             query / 1000)
+    assert valid.all() and got_quats[0][3] >= 0.0
+    np.testing.assert_allclose(got_positions[0], expected.translation, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got_quats[0], expected.rotation, rtol=0, atol=1e-12)

@@ -4,6 +4,7 @@ Two node processes: one on raw ``image`` with ``image_qos: reliable`` (a 64 MiB 
 delivered best effort), one with ``image_transport: compressed`` and the default sensor-data QoS.
 Their diagnostics run at 10 Hz so that the test can wait for each rejection to be counted.
 """
+import threading
 import time
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -21,8 +22,10 @@ from ros_harness import RELIABLE_LATCHED, RosClient, small_photos, stop_all
 
 pytestmark = pytest.mark.ros
 RELIABLE = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+# The camera has no base <- camera TF here: camera_to_base set explicitly (fail closed otherwise).
 PARAMS = {'min_scene_confidence': 0.0, 'max_image_age': 30.0, 'odom_frame_id': '',
-          'diagnostics_period': 0.1, 'transform_timeout': 0.2}
+          'diagnostics_period': 0.1, 'transform_timeout': 0.2,
+          'camera_to_base': [0.0, 0.0, 0.0, -1.5707963267948966, 0.0, -1.5707963267948966]}
 
 
 @pytest.fixture(scope='module')
@@ -184,12 +187,13 @@ def test_max_rate_caps_inference_and_keeps_only_the_newest_frame(system):
     superseded = _counter(diagnostics, 'raw', 'frames superseded')
     received = _counter(diagnostics, 'raw', 'frames received')
     try:
-        stamps = []
+        stamps, pace = [], threading.Event()
         started = time.monotonic()
-        for _ in range(20):
+        for index in range(20):
             stamps.append(client.now_ns())
             publishers['raw'].publish(rgb_to_image_msg(rgb, 'rgb8', stamps[-1], 'cam'))
-            time.sleep(0.05)
+            # A 20 Hz burst on a deadline schedule (publishing time does not add up).
+            pace.wait(max(0.0, started + 0.05 * (index + 1) - time.monotonic()))
         # The newest frame is always processed in the end.
         poses['raw'].wait_for(lambda m: stamp_to_ns(m.header.stamp) == stamps[-1], 10.0,
                               'the pose of the last frame')

@@ -16,8 +16,10 @@ from ros_harness import TF_STATIC_QOS
 
 pytestmark = pytest.mark.ros
 MANAGED = '/managed'
+# No base <- camera TF here: camera_to_base set explicitly (the node fails closed otherwise).
 BASE_PARAMS = {'min_scene_confidence': 0.0, 'max_image_age': 30.0, 'odom_frame_id': '',
-               'transform_timeout': 0.5}
+               'transform_timeout': 0.5,
+               'camera_to_base': [0.0, 0.0, 0.0, -1.5707963267948966, 0.0, -1.5707963267948966]}
 
 
 @pytest.fixture(scope='module')

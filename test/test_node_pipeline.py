@@ -125,6 +125,8 @@ def system(aligned_bundle, tmp_path_factory):
         'weights': str(aligned_bundle), 'min_scene_confidence': 0.0, 'max_image_age': 30.0,
         'transform_timeout': 2.0, 'transform_tolerance': TOLERANCE_S,
         'publish_initialpose': True, 'diagnostics_period': 0.2,
+        # Each frame's own estimate on ~/pose: fusion 'none' must reproduce it exactly.
+        'fusion': 'none',
         # The harness starts nodes with OMP_NUM_THREADS=1; the parameter must override it.
         'cpu_threads': 2})
     client = RosClient(domain)
@@ -132,6 +134,7 @@ def system(aligned_bundle, tmp_path_factory):
         inboxes = {
             'pose': client.subscribe(PoseWithCovarianceStamped, f'{NS}/pose', RELIABLE_LATCHED),
             'camera_pose': client.subscribe(PoseStamped, f'{NS}/camera_pose'),
+            'pose_raw': client.subscribe(PoseWithCovarianceStamped, f'{NS}/pose_raw'),
             'scene': client.subscribe(String, f'{NS}/scene'),
             'confidence': client.subscribe(Float32, f'{NS}/scene_confidence'),
             'tf': client.subscribe(TFMessage, '/tf', TF_QOS),
@@ -238,17 +241,25 @@ def test_outputs_match_localizer_and_frame_chain(system, localizer, encoding):
         assert_same_pose(pose_matrix(pose.pose.pose), m_map_base)
         np.testing.assert_allclose(np.reshape(pose.pose.covariance, (6, 6)), cov,
                                    rtol=1e-4, atol=1e-9)
+        raw = inboxes['pose_raw'].wait_for(lambda m, s=stamp: stamp_to_ns(m.header.stamp) == s,
+                                           10.0, f'raw pose of {name}')
+        assert raw.pose == pose.pose  # fusion none: ~/pose is the frame's own estimate
         camera = inboxes['camera_pose'].wait_for(
             lambda m: stamp_to_ns(m.header.stamp) == stamp, 10.0, f'camera pose of {name}')
         assert camera.header.frame_id == 'map'
         assert_same_pose(pose_matrix(camera.pose), m_map_cam)
 
+        # Stamped image + tolerance, or later when a re-broadcast already stamped the previous
+        # correction past that (the TF stamping rule).
         tolerance_ns = int(TOLERANCE_S * 1e9)
-        tf = inboxes['tf'].wait_for(
-            lambda m: any(t.child_frame_id == 'odom'
-                          and stamp_to_ns(t.header.stamp) == stamp + tolerance_ns
-                          for t in m.transforms), 10.0, f'map -> odom for {name}')
-        map_odom = next(t for t in tf.transforms if t.child_frame_id == 'odom')
+
+        def this_frame(t, stamp=stamp, m_map_odom=m_map_odom):
+            return (t.child_frame_id == 'odom' and stamp_to_ns(t.header.stamp) >= stamp
+                    + tolerance_ns and np.allclose(tf_matrix(t.transform), m_map_odom,
+                                                   rtol=1e-4, atol=1e-5))
+        tf = inboxes['tf'].wait_for(lambda m: any(this_frame(t) for t in m.transforms), 10.0,
+                                    f'map -> odom for {name}')
+        map_odom = next(t for t in tf.transforms if this_frame(t))
         assert map_odom.header.frame_id == 'map'
         assert_same_pose(tf_matrix(map_odom.transform), m_map_odom)
         # map -> odom composed with odom -> base at the image stamp is the published pose.
@@ -331,7 +342,8 @@ def test_initialpose_prior_relocalize_and_reinitialize(system):
         assert client.call(Trigger, f'{NS}/relocalize').success
         s1, _, _, first = sender.localize(photos['astronaut'], odom=odom)
 
-        # A prior 50 m away (tight covariance): the same frame now jumps and is refused.
+        # A prior 50 m away (tight covariance): the same frame is inconsistent with it and
+        # refused (one frame: fewer than relocalization_agreement_frames agree elsewhere).
         prior = PoseWithCovarianceStamped()
         prior.header.frame_id = 'map'
         prior.header.stamp = ns_to_stamp(client.now_ns())
@@ -342,8 +354,9 @@ def test_initialpose_prior_relocalize_and_reinitialize(system):
         pubs['initialpose'].publish(prior)
         node.wait_for_output(r'initialpose prior set', 10.0)
         before = sum(_rejections(inboxes, r) for r in jump_reasons)
+        against_prior = _rejections(inboxes, 'initial_pose')
         s2, _, _ = sender.send(photos['astronaut'], odom=odom)
-        _wait_rejections(inboxes, jump_reasons, before + 1)
+        _wait_rejections(inboxes, ('initial_pose',), against_prior + 1)
 
         response = client.call(Trigger, f'{NS}/relocalize')
         assert response.success and 'regardless' in response.message
@@ -352,9 +365,9 @@ def test_initialpose_prior_relocalize_and_reinitialize(system):
 
         # A different photo jumps from the odometry prediction until AMCL's service is called.
         s4, _, _ = sender.send(photos['coffee'], odom=odom)
-        _wait_rejections(inboxes, jump_reasons, before + 2)
-        # AMCL's relative service name: in the node's namespace, not under its private name.
-        client.call(Empty, '/reinitialize_global_localization')
+        _wait_rejections(inboxes, jump_reasons, before + 1)
+        # AMCL's service name under the node's private name, so it never collides with AMCL's.
+        client.call(Empty, f'{NS}/reinitialize_global_localization')
         s5, _, _, _ = sender.localize(photos['coffee'], odom=odom)
     finally:
         client.set_parameters(NS, {'max_jump_translation': 0.0, 'max_jump_rotation': 0.0})
@@ -421,13 +434,25 @@ def test_diagnostic_levels_follow_the_localization_state():
     info.lifecycle_state = 'active'
     assert status().level == b'\x01' and '/cam/image' in status().message
     stats.image_received(superseded_unprocessed=False)
-    stats.rejected('jump_translation')
-    assert status().level == b'\x02'
+    stats.rejected('jump_translation', 'jump 3.000 m > 1.000 m from the odometry prediction')
+    # Where the robot is (outside the scenes, a jump) is an expected state: WARN, not ERROR.
+    assert status().level == b'\x01'
     assert status().message == 'not localized (last rejection: jump_translation)'
-    stats.scene_seen('lab', 0.9)
-    stats.pose_published()
+    assert diagnostic_values(status())['state'] == 'lost'
+    assert diagnostic_values(status())['last rejection'] == (
+        'jump_translation: jump 3.000 m > 1.000 m from the odometry prediction')
+    # A broken set-up is a fault: ERROR.
+    stats.rejected('no_extrinsic', "no transform 'base_link' <- 'cam'")
+    assert status().level == b'\x02'
+    assert build_status(info, stats.snapshot(), relocalizing=True).values[0].value == (
+        'relocalizing')
+    stats.scene_seen('lab', 0.9, {'atrium': 0.02, 'lab': 0.9, 'corridor': 0.05, 'x': 0.03})
+    stats.pose_published(12_500_000_000)
     assert status().level == b'\x00' and status().message == 'localized in lab'
     values = diagnostic_values(status())
+    assert values['state'] == 'localized'
+    assert values['top scenes'] == 'lab=0.900, corridor=0.050, x=0.030'
+    assert values['last accepted stamp'] == '12.500000000'
     assert values['rejected jump_translation'] == '1' and values['rejected stale'] == '0'
     now[0] += 6.0  # no pose and no image for longer than the timeouts
     assert status().level == b'\x01' and 'not for 6.0 s' in status().message

@@ -8,9 +8,7 @@ Needs ROS 2's real command line in the venv (``.venv/bin/ros2``, installed by th
 model with its scene classifier sharpened, so that the shipped ``min_scene_confidence`` (0.5) of
 ``config/mspr_ros.yaml`` lets its poses through.
 """
-from pathlib import Path
 import subprocess
-import sys
 import time
 
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
@@ -21,15 +19,16 @@ import torch
 
 from mspr_ros.bundle import build_model_from_bundle, load_bundle, save_bundle
 from mspr_ros.ros.conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
+from ros2_cli_support import cli_missing, ros2_executable, skip_reason
 from ros_harness import domain_id, RELIABLE_LATCHED, ros_env, RosClient, small_photos
-from ros_harness import stop_process_group, TF_QOS, wait_until
+from ros_harness import stop_process_group, TF_QOS, TF_STATIC_QOS, wait_until
 
-ROS2 = Path(sys.executable).parent / 'ros2'
+ROS2 = ros2_executable()
 NODE = '/robot/mspr_localizer'
+CLI_MISSING = skip_reason(cli_missing())
 pytestmark = [
     pytest.mark.ros,
-    pytest.mark.skipif(not ROS2.exists(), reason=f'ROS 2 command line not installed: {ROS2} '
-                       'is missing (the set-up installs it from ../shared/vendor/ros2_launch)'),
+    pytest.mark.skipif(CLI_MISSING is not None, reason=str(CLI_MISSING)),
 ]
 
 
@@ -108,6 +107,13 @@ def test_topic_echo_shows_the_pose_of_a_published_image(launched):
     poses = client.subscribe(PoseWithCovarianceStamped, f'{NODE}/pose', RELIABLE_LATCHED)
     images = client.publisher(Image, '/robot/image', 5)
     tf = client.publisher(TFMessage, '/tf', TF_QOS)
+    # The camera's mounting, as a robot's URDF publishes it: the node has no default extrinsic.
+    static_tf = client.publisher(TFMessage, '/tf_static', TF_STATIC_QOS)
+    mount = TransformStamped()
+    mount.header.stamp = ns_to_stamp(client.now_ns())
+    mount.header.frame_id, mount.child_frame_id = 'base_link', 'camera'
+    mount.transform.rotation.w = 1.0
+    static_tf.publish(TFMessage(transforms=[mount]))
     client.wait_for_subscribers(images)
     for _ in range(3):
         stamp = client.now_ns()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.geometry.transforms import R_BODY_OPTICAL
 from mspr_training.synth import (build_world, camera_pose, Intrinsics, Lighting, plan_path,
                                  plan_sequences, render)
-from mspr_training.synth.camera import R_BODY_OPTICAL
 from mspr_training.synth.textures import Material
 from mspr_training.synth.world import Box, Cylinder, MAX_SCENES, ROOM_FACES, Scene
 
@@ -220,3 +220,32 @@ def test_training_sequences_cover_both_directions_of_travel(world):
     for scene in world.scene_names:
         train = [p for p in plans if p.scene == scene and p.split == 'train']
         assert sorted(np.sign(turning(p.poses)) for p in train) == [-1.0, 1.0], scene
+
+
+def test_exposure_scales_the_image_and_nothing_else():
+    intrinsics = Intrinsics.from_fov(64, 48)
+    scene = build_world(0, 1).scenes[0]
+    pose = plan_path(scene, 5, seed=3)[2]
+    normal = render(scene, pose, intrinsics, Lighting(ambient=0.4, diffuse=0.2))
+    dark = render(scene, pose, intrinsics, Lighting(ambient=0.4, diffuse=0.2, exposure=0.5))
+    np.testing.assert_array_equal(normal.depth, dark.depth)
+    np.testing.assert_allclose(dark.rgb.astype(float), normal.rgb.astype(float) * 0.5, atol=1.0)
+
+
+def test_test_sequences_meet_other_light_and_carriage_than_training(world):
+    """Shifted test sequences: exposure, colour cast and camera height outside training's."""
+    shifted = plan_sequences(world, train_frames=40, test_frames=20, train_sequences=2)
+    same = plan_sequences(world, train_frames=40, test_frames=20, train_sequences=2,
+                          test_conditions='same')
+    for a, b in zip(shifted, same):
+        if a.split == 'train':  # training sequences do not depend on the test conditions
+            np.testing.assert_array_equal(a.poses, b.poses)
+            assert a.lighting == b.lighting and a.lighting.exposure == 1.0
+            continue
+        assert 0.25 <= abs(a.lighting.exposure - 1.0) <= 0.4
+        assert abs(a.lighting.tint[0] - 1.0) >= 0.1  # training casts stay within 0.08
+        assert abs(np.mean(a.poses[:, 2, 3]) - 1.5) >= 0.1  # carried higher or lower
+        assert b.lighting.exposure == 1.0 and abs(b.lighting.tint[0] - 1.0) <= 0.08
+        assert abs(np.mean(b.poses[:, 2, 3]) - 1.5) < 0.05
+    with pytest.raises(ValueError, match='test_conditions'):
+        plan_sequences(world, test_conditions='darker')

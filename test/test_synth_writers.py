@@ -11,10 +11,11 @@ from mspr_training.data import (iter_bag_images, load_rgb, read_7scenes, read_ba
 from mspr_training.synth import build_world, generate, Intrinsics, plan_sequences
 from mspr_training.synth.cli import main
 from mspr_training.synth.dataset_writers import CambridgeWriter, SevenScenesWriter
+from mspr_training.synth.odometry_drift import OdometryDrift
 from mspr_training.synth.rosbag_writer import RosbagWriter, SEQUENCE_GAP_NS, START_NS
 from mspr_training.synth.sequences import render_frames
 
-GT_STATIC = ('/tf_static', '/ground_truth/tf_static')
+GT_TF = ('/tf', '/ground_truth/tf')
 
 
 @pytest.fixture(scope='module')
@@ -108,21 +109,30 @@ def test_rosbag_round_trip(rendered, tmp_path, storage):
     assert np.all(steps[~new_sequence] == 33_333_333)
     assert np.all(steps[new_sequence] == 33_333_333 + SEQUENCE_GAP_NS)
 
-    # Ground truth through TF: map -> odom (ground-truth static) -> base_link (odometry on /tf)
-    # -> camera_optical (extrinsic on /tf_static) equals the pose topic.
-    via_tf = read_bag_trajectory(bag_path, frames=('map', 'camera_optical'),
-                                 static_tf_topics=GT_STATIC)
+    # Ground truth through TF: map -> odom (true, on /ground_truth/tf) -> base_link (drifting
+    # odometry on /tf) -> camera_optical (extrinsic on /tf_static) equals the pose topics.
+    via_tf = read_bag_trajectory(bag_path, frames=('map', 'camera_optical'), tf_topics=GT_TF)
     via_topic = read_bag_trajectory(bag_path, pose_topic='/ground_truth/camera_pose')
     np.testing.assert_array_equal(via_tf.stamps_ns, via_topic.stamps_ns)
     np.testing.assert_allclose(via_tf.positions, via_topic.positions, atol=1e-9)
     np.testing.assert_allclose(via_tf.orientations, via_topic.orientations, atol=1e-9)
-    # Odometry is not the map: odom -> base_link differs from map -> base_link.
+    map_base = read_bag_trajectory(bag_path, frames=('map', 'base_link'), tf_topics=GT_TF)
+    base_topic = read_bag_trajectory(bag_path, pose_topic='/ground_truth/base_pose')
+    np.testing.assert_allclose(map_base.positions, base_topic.positions, atol=1e-9)
+    # Odometry is not the map: odom -> base_link differs from map -> base_link, and /odom
+    # carries the same odometry as /tf.
     odom_base = read_bag_trajectory(bag_path, frames=('odom', 'base_link'))
-    map_base = read_bag_trajectory(bag_path, frames=('map', 'base_link'),
-                                   static_tf_topics=GT_STATIC)
     assert np.linalg.norm(odom_base.positions - map_base.positions, axis=1).min() > 0.1
+    odom_topic = read_bag_trajectory(bag_path, pose_topic='/odom')
+    np.testing.assert_allclose(odom_topic.positions, odom_base.positions, atol=1e-9)
+    assert odom_topic.frame_id == 'odom'
     with pytest.raises(Exception, match="frame 'map' is not in the TF tree"):
         read_bag_trajectory(bag_path, frames=('map', 'camera_optical'))
+    # The odometry drifts: the true map -> odom starts at the sidecar's and moves away from it.
+    map_odom = read_bag_trajectory(bag_path, frames=('map', 'odom'),
+                                   tf_topics=('/ground_truth/tf',))
+    drift = np.linalg.norm(map_odom.positions - map_odom.positions[0], axis=1)
+    assert drift[0] == 0 and drift[-1] > 1e-3
 
     sidecar = json.loads((tmp_path / 'walk.json').read_text())
     assert sidecar == json.loads(json.dumps(metadata))
@@ -130,10 +140,31 @@ def test_rosbag_round_trip(rendered, tmp_path, storage):
     assert sidecar['intrinsics']['fx'] == pytest.approx(intrinsics.fx)
     assert [s['frames'] for s in sidecar['sequences']] == [2, 2, 3, 2, 2, 3]
     assert np.linalg.norm(sidecar['T_map_odom']['position']) > 0.1
+    np.testing.assert_allclose(sidecar['T_map_odom']['position'], map_odom.positions[0],
+                               atol=1e-9)
+    assert sidecar['odometry_drift'] == {**OdometryDrift().to_dict(), 'seed': 9}
+    assert sidecar['T_map_odom_changes'] is True
     assert sidecar['T_base_camera']['position'] == [0.2, 0.0, 1.2]
     bag_metadata = yaml.safe_load((bag_path / 'metadata.yaml').read_text())
     custom = bag_metadata['rosbag2_bagfile_information']['custom_data']['mspr_synth']
     assert json.loads(custom)['T_map_odom'] == sidecar['T_map_odom']
+
+
+def test_rosbag_without_drift_keeps_map_odom_constant(rendered, tmp_path):
+    _, intrinsics, frames = rendered
+    writer = RosbagWriter(tmp_path / 'exact', intrinsics, seed=9,
+                          odometry_drift=OdometryDrift.none())
+    for frame in frames:
+        writer.add(frame)
+    metadata = writer.close()
+    assert metadata['T_map_odom_changes'] is False
+    map_odom = read_bag_trajectory(tmp_path / 'exact', frames=('map', 'odom'),
+                                   tf_topics=('/ground_truth/tf',))
+    np.testing.assert_allclose(map_odom.positions, np.tile(metadata['T_map_odom']['position'],
+                                                           (len(frames), 1)), atol=1e-9)
+    np.testing.assert_allclose(map_odom.orientations,
+                               np.tile(metadata['T_map_odom']['orientation_xyzw'],
+                                       (len(frames), 1)), atol=1e-9)
 
 
 def test_generate_writes_manifest_reuses_cache_and_cli_runs(tmp_path, capsys):

@@ -3,10 +3,11 @@ import math
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from mspr_ros.geometry.tf_history import (ConnectivityError, ExtrapolationError, FrameNotFound,
-                                          TransformBuffer, TransformDataError)
+from mspr_ros.geometry.tf_history import (clean_frame_id, ConnectivityError, ExtrapolationError,
+                                          FrameNotFound, TransformBuffer, TransformDataError)
 from mspr_ros.geometry.transforms import Transform
 
 S = 1_000_000_000  # nanoseconds per second
@@ -105,9 +106,10 @@ def test_statics_are_valid_at_all_times_and_replaceable(robot):
 
 
 def test_unknown_frames_and_disconnected_trees(robot):
-    with pytest.raises(FrameNotFound, match=r"\['gps'\].*known frames: \[base, camera_link"):
+    with pytest.raises(FrameNotFound, match=r"frame 'gps' is not in the TF tree.*known frames: "
+                                            r"\[base, camera_link"):
         robot.lookup('map', 'gps', 0)
-    with pytest.raises(FrameNotFound, match=r"\['a', 'b'\]"):
+    with pytest.raises(FrameNotFound, match=r"frames \['a', 'b'\] are not in the TF tree"):
         robot.lookup('a', 'b')
     robot.set_transform('world', 'satellite', 0, pose(), static=True)
     with pytest.raises(ConnectivityError, match=r"roots 'map' and 'world'"):
@@ -230,3 +232,87 @@ def test_concurrent_writers_and_readers():
     assert not any(thread.is_alive() for thread in threads)
     assert failures == []
     assert buffer.lookup('map', 'base').almost_equal(pose(x=1.0 + samples / 100))
+
+
+# ---------------------------------------------------------------- whole recordings (bag tools)
+
+def test_set_transforms_merges_out_of_order_samples_and_keeps_the_last_repeat():
+    buffer = TransformBuffer(cache_time_s=None)
+    buffer.set_transform('odom', 'base', 2 * S, pose(x=2.0))
+    repeats = buffer.set_transforms('odom', 'base', [3 * S, 0, 2 * S, 0],
+                                    [pose(x=3.0), pose(x=-1.0), pose(x=20.0), pose(x=0.0)])
+    assert repeats == 2  # 2 s repeats the stored sample, 0 s repeats within the batch
+    assert buffer.lookup('odom', 'base', 2 * S).almost_equal(pose(x=20.0))
+    assert buffer.lookup('odom', 'base', 0).almost_equal(pose(x=0.0))
+    assert buffer.lookup('odom', 'base', S).almost_equal(pose(x=10.0))
+    # no cache window: a sample 1000 s older than the newest is still accepted
+    buffer.set_transform('odom', 'base', 1000 * S, pose())
+    buffer.set_transform('odom', 'base', 1, pose())
+    assert buffer.set_transforms('base', 'camera', [5, 7], [pose(y=1.0), pose(y=2.0)],
+                                 static=True) == 0
+    assert buffer.lookup('base', 'camera', 0).almost_equal(pose(y=2.0))
+    assert buffer.set_transforms('base', 'lidar', [], []) == 0
+
+
+def test_set_transforms_checks_like_set_transform_and_prunes_to_the_window():
+    buffer = TransformBuffer(cache_time_s=2.0)
+    buffer.set_transform('map', 'odom', 0, pose())
+    with pytest.raises(TransformDataError, match="'odom' already has parent 'map'"):
+        buffer.set_transforms('world', 'odom', [0], [pose()])
+    with pytest.raises(TransformDataError, match='is dynamic; got a static'):
+        buffer.set_transforms('map', 'odom', [0], [pose()], static=True)
+    with pytest.raises(TransformDataError, match='2 stamps for 1 transforms'):
+        buffer.set_transforms('odom', 'base', [0, 1], [pose()])
+    with pytest.raises(TransformDataError, match='must be a Transform'):
+        buffer.set_transforms('odom', 'base', [0], ['pose'])
+    buffer.set_transforms('odom', 'base', [S * k for k in range(6)],
+                          [pose(x=float(k)) for k in range(6)])
+    with pytest.raises(ExtrapolationError, match=r'samples from 3\.000000000 s'):
+        buffer.lookup('odom', 'base', 2 * S)
+
+
+def test_clean_frame_id_strips_ros1_slashes():
+    assert clean_frame_id('/map') == 'map' and clean_frame_id('base_link') == 'base_link'
+
+
+def test_lookup_many_matches_lookup_at_every_stamp(robot):
+    stamps = [0, S // 3, S, 3 * S // 2, 2 * S, 2 * S + 1, 4 * S]
+    translations, quats, valid = robot.lookup_many('optical', 'map', stamps)
+    # map -> odom ends at 2 s: later stamps have no data on that edge
+    assert valid.tolist() == [True] * 5 + [False] * 2
+    assert np.isnan(translations[~valid]).all() and np.isnan(quats[~valid]).all()
+    for stamp, translation, quat in zip(stamps[:5], translations, quats):
+        assert Transform(translation, quat).almost_equal(robot.lookup('optical', 'map', stamp),
+                                                         1e-9, 1e-9)
+        assert quat[3] >= 0.0
+    # between branches, through the common ancestor
+    robot.set_transform('map', 'marker', 0, pose(y=4.0), static=True)
+    translations, quats, valid = robot.lookup_many('marker', 'camera_link', [S])
+    assert valid.all() and Transform(translations[0], quats[0]).almost_equal(
+        robot.lookup('marker', 'camera_link', S), 1e-9, 1e-9)
+    translations, quats, valid = robot.lookup_many('base', 'base', [1, 2])
+    assert valid.all() and np.allclose(quats, [[0, 0, 0, 1.0]] * 2)
+    with pytest.raises(FrameNotFound, match="frame 'gps'"):
+        robot.lookup_many('map', 'gps', [0])
+
+
+def test_lookup_many_honours_the_gap_limit_and_the_extrapolation_tolerance():
+    buffer = TransformBuffer(extrapolation_tolerance_s=0.5)
+    for second in (0, 1, 4):
+        buffer.set_transform('odom', 'base', second * S, pose(x=float(second)))
+    queries = [-S, -S // 4, S // 2, 2 * S, 4 * S + S // 4, 5 * S]
+    translations, _, valid = buffer.lookup_many('odom', 'base', queries, max_gap_ns=2 * S)
+    assert valid.tolist() == [False, True, True, False, True, False]
+    np.testing.assert_allclose(translations[[1, 2, 4], 0], [0.0, 0.5, 4.0])
+    _, _, valid = buffer.lookup_many('odom', 'base', [2 * S])
+    assert valid.tolist() == [True]
+
+
+def test_chain_stamps_is_the_union_of_the_dynamic_edges(robot):
+    stamps = robot.chain_stamps('optical', 'map')
+    assert stamps.tolist() == [0, S, 2 * S, 3 * S, 4 * S]
+    assert robot.chain_stamps('base', 'optical').tolist() == []  # static edges only
+    assert robot.chain_stamps('map', 'odom').tolist() == [0, 2 * S]
+    robot.set_transform('world', 'satellite', 0, pose(), static=True)
+    with pytest.raises(ConnectivityError, match="no TF chain connects 'map' and 'satellite'"):
+        robot.chain_stamps('map', 'satellite')

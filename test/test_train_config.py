@@ -9,8 +9,8 @@ from scipy.spatial.transform import Rotation
 
 from mspr_training.config import (bundled_config, CONFIG_DIR, ConfigError, DataConfig, dump_config,
                                   load_config, TrainConfig)
-from mspr_training.data import DatasetError
-from mspr_training.datasets import data_fingerprint, read_split
+from mspr_training.data import DatasetError, PoseSample
+from mspr_training.datasets import data_fingerprint, read_split, split_calibration
 from mspr_training.synth import generate
 
 PAPER_CONFIGS = ('7scenes_ours', '7scenes_baseline', 'cambridge_ours', 'cambridge_baseline',
@@ -192,8 +192,12 @@ def _poses(samples_by_scene):
 
 def test_every_data_format_reads_the_same_poses(world):
     cambridge = read_split(DataConfig(format='cambridge'), 'train', world / 'cambridge')
-    assert sorted(cambridge) == ['atrium', 'corridor', 'lab']
-    assert all(len(samples) == 4 for samples in cambridge.values())
+    held_out = read_split(DataConfig(format='cambridge'), 'calibration', world / 'cambridge')
+    assert sorted(cambridge) == sorted(held_out) == ['atrium', 'corridor', 'lab']
+    # Two training sequences of two frames per scene: the second is the calibration split.
+    assert all(len(samples) == 2 for samples in cambridge.values())
+    assert {s.sequence for scene in cambridge.values() for s in scene} == {'seq1'}
+    assert {s.sequence for scene in held_out.values() for s in scene} == {'seq2'}
     seven = read_split(DataConfig(format='7scenes'), 'train', world / '7scenes')
     for scene, poses in _poses(cambridge).items():
         np.testing.assert_allclose(_poses(seven)[scene], poses, atol=1e-6)
@@ -201,7 +205,7 @@ def test_every_data_format_reads_the_same_poses(world):
     # Cambridge world-to-camera convention, recognised by rotation='world_to_camera').
     rows = ['scene,split,seq,img_path,t1,t2,t3,q1,q2,q3,q4']
     for scene, samples in cambridge.items():
-        for sample in samples:
+        for sample in samples + held_out[scene]:
             w_first = Rotation.from_quat(sample.orientation).inv().as_quat()[[3, 0, 1, 2]]
             path = Path(sample.image_path).relative_to(world / 'cambridge').as_posix()
             rows.append(','.join([scene, 'train', sample.sequence, path]
@@ -249,3 +253,69 @@ def test_data_fingerprint_ignores_order_and_root_but_not_poses(world, tmp_path):
                              for s in moved_samples[scene]], moved) == fingerprint
     shifted = [dataclasses.replace(flat[0], position=flat[0].position + 1e-3)] + flat[1:]
     assert data_fingerprint(shifted, world / 'cambridge') != fingerprint
+
+
+def _sample(scene: str, sequence: str, index: int) -> PoseSample:
+    return PoseSample(scene, sequence, np.array([index, 0.0, 0.0]), np.array([0, 0, 0, 1.0]))
+
+
+def test_calibration_split_holds_out_whole_sequences_in_natural_order():
+    samples = [_sample('a', f'seq{n}', i) for n in (1, 2, 10) for i in range(3)]
+    train, calibration = split_calibration(samples, 1, 'a')
+    assert {s.sequence for s in calibration} == {'seq10'}  # seq10 comes after seq2
+    assert {s.sequence for s in train} == {'seq1', 'seq2'} and len(train) == 6
+    train, calibration = split_calibration(samples, 2, 'a')
+    assert {s.sequence for s in calibration} == {'seq2', 'seq10'}
+
+
+def test_a_single_sequence_scene_gives_its_last_frames_and_says_so(caplog):
+    samples = [_sample('heads', 'seq-02', i) for i in range(10)]
+    with caplog.at_level('WARNING'):
+        train, calibration = split_calibration(samples, 1, 'heads')
+    assert [s.position[0] for s in calibration] == [8.0, 9.0]  # contiguous tail, 20 %
+    assert len(train) == 8 and 'heads' in caplog.text
+    with pytest.raises(DatasetError, match="scene 'x'"):
+        split_calibration([_sample('x', 's', 0)], 1, 'x')
+
+
+def test_calibration_split_must_not_be_the_test_or_training_split():
+    with pytest.raises(ValueError, match='must differ from test_split'):
+        DataConfig(calibration_split='test')
+    with pytest.raises(ValueError, match='must differ from train_split'):
+        DataConfig(calibration_split='train')
+    with pytest.raises(ConfigError, match=r'data\.calibration_sequences: must be >= 1 when'):
+        load_config('tiny_test', ['data.calibration_sequences=0'])
+    with pytest.raises(ConfigError, match=r'data\.calibration_split: must differ from test'):
+        load_config('tiny_test', ['data.calibration_split=test'])
+    assert DataConfig(calibration_split='val', calibration_sequences=0).calibration_split == 'val'
+    for name in ('synth_demo', '7scenes_ours', 'cambridge_ours'):
+        data = load_config(name).data
+        assert data.calibration_split == 'calibration' != data.test_split
+
+
+def test_backbone_weights_null_is_refused_none_is_random(tmp_path):
+    text = _base_text()
+    line = next(number for number, row in enumerate(text.splitlines(), start=1)
+                if row.startswith('  backbone_weights: none'))
+    path = _write(tmp_path, text.replace('  backbone_weights: none', '  backbone_weights: null'))
+    with pytest.raises(ConfigError, match=rf'^{path}:{line}: model\.backbone_weights: null'):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r'--set model\.backbone_weights'):
+        load_config('tiny_test', ['model.backbone_weights=null'])
+    assert load_config('tiny_test').model.backbone_weights == 'none'
+
+
+def test_recipes_train_in_float32_unless_asked():
+    for path in CONFIG_DIR.glob('*.yaml'):
+        assert load_config(path).amp is False, path.name
+    assert TrainConfig.from_dict({'model': {'num_scenes': 1}}).amp is False
+    assert load_config('7scenes_ours', ['amp=true']).amp is True
+
+
+def test_augmented_views_need_the_augmentation():
+    cfg = load_config('synth_demo', ['feature_cache.augmented_views=4',
+                                     'augmentation.enabled=true'])
+    assert cfg.feature_cache.augmented_views == 4
+    with pytest.raises(ConfigError, match='feature_cache.augmented_views: 4 augmented views '
+                                          'need augmentation.enabled'):
+        load_config('synth_demo', ['feature_cache.augmented_views=4'])

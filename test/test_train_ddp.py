@@ -3,18 +3,15 @@ import csv
 from dataclasses import replace
 import os
 from pathlib import Path
-import random
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 from mspr_ros.model.ms_transformer import build_model
 from mspr_training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from mspr_training.config import load_config
-from mspr_training.synth import generate
 from mspr_training.train import train
 
 # Same global batch (4 = 2 processes x 2), dropout off and a frozen backbone in eval mode
@@ -24,30 +21,6 @@ OVERRIDES = ['model.dropout=0.0', 'model.freeze_backbone=true', 'augmentation.en
 TIMEOUT_S = 300
 # RMS gradient (Adam's sqrt(v)) below which a parameter entry got no gradient signal.
 GRADIENT_SIGNAL = 1e-6
-
-
-@pytest.fixture(scope='module')
-def world(tmp_path_factory) -> Path:
-    """Render 3 tiny scenes (12 train / 6 test frames each, 96 x 72) in Cambridge format."""
-    out = tmp_path_factory.mktemp('world')
-    generate(out, formats=('cambridge',), num_scenes=3, train_frames=12, test_frames=6,
-             size=(96, 72))
-    return out / 'cambridge'
-
-
-@pytest.fixture
-def isolated_torch():
-    """Run in-process training with one thread and restore the global torch/RNG state after."""
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.get_rng_state(), np.random.get_state(), random.getstate())
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved[0])
-    torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
-    torch.set_rng_state(saved[3])
-    np.random.set_state(saved[4])
-    random.setstate(saved[5])
 
 
 def _trainable_names(cfg) -> list[str]:
@@ -64,14 +37,14 @@ def _epoch_row(run: Path) -> dict[str, str]:
     return rows[0]
 
 
-def test_two_process_torchrun_matches_one_process(world, tmp_path, isolated_torch):
+def test_two_process_torchrun_matches_one_process(tiny_world, tmp_path, isolated_torch):
     single = tmp_path / 'single'
-    train(load_config('tiny_test', OVERRIDES), single, world)
+    train(load_config('tiny_test', OVERRIDES), single, tiny_world)
 
     parallel = tmp_path / 'ddp'
     command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2',
                '--standalone', '-m', 'mspr_training.train', '--config', 'tiny_test.yaml',
-               '--data-root', str(world), '--out', str(parallel)]
+               '--data-root', str(tiny_world), '--out', str(parallel)]
     for override in OVERRIDES:
         command += ['--set', override]
     result = subprocess.run(command, env={**os.environ, 'OMP_NUM_THREADS': '1'}, text=True,

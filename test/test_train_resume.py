@@ -1,13 +1,11 @@
 """Training on a tiny rendered world: exact resume after SIGKILL, feature cache, fine-tuning."""
 import os
 from pathlib import Path
-import random
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,54 +16,28 @@ from mspr_training.config import ConfigError, load_config
 from mspr_training.data import load_rgb
 from mspr_training.datasets import build_dataset, read_split
 from mspr_training.feature_cache import CachedFeatureDataset, load_or_compute
-from mspr_training.synth import generate
 from mspr_training.train import train
 from mspr_training.transforms import eval_transform
 
-# tiny_test.yaml: 3 scenes x 12 frames, balanced, batch 4 -> 9 iterations per epoch, 2 epochs.
-ITERATIONS_PER_EPOCH = 9
+# tiny_test.yaml: 3 scenes x 12 frames, of which one 6-frame sequence per scene is the calibration
+# split: 18 training frames, balanced, batch 4 -> 5 iterations per epoch, 2 epochs.
+ITERATIONS_PER_EPOCH = 5
 TOTAL_STEPS = 2 * ITERATIONS_PER_EPOCH
 SUBPROCESS_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope='module')
-def world(tmp_path_factory) -> Path:
-    """Render 3 tiny scenes (12 train / 6 test frames each, 96 x 72) in Cambridge format."""
-    out = tmp_path_factory.mktemp('world')
-    generate(out, formats=('cambridge',), num_scenes=3, train_frames=12, test_frames=6,
-             size=(96, 72))
-    return out / 'cambridge'
-
-
-@pytest.fixture(scope='module')
-def isolated_torch():
-    """Run in-process training with one thread and restore the global torch/RNG state after."""
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-             torch.get_rng_state(), np.random.get_state(), random.getstate())
-    torch.set_num_threads(1)  # the subprocesses run with OMP_NUM_THREADS=1 too
-    yield
-    torch.set_num_threads(saved[0])
-    torch.use_deterministic_algorithms(saved[1], warn_only=saved[2])
-    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[3:5]
-    torch.set_rng_state(saved[5])
-    np.random.set_state(saved[6])
-    random.setstate(saved[7])
-
-
-@pytest.fixture(scope='module')
-def reference_run(world, tmp_path_factory, isolated_torch) -> Path:
+def reference_run(tiny_world, tmp_path_factory, isolated_torch) -> Path:
     """Train tiny_test.yaml uninterrupted, in this process."""
     out = tmp_path_factory.mktemp('reference')
-    result = train(load_config('tiny_test'), out, world)
+    result = train(load_config('tiny_test'), out, tiny_world)
     assert result.global_step == TOTAL_STEPS
     return out
 
 
-def _train_command(world: Path, out: Path, *extra: str) -> list[str]:
+def _train_command(data_root: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, '-m', 'mspr_training.train', '--config', 'tiny_test.yaml',
-            '--data-root', str(world), '--out', str(out), *extra]
+            '--data-root', str(data_root), '--out', str(out), *extra]
 
 
 def _subprocess_env() -> dict[str, str]:
@@ -99,14 +71,14 @@ def _log_column(run: Path, kind: str, column: int) -> list[str]:
 
 
 def test_sigkill_mid_epoch_then_resume_gives_identical_parameters(
-        world, reference_run, tmp_path, isolated_torch):
+        tiny_world, reference_run, tmp_path, isolated_torch):
     # The killed run is configured far longer than it lives, so the kill always lands in the
     # middle of training however the machine schedules the two processes; the run is then
     # resumed to the end of the epoch after the kill and compared with an uninterrupted run of
     # that length (StepLR does not depend on the total number of epochs).
     out = tmp_path / 'killed'
     log = tmp_path / 'killed.log'
-    command = _train_command(world, out, '--set', 'checkpoint.every_iters=2',
+    command = _train_command(tiny_world, out, '--set', 'checkpoint.every_iters=2',
                              '--set', 'schedule.epochs=100')
     with log.open('w') as stream:
         process = subprocess.Popen(command, env=_subprocess_env(), stdout=stream,
@@ -131,7 +103,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_parameters(
     reference = reference_run
     if epochs != 2:  # the kill came late: train a reference of the same length
         reference = tmp_path / 'reference'
-        train(load_config('tiny_test', [f'schedule.epochs={epochs}']), reference, world)
+        train(load_config('tiny_test', [f'schedule.epochs={epochs}']), reference, tiny_world)
     expected = load_checkpoint(latest_checkpoint(reference))
     actual = load_checkpoint(latest_checkpoint(out))
     assert actual['progress'] == expected['progress']
@@ -151,7 +123,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_parameters(
 
 
 def test_training_changed_the_model_and_resume_of_a_finished_run_is_a_no_op(
-        world, reference_run, isolated_torch):
+        tiny_world, reference_run, isolated_torch):
     final = load_checkpoint(latest_checkpoint(reference_run))
     torch.manual_seed(0)
     initial = build_model(load_config('tiny_test').model).state_dict()
@@ -160,22 +132,22 @@ def test_training_changed_the_model_and_resume_of_a_finished_run_is_a_no_op(
     assert any(name.startswith('backbone.') for name in changed)
     assert any(name.startswith('transformer_rot.') for name in changed)
     before = sorted(path.name for path in reference_run.iterdir())
-    result = train(load_config('tiny_test'), reference_run, world, resume='auto')
+    result = train(load_config('tiny_test'), reference_run, tiny_world, resume='auto')
     assert result.global_step == TOTAL_STEPS
     assert sorted(path.name for path in reference_run.iterdir()) == before
 
 
-def test_feature_cache_equals_live_features(world, tmp_path, monkeypatch):
+def test_feature_cache_equals_live_features(tiny_world, tmp_path, monkeypatch):
     cfg = load_config('tiny_test', ['model.freeze_backbone=true',
                                     'augmentation.enabled=false'])
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
-    dataset = build_dataset(read_split(cfg.data, 'train', world))
+    dataset = build_dataset(read_split(cfg.data, 'train', tiny_world))
     transform = eval_transform(cfg.augmentation)
     cache = load_or_compute(model, dataset, transform, torch.device('cpu'), tmp_path,
                             batch_size=5, progress=False)
-    assert len(cache) == len(dataset) == 36
-    picks = [0, 13, 35]
+    assert len(cache) == len(dataset) == 18
+    picks = [0, 13, 17]
     images = torch.stack([transform(load_rgb(dataset.samples[i])) for i in picks])
     with torch.no_grad():
         live_t, live_rot = model.forward_features(images)
@@ -205,11 +177,12 @@ def test_feature_cache_equals_live_features(world, tmp_path, monkeypatch):
                         progress=False)
 
 
-def test_finetune_trains_only_the_position_head(world, reference_run, tmp_path, isolated_torch):
+def test_finetune_trains_only_the_position_head(tiny_world, reference_run, tmp_path,
+                                                isolated_torch):
     cfg = load_config('tiny_test', [
         'freeze.trainable=[regressor_head_t]', f'checkpoint.init_from={reference_run}',
         'loss.learnable=false', 'loss.s_x=1.0', 'loss.s_q=0.0', 'schedule.epochs=1'])
-    result = train(cfg, tmp_path / 'finetune', world)
+    result = train(cfg, tmp_path / 'finetune', tiny_world)
     before = load_checkpoint(latest_checkpoint(reference_run))['model']
     after = load_checkpoint(result.checkpoint)['model']
     for name, tensor in before.items():
@@ -219,12 +192,12 @@ def test_finetune_trains_only_the_position_head(world, reference_run, tmp_path, 
             assert torch.equal(after[name], tensor), name
     with pytest.raises(ConfigError, match="'regressor_head' names no module"):
         train(load_config('tiny_test', ['freeze.trainable=[regressor_head]']),
-              tmp_path / 'typo', world)
+              tmp_path / 'typo', tiny_world)
 
 
-def test_runs_refuse_to_mix_and_check_the_scene_count(world, reference_run, tmp_path):
+def test_runs_refuse_to_mix_and_check_the_scene_count(tiny_world, reference_run, tmp_path):
     with pytest.raises(ConfigError, match='already holds checkpoints.*--resume.*--overwrite'):
-        train(load_config('tiny_test'), reference_run, world)
+        train(load_config('tiny_test'), reference_run, tiny_world)
     with pytest.raises(ConfigError, match=r'tiny_test\.yaml: model\.num_scenes is 4 but the '
                                           r"train split has 3 scenes \['atrium'"):
-        train(load_config('tiny_test', ['model.num_scenes=4']), tmp_path, world)
+        train(load_config('tiny_test', ['model.num_scenes=4']), tmp_path, tiny_world)

@@ -18,6 +18,7 @@ setup(
             'mspr-export = mspr_training.export:main',
             'mspr-bag-eval = mspr_training.bags.cli:main',
             'mspr-bag-from-dataset = mspr_training.bags.from_dataset:main',
+            'mspr-align = mspr_training.align:main',
         ],
     },
 )

@@ -1,13 +1,15 @@
 """The node's per-frame pipeline without ROS: network result -> frame chain -> gate -> outputs.
 
-Frame chain (docs/ARCHITECTURE.md):
+Frame chain (docs/architecture.md):
 ``T_map_cam = T_map_scene[s] * T_scene_cam``; ``T_map_base = T_map_cam * inv(T_base_cam)``;
 ``T_map_odom = T_map_base * inv(T_odom_base(t_img))``. With ``two_d_mode`` the base pose and
 ``map -> odom`` are flattened to x, y, yaw and the covariance keeps only x, y, yaw.
 
 The processor remembers the last accepted ``map -> odom`` so that the gate can compare each
-candidate with the odometry-predicted pose. Thread-safe: the inference worker calls ``estimate``
-while service and topic callbacks call ``request_relocalization`` and ``set_prior``.
+candidate with the odometry-predicted pose. An initial pose (``set_prior``) holds until frames
+confirm it or agree on another place (``mspr_ros.estimation.initial_pose``); meanwhile it
+replaces the jump check. Thread-safe: the inference worker calls ``estimate`` while service and
+topic callbacks call ``request_relocalization`` and ``set_prior``.
 """
 from dataclasses import dataclass
 import math
@@ -17,6 +19,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from mspr_ros.estimation.gating import GateConfig, GateDecision, PoseGate
+from mspr_ros.estimation.initial_pose import InitialPoseGuard
 from mspr_ros.geometry.covariance import covariance_at_offset, pose_covariance, two_d_covariance
 from mspr_ros.geometry.transforms import base_in_map, map_to_odom, SceneAlignment, Transform
 
@@ -40,6 +43,8 @@ class ProcessorSettings:
     gate: GateConfig
     covariance: CovarianceSettings = CovarianceSettings()
     two_d_mode: bool = False
+    initial_pose_gate: float = 3.0
+    agreement_frames: int = 3
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,8 @@ class FrameProcessor:
         self._calibrations = dict(calibrations)
         self._settings = settings
         self._gate = PoseGate(settings.gate)
+        self._initial_pose = InitialPoseGuard(settings.initial_pose_gate,
+                                              settings.agreement_frames)
         self._lock = threading.Lock()
         self._last_map_odom: Optional[Transform] = None
 
@@ -99,6 +106,7 @@ class FrameProcessor:
         with self._lock:
             self._settings = settings
             self._gate.config = settings.gate
+            self._initial_pose.configure(settings.initial_pose_gate, settings.agreement_frames)
 
     @property
     def last_map_odom(self) -> Optional[Transform]:
@@ -108,28 +116,35 @@ class FrameProcessor:
 
     @property
     def relocalization_pending(self) -> bool:
-        """Whether a relocalization request waits for its frame."""
-        return self._gate.relocalization_pending
+        """Whether a relocalization request or an initial pose waits for frames."""
+        return self._gate.relocalization_pending or self._initial_pose.active
 
     def request_relocalization(self) -> None:
-        """Accept the next confident frame regardless of the jump limits."""
+        """Accept the next confident frame regardless of the jump limits and initial pose."""
         self._gate.request_relocalization()
 
     def set_prior(self, T_map_base: Transform, covariance: Any,
                   T_odom_base: Optional[Transform]) -> None:
-        """Use an initial pose as the next jump-check reference.
+        """Hold an initial pose until frames confirm it or agree on another place.
 
-        When ``T_odom_base`` (odom -> base now) is known, the odometry prediction restarts from
-        the prior too (``map -> odom`` reset, as AMCL does on ``initialpose``).
+        ``T_odom_base`` is odom -> base now (None when unknown: the prior is then taken as
+        fixed in odom). The odometry prediction restarts from the prior too (``map -> odom``
+        reset, as AMCL does on ``initialpose``).
+
+        Raises:
+            ValueError: an invalid covariance.
         """
-        self._gate.set_prior(T_map_base, covariance)
-        if T_odom_base is not None:
+        known = T_odom_base is not None
+        self._initial_pose.set(T_map_base, covariance,
+                               T_odom_base if known else Transform.identity())
+        if known:
             with self._lock:
                 self._last_map_odom = map_to_odom(T_map_base, T_odom_base)
 
     def reset(self) -> None:
         """Forget the last fix, priors and pending requests (on activation)."""
         self._gate.reset()
+        self._initial_pose.clear()
         with self._lock:
             self._last_map_odom = None
 
@@ -180,9 +195,17 @@ class FrameProcessor:
             predicted = PoseGate.predict(last_map_odom, T_odom_base)
             if settings.two_d_mode:
                 predicted = predicted.flatten_2d()
-        no_jump_check = (predicted is None and not self._gate.has_prior) or \
-            self._gate.relocalization_pending
-        decision = self._gate.check(scene_name, confidence, T_map_base, predicted)
+        requested = self._gate.relocalization_pending
+        guarded = self._initial_pose.active and not requested
+        no_jump_check = predicted is None or requested
+        # While an initial pose holds, it is the reference instead of the odometry prediction.
+        decision = self._gate.check(scene_name, confidence, T_map_base,
+                                    None if guarded else predicted)
+        if decision.accepted and requested:
+            self._initial_pose.clear()
+        elif decision.accepted and guarded:
+            decision, no_jump_check = self._initial_pose.check(T_map_base, covariance,
+                                                               T_odom_base)
         if decision.accepted:
             with self._lock:
                 self._last_map_odom = T_map_odom

@@ -6,8 +6,9 @@ in this order:
 1. ``low_confidence``: the scene-classification probability is below ``min_scene_confidence``;
 2. ``scene_not_allowed``: ``allowed_scenes`` is non-empty and does not contain the scene;
 3. ``jump_translation`` / ``jump_rotation``: the candidate is further than the limits from the
-   predicted pose (the last accepted ``map -> odom`` carried forward by odometry, or an
-   initial-pose prior), as AMCL-style localizers check against odometry.
+   predicted pose (the last accepted ``map -> odom`` carried forward by odometry), as
+   AMCL-style localizers check against odometry. While an initial pose holds, the frame
+   processor passes no prediction here and ``mspr_ros.estimation.initial_pose`` decides.
 
 There is no jump check without a prediction (the first fix), and none for the first candidate
 that passes 1 and 2 after ``request_relocalization()``.
@@ -17,11 +18,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from typing import Any
 
 import numpy as np
 
-from mspr_ros.geometry.covariance import validate_covariance
 from mspr_ros.geometry.transforms import Transform
 
 LOW_CONFIDENCE = 'low_confidence'
@@ -30,8 +29,6 @@ JUMP_TRANSLATION = 'jump_translation'
 JUMP_ROTATION = 'jump_rotation'
 # Every rejection reason, e.g. for per-reason counters in diagnostics.
 REJECTION_REASONS = (LOW_CONFIDENCE, SCENE_NOT_ALLOWED, JUMP_TRANSLATION, JUMP_ROTATION)
-# A prior widens the jump limits to this many of its standard deviations.
-PRIOR_SIGMAS = 3.0
 
 
 @dataclasses.dataclass
@@ -87,22 +84,18 @@ class GateDecision:
     detail: str = ''
 
 
-@dataclasses.dataclass(frozen=True)
-class _Prior:
-    pose: Transform
-    translation_stddev: float
-    rotation_stddev_deg: float
-
-
 class PoseGate:
-    """Stateful gate: relocalization requests and initial-pose priors. Thread-safe."""
+    """Stateful gate: remembers relocalization requests. Thread-safe.
+
+    Initial poses are held by ``mspr_ros.estimation.initial_pose.InitialPoseGuard``, which
+    ``FrameProcessor`` consults after this gate.
+    """
 
     def __init__(self, config: GateConfig | None = None) -> None:
         """Create a gate with ``config`` (defaults: ``GateConfig()``)."""
         self.config = config if config is not None else GateConfig()
         self._lock = threading.Lock()
         self._relocalization_requested = False
-        self._prior: _Prior | None = None
 
     @staticmethod
     def predict(T_map_odom_last: Transform, T_odom_base_now: Transform) -> Transform:
@@ -123,34 +116,10 @@ class PoseGate:
         with self._lock:
             return self._relocalization_requested
 
-    def set_prior(self, T_map_base: Transform, covariance: Any) -> None:
-        """Use an initial pose (RViz ``initialpose``) as the prediction for the next jump check.
-
-        The prior replaces the odometry prediction in the next ``check`` that reaches the jump
-        tests (a candidate that passes the confidence and scene checks), and is then consumed,
-        accepted or not: afterwards the node's odometry prediction takes over (it should also
-        reset its ``map -> odom`` from the prior, as AMCL does). Its covariance (6x6, ROS order)
-        widens the jump limits to at least ``PRIOR_SIGMAS`` of its largest position and
-        orientation standard deviations, so a vague click admits a candidate nearby.
-        """
-        cov = validate_covariance(covariance, 'initial pose covariance')
-        translation_stddev = math.sqrt(max(float(np.linalg.eigvalsh(cov[:3, :3])[-1]), 0.0))
-        rotation_stddev = math.sqrt(max(float(np.linalg.eigvalsh(cov[3:, 3:])[-1]), 0.0))
-        prior = _Prior(T_map_base, translation_stddev, math.degrees(rotation_stddev))
-        with self._lock:
-            self._prior = prior
-
-    @property
-    def has_prior(self) -> bool:
-        """Whether an initial-pose prior waits for the next jump check."""
-        with self._lock:
-            return self._prior is not None
-
     def reset(self) -> None:
-        """Forget pending relocalization requests and priors."""
+        """Forget a pending relocalization request."""
         with self._lock:
             self._relocalization_requested = False
-            self._prior = None
 
     def check(self, scene_name: str, confidence: float, T_map_base_candidate: Transform,
               T_map_base_predicted: Transform | None = None) -> GateDecision:
@@ -161,7 +130,7 @@ class PoseGate:
             confidence: its softmax probability in [0, 1].
             T_map_base_candidate: the localized base pose.
             T_map_base_predicted: the odometry-predicted base pose (``predict``), or None when
-                there is no previous fix. A pending prior takes its place.
+                there is no previous fix.
         """
         config = self.config
         if not confidence >= config.min_scene_confidence:
@@ -175,26 +144,20 @@ class PoseGate:
         with self._lock:
             if self._relocalization_requested:
                 self._relocalization_requested = False
-                self._prior = None
                 return GateDecision(True, None, 'relocalization requested: jump limits skipped')
-            prior, self._prior = self._prior, None
         max_translation = config.max_jump_translation
         max_rotation = config.max_jump_rotation_deg
         predicted = T_map_base_predicted
-        if prior is not None:
-            predicted = prior.pose
-            max_translation = max(max_translation, PRIOR_SIGMAS * prior.translation_stddev)
-            max_rotation = max(max_rotation, PRIOR_SIGMAS * prior.rotation_stddev_deg)
         if predicted is None:
             return GateDecision(True, None, 'first fix: no prediction to check jumps against')
         jump = float(np.linalg.norm(T_map_base_candidate.translation - predicted.translation))
         if jump > max_translation:
             return GateDecision(False, JUMP_TRANSLATION,
                                 f'jump {jump:.3f} m > {max_translation:.3f} m from the '
-                                f'{"prior" if prior else "odometry prediction"}')
+                                'odometry prediction')
         turn = math.degrees(T_map_base_candidate.rotation_angle_to(predicted))
         if turn > max_rotation:
             return GateDecision(False, JUMP_ROTATION,
                                 f'jump {turn:.2f} deg > {max_rotation:.2f} deg from the '
-                                f'{"prior" if prior else "odometry prediction"}')
+                                'odometry prediction')
         return GateDecision(True, None, '')

@@ -1,6 +1,6 @@
 """Rigid transforms, scene alignments and the node's frame chain (ROS-free).
 
-Conventions (docs/ARCHITECTURE.md):
+Conventions (docs/architecture.md):
 - ``T_a_b`` maps points from frame ``b`` into frame ``a``; composition ``T_a_c = T_a_b @ T_b_c``.
 - Quaternions are x, y, z, w (scipy and ROS order) and unit length.
 - Roll, pitch, yaw are the ROS (REP-103) fixed-axis angles: ``R = Rz(yaw) Ry(pitch) Rx(roll)``.
@@ -12,50 +12,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 import dataclasses
 import math
+import re
 from typing import Any
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-# Below this norm a quaternion has no meaningful direction (a regressed 4-vector of zeros, say).
-_MIN_QUATERNION_NORM = 1e-9
+from mspr_ros.geometry.interpolation import slerp_poses
+# canonical_quaternion is re-exported: callers reach the convention through this module too.
+from mspr_ros.geometry.quaternions import (canonical_quaternion, checked_vector, is_canonical,
+                                           MIN_QUATERNION_NORM, unit_quaternion)
+
+__all__ = ['base_in_map', 'body_from_optical', 'canonical_quaternion', 'map_to_odom',
+           'optical_from_body', 'pose_error', 'quaternion_angle_deg', 'SceneAlignment',
+           'Transform']
+
 # Tolerance for accepting a 4x4 matrix as rigid (orthonormal rotation block, last row 0 0 0 1).
 _RIGID_MATRIX_TOLERANCE = 1e-6
-
-
-def _vector(value: Any, length: int, name: str) -> np.ndarray:
-    """Return ``value`` as a new read-only finite float64 array of shape (length,)."""
-    try:
-        array = np.array(value, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f'{name} must be {length} numbers, got {value!r}') from error
-    if array.shape != (length,):
-        raise ValueError(f'{name} must have {length} elements, got shape {np.shape(value)}')
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f'{name} must be finite, got {array.tolist()}')
-    array.setflags(write=False)
-    return array
-
-
-def _unit_quaternion(value: Any, name: str) -> np.ndarray:
-    """Return ``value`` (x, y, z, w) normalised to unit length, read-only; reject zero/NaN."""
-    quat = _vector(value, 4, name)
-    norm = float(np.linalg.norm(quat))
-    if norm < _MIN_QUATERNION_NORM:
-        raise ValueError(f'{name} must be a non-zero quaternion (x, y, z, w), got {quat.tolist()}')
-    unit = quat / norm
-    unit.setflags(write=False)
-    return unit
-
-
-def canonical_quaternion(quaternion_xyzw: Any) -> np.ndarray:
-    """Return the unit x, y, z, w quaternion of the same rotation with ``w >= 0`` (float64 (4,)).
-
-    The one sign convention of the project (``q`` and ``-q`` are the same rotation). Raises
-    ValueError for a non-finite or zero-length input, naming the values.
-    """
-    return Rotation.from_quat(_unit_quaternion(quaternion_xyzw, 'quaternion')).as_quat(
-        canonical=True)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -75,8 +48,8 @@ class Transform:
 
     def __post_init__(self) -> None:
         """Validate and normalise; raise ValueError on non-finite or zero input."""
-        object.__setattr__(self, 'translation', _vector(self.translation, 3, 'translation'))
-        object.__setattr__(self, 'rotation', _unit_quaternion(self.rotation, 'rotation'))
+        object.__setattr__(self, 'translation', checked_vector(self.translation, 3, 'translation'))
+        object.__setattr__(self, 'rotation', unit_quaternion(self.rotation, 'rotation'))
 
     @classmethod
     def identity(cls) -> Transform:
@@ -109,7 +82,7 @@ class Transform:
     @classmethod
     def from_xyz_rpy(cls, xyz: Any, rpy: Any) -> Transform:
         """Build from a translation and ROS fixed-axis roll, pitch, yaw in radians."""
-        angles = _vector(rpy, 3, 'rpy')
+        angles = checked_vector(rpy, 3, 'rpy')
         return cls(xyz, Rotation.from_euler('xyz', angles).as_quat())
 
     @classmethod
@@ -175,10 +148,10 @@ class Transform:
                                       [0.0, 0.0, self.yaw()])
 
     def canonical(self) -> Transform:
-        """Return the same transform with the quaternion sign chosen so that w >= 0."""
-        if self.rotation[3] >= 0.0:
+        """Return the same transform with the project's canonical quaternion sign (w >= 0)."""
+        if is_canonical(self.rotation):
             return self
-        return Transform(self.translation, -self.rotation)
+        return Transform(self.translation, canonical_quaternion(self.rotation))
 
     def interpolate(self, other: Transform, fraction: float) -> Transform:
         """Interpolate towards ``other``: lerp of translations, slerp (shortest arc) of rotations.
@@ -189,12 +162,9 @@ class Transform:
         fraction = float(fraction)
         if not math.isfinite(fraction):
             raise ValueError(f'interpolation fraction must be finite, got {fraction}')
-        start = self.rotation_object
-        # as_rotvec returns the shortest rotation (angle <= pi), so q and -q interpolate alike.
-        delta = (start.inv() * other.rotation_object).as_rotvec()
-        rotation = start * Rotation.from_rotvec(fraction * delta)
-        translation = (1.0 - fraction) * self.translation + fraction * other.translation
-        return Transform.from_rotation(translation, rotation)
+        translations, quats = slerp_poses(self.translation, self.rotation, other.translation,
+                                          other.rotation, [fraction])
+        return Transform(translations[0], quats[0])
 
     def rotation_angle_to(self, other: Transform) -> float:
         """Return the angle in radians, in [0, pi], of the rotation between both orientations."""
@@ -239,8 +209,8 @@ class SceneAlignment:
 
     def __post_init__(self) -> None:
         """Validate and normalise; raise ValueError on bad values."""
-        object.__setattr__(self, 'translation', _vector(self.translation, 3, 'translation'))
-        object.__setattr__(self, 'rotation', _unit_quaternion(self.rotation, 'rotation_xyzw'))
+        object.__setattr__(self, 'translation', checked_vector(self.translation, 3, 'translation'))
+        object.__setattr__(self, 'rotation', unit_quaternion(self.rotation, 'rotation_xyzw'))
         if isinstance(self.scale, bool):
             raise ValueError(f'scale must be a number, got {self.scale!r}')
         try:
@@ -311,6 +281,47 @@ class SceneAlignment:
                 'rotation_xyzw': self.rotation.tolist(),
                 'scale': self.scale}
 
+    @classmethod
+    def from_parameter(cls, values: Any) -> SceneAlignment:
+        """Build from the 8-number parameter form ``[x, y, z, qx, qy, qz, qw, scale]``.
+
+        The form of the node's ``scenes.<name>.map_from_scene`` parameter; the node, the bag
+        tools and ``mspr-align`` all parse it here, so a value one accepts means the same to all.
+
+        Raises:
+            ValueError: a wrong length, a non-finite number, a zero quaternion or a scale <= 0.
+        """
+        try:
+            numbers = [float(v) for v in (values if values is not None else ())]
+        except (TypeError, ValueError):
+            numbers = None
+        if numbers is None or len(numbers) != 8 or not all(math.isfinite(v) for v in numbers):
+            raise ValueError(f'must be 8 finite numbers {ALIGNMENT_PARAMETER_LAYOUT}, got '
+                             f'{values if numbers is None else numbers}')
+        if math.hypot(*numbers[3:7]) < 1e-9 or numbers[7] <= 0.0:
+            raise ValueError(f'quaternion must be non-zero and scale positive, got {numbers}')
+        return cls(numbers[0:3], numbers[3:7], numbers[7])
+
+    def to_parameter(self) -> list[float]:
+        """Return the 8-number parameter form read by ``from_parameter``."""
+        return self.translation.tolist() + self.rotation.tolist() + [self.scale]
+
+
+#: The layout of ``SceneAlignment.from_parameter``'s 8 numbers, for messages and docs.
+ALIGNMENT_PARAMETER_LAYOUT = '[x, y, z, qx, qy, qz, qw, scale]'
+_ALIGNMENT_PARAMETER = re.compile(r'^scenes\.(?P<scene>.+)\.map_from_scene$')
+
+
+def alignment_parameter_name(scene: str) -> str:
+    """Name of a scene's ``map <- scene`` parameter, e.g. ``scenes.atrium.map_from_scene``."""
+    return f'scenes.{scene}.map_from_scene'
+
+
+def alignment_parameter_scene(name: str) -> str | None:
+    """Return the scene a ``scenes.<scene>.map_from_scene`` parameter names, else None."""
+    match = _ALIGNMENT_PARAMETER.match(name)
+    return match.group('scene') if match else None
+
 
 def base_in_map(T_map_cam: Transform, T_base_cam: Transform) -> Transform:
     """Return ``T_map_base = T_map_cam @ inv(T_base_cam)``.
@@ -331,9 +342,10 @@ def map_to_odom(T_map_base: Transform, T_odom_base: Transform) -> Transform:
 
 # R_body_optical: its columns are the optical axes in the body frame: x_opt = -y_body (right),
 # y_opt = -z_body (down), z_opt = x_body (forward). Equals ROS's rpy (-pi/2, 0, -pi/2).
-_R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0],
-                            [-1.0, 0.0, 0.0],
-                            [0.0, -1.0, 0.0]])
+R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0],
+                           [-1.0, 0.0, 0.0],
+                           [0.0, -1.0, 0.0]])
+R_BODY_OPTICAL.setflags(write=False)
 
 
 def body_from_optical() -> Transform:
@@ -342,7 +354,7 @@ def body_from_optical() -> Transform:
     Body frame (REP-103): x forward, y left, z up. Optical frame: z forward, x right, y down.
     This is the static transform a driver publishes as ``camera_link -> camera_optical_frame``.
     """
-    return Transform(np.zeros(3), Rotation.from_matrix(_R_BODY_OPTICAL).as_quat())
+    return Transform(np.zeros(3), Rotation.from_matrix(R_BODY_OPTICAL).as_quat())
 
 
 def optical_from_body() -> Transform:
@@ -372,7 +384,7 @@ def quaternion_angle_deg(q_est: Any, q_gt: Any) -> np.ndarray:
         raise ValueError(f'quaternions must have a last axis of 4, got {est.shape} and {gt.shape}')
     est_norm = np.linalg.norm(est, axis=-1, keepdims=True)
     gt_norm = np.linalg.norm(gt, axis=-1, keepdims=True)
-    if np.any(est_norm < _MIN_QUATERNION_NORM) or np.any(gt_norm < _MIN_QUATERNION_NORM):
+    if np.any(est_norm < MIN_QUATERNION_NORM) or np.any(gt_norm < MIN_QUATERNION_NORM):
         raise ValueError('quaternions must be non-zero')
     dot = np.sum((est / est_norm) * (gt / gt_norm), axis=-1)
     return np.degrees(2.0 * np.arccos(np.clip(np.abs(dot), -1.0, 1.0)))

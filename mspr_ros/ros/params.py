@@ -1,8 +1,9 @@
-"""Parameters of the ``mspr_localizer`` node: declaration, descriptors and validation.
+"""Parameters of the ``mspr_localizer`` node: declaration, reading and validation.
 
-Every parameter is declared once, with a ``ParameterDescriptor`` that carries its description,
-range and read-only flag, so ``ros2 param describe`` documents the node and rcl enforces ranges.
-Frame names and gating knobs use AMCL's spelling so an AMCL YAML block can be swapped in.
+Every parameter is declared once from its ``ParamSpec`` (``mspr_ros.ros.param_specs``), whose
+descriptor carries its description, range and read-only flag, so ``ros2 param describe``
+documents the node and rcl enforces ranges. Frame names and gating knobs use AMCL's spelling so
+an AMCL YAML block can be swapped in.
 
 ``NodeParams.from_values`` validates the combination (frame names, enumerations, array lengths)
 and reports *all* problems in one ``ParameterValidationError``; the node calls it at configure
@@ -12,18 +13,20 @@ from dataclasses import dataclass
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-IMAGE_TRANSPORTS = ('raw', 'compressed')
-IMAGE_QOS_PROFILES = ('sensor_data', 'reliable', 'system_default')
-COVARIANCE_MODES = ('calibrated', 'fixed')
-# Optical frame (z forward, x right, y down) at the base origin, looking along base +x.
-DEFAULT_CAMERA_TO_BASE = (0.0, 0.0, 0.0, -math.pi / 2, 0.0, -math.pi / 2)
-SCENE_PARAM_PREFIX = 'scenes.'
-SCENE_PARAM_SUFFIX = '.map_from_scene'
+from mspr_ros.estimation.frame_processor import CovarianceSettings, ProcessorSettings
+from mspr_ros.estimation.fusion import FusionConfig
+from mspr_ros.estimation.gating import GateConfig
+from mspr_ros.geometry.transforms import alignment_parameter_name, alignment_parameter_scene
+from mspr_ros.geometry.transforms import SceneAlignment
+from mspr_ros.ros.param_specs import COVARIANCE_MODES, FUSION_MODES, IMAGE_QOS_PROFILES
+from mspr_ros.ros.param_specs import IMAGE_TRANSPORTS, PARAM_NAMES, PARAM_SPECS
+
+_ARRAY_TYPES = {ParameterType.PARAMETER_STRING_ARRAY: Parameter.Type.STRING_ARRAY,
+                ParameterType.PARAMETER_DOUBLE_ARRAY: Parameter.Type.DOUBLE_ARRAY}
 
 
 @dataclass(frozen=True)
@@ -45,123 +48,6 @@ class ParameterValidationError(ValueError):
     def involving(self, names: Set[str]) -> List[ParameterProblem]:
         """Return the problems that involve any of ``names``."""
         return [p for p in self.problems if names.intersection(p.names)]
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """Declaration of one parameter: default value, type, description and limits."""
-
-    name: str
-    default: Any
-    type: int
-    description: str
-    read_only: bool = False
-    float_range: Optional[Tuple[float, float]] = None
-    int_range: Optional[Tuple[int, int]] = None
-    constraints: str = ''
-
-    def descriptor(self) -> ParameterDescriptor:
-        """Build the rcl descriptor; ranges are inclusive, step 0 means continuous."""
-        descriptor = ParameterDescriptor(
-            name=self.name, type=self.type, description=self.description,
-            read_only=self.read_only, additional_constraints=self.constraints)
-        if self.float_range is not None:
-            descriptor.floating_point_range = [FloatingPointRange(
-                from_value=self.float_range[0], to_value=self.float_range[1], step=0.0)]
-        if self.int_range is not None:
-            descriptor.integer_range = [IntegerRange(
-                from_value=self.int_range[0], to_value=self.int_range[1], step=0)]
-        return descriptor
-
-
-_S = ParameterType.PARAMETER_STRING
-_D = ParameterType.PARAMETER_DOUBLE
-_B = ParameterType.PARAMETER_BOOL
-_I = ParameterType.PARAMETER_INTEGER
-_DA = ParameterType.PARAMETER_DOUBLE_ARRAY
-_SA = ParameterType.PARAMETER_STRING_ARRAY
-
-PARAM_SPECS: Tuple[ParamSpec, ...] = (
-    ParamSpec('weights', '', _S, 'Path to the .safetensors weights bundle (mspr-export output).',
-              read_only=True),
-    ParamSpec('device', 'auto', _S, 'Inference device: auto, cpu, cuda or cuda:N.',
-              read_only=True, constraints='auto|cpu|cuda|cuda:N; auto falls back to cpu'),
-    ParamSpec('fp16', False, _B, 'Run inference in half precision (CUDA only).', read_only=True),
-    ParamSpec('cpu_threads', 0, _I,
-              "PyTorch intra-op threads of this process; 0 keeps PyTorch's default (one per "
-              'core). Fewer leave cores to the camera driver and the rest of the robot.',
-              read_only=True, int_range=(0, 1024)),
-    ParamSpec('image_transport', 'raw', _S,
-              "Image input: 'raw' subscribes to image, 'compressed' to image/compressed.",
-              read_only=True, constraints='|'.join(IMAGE_TRANSPORTS)),
-    ParamSpec('image_qos', 'sensor_data', _S,
-              'QoS of the image subscription (sensor_data matches reliable and best-effort '
-              'publishers).', read_only=True, constraints='|'.join(IMAGE_QOS_PROFILES)),
-    ParamSpec('max_image_age', 1.0, _D,
-              'Drop frames older than this at processing time (s, node clock); 0 disables.',
-              float_range=(0.0, 3600.0)),
-    ParamSpec('max_rate', 0.0, _D, 'Maximum inference rate (Hz); 0 means unlimited.',
-              float_range=(0.0, 1000.0)),
-    ParamSpec('global_frame_id', 'map', _S, 'Map frame: parent of the published TF and of '
-              'the scene frames.'),
-    ParamSpec('odom_frame_id', 'odom', _S,
-              "Odometry frame; map -> odom is published. Empty: publish map -> base directly "
-              "(robots without odometry only)."),
-    ParamSpec('base_frame_id', 'base_link', _S,
-              'Robot base frame (AMCL defaults to base_footprint).'),
-    ParamSpec('camera_frame_id', '', _S,
-              'Camera optical frame used only when an image arrives with an empty frame_id.'),
-    ParamSpec('tf_broadcast', True, _B, 'Publish the map -> odom transform on /tf.'),
-    ParamSpec('transform_tolerance', 0.5, _D,
-              'Future-date the published TF by this much (s). AMCL uses 1.0, rtabmap 0.1.',
-              float_range=(0.0, 60.0)),
-    ParamSpec('transform_publish_period', 0.05, _D,
-              'Re-broadcast period of the last map -> odom (s); 0 disables re-broadcast. '
-              'Applied at configure.', float_range=(0.0, 10.0)),
-    ParamSpec('transform_timeout', 0.1, _D,
-              'How long to wait for odom -> base at the image stamp (s).',
-              float_range=(0.0, 10.0)),
-    ParamSpec('two_d_mode', False, _B,
-              'Flatten the published pose and map -> odom to x, y, yaw (ground robots).'),
-    ParamSpec('camera_to_base', list(DEFAULT_CAMERA_TO_BASE), _DA,
-              'Camera optical frame in the base frame [x, y, z, roll, pitch, yaw] (m, rad); '
-              'used only when TF has no base <- camera transform.'),
-    ParamSpec('use_odom_topic', False, _B,
-              'Take odom -> base from the odom topic (nav_msgs/Odometry) instead of TF.',
-              read_only=True),
-    ParamSpec('min_scene_confidence', 0.5, _D,
-              'Minimum scene-classification probability for a frame to be used.',
-              float_range=(0.0, 1.0)),
-    ParamSpec('max_jump_translation', 0.0, _D,
-              'Reject poses farther than this from the odom-predicted pose (m); 0 disables.',
-              float_range=(0.0, 1.0e6)),
-    ParamSpec('max_jump_rotation', 0.0, _D,
-              'Reject poses rotated more than this from the odom-predicted pose (deg); '
-              '0 disables.', float_range=(0.0, 180.0)),
-    ParamSpec('allowed_scenes', [], _SA,
-              'Scenes the node may report; empty allows every scene of the bundle.'),
-    ParamSpec('covariance.mode', 'calibrated', _S,
-              "'calibrated': the bundle's per-scene covariance; 'fixed': the stddevs below.",
-              constraints='|'.join(COVARIANCE_MODES)),
-    ParamSpec('covariance.position_stddev', 0.5, _D,
-              'Position standard deviation in fixed mode (m).', float_range=(1.0e-6, 1.0e3)),
-    ParamSpec('covariance.orientation_stddev', 0.1, _D,
-              'Orientation standard deviation in fixed mode (rad).',
-              float_range=(1.0e-6, 10.0)),
-    ParamSpec('covariance.confidence_inflation', 1.0, _D,
-              'How strongly low scene confidence inflates the covariance (0: not at all).',
-              float_range=(0.0, 1.0e3)),
-    ParamSpec('publish_initialpose', False, _B,
-              'Publish initialpose (to seed AMCL) once after each accepted relocalization.'),
-    ParamSpec('autostart', True, _B, 'Configure and activate at start-up (plain ros2 run).',
-              read_only=True),
-    ParamSpec('max_image_pixels', 4096 * 4096, _I,
-              'Refuse images with more pixels than this before converting them.',
-              int_range=(1, 2 ** 31 - 1)),
-    ParamSpec('diagnostics_period', 1.0, _D, 'Period of /diagnostics (s). Applied at configure.',
-              float_range=(0.1, 60.0)),
-)
-PARAM_NAMES = tuple(spec.name for spec in PARAM_SPECS)
 
 
 @dataclass(frozen=True)
@@ -195,13 +81,20 @@ class NodeParams:
     transform_publish_period: float
     transform_timeout: float
     two_d_mode: bool
-    camera_to_base: Tuple[float, ...]
+    camera_to_base: Tuple[float, ...]  # empty: not set
     use_odom_topic: bool
     min_scene_confidence: float
     max_jump_translation: float
     max_jump_rotation: float
     allowed_scenes: Tuple[str, ...]
+    set_initial_pose: bool
+    initial_pose: Tuple[float, float, float, float]  # x, y, z, yaw
+    initial_pose_gate: float
+    relocalization_agreement_frames: int
     covariance: CovarianceParams
+    fusion: str
+    fusion_window_s: float
+    fusion_window_distance_m: float
     publish_initialpose: bool
     autostart: bool
     max_image_pixels: int
@@ -216,15 +109,22 @@ class NodeParams:
         problems = _frame_problems(values)
         for name, choices in (('image_transport', IMAGE_TRANSPORTS),
                               ('image_qos', IMAGE_QOS_PROFILES),
-                              ('covariance.mode', COVARIANCE_MODES)):
+                              ('covariance.mode', COVARIANCE_MODES),
+                              ('fusion', FUSION_MODES)):
             if values[name] not in choices:
                 problems.append(_problem(
                     name, f"{name} '{values[name]}' is not one of {', '.join(choices)}"))
         camera_to_base = tuple(float(v) for v in values['camera_to_base'] or ())
-        if len(camera_to_base) != 6 or not all(math.isfinite(v) for v in camera_to_base):
+        if camera_to_base and (len(camera_to_base) != 6
+                               or not all(math.isfinite(v) for v in camera_to_base)):
             problems.append(_problem(
-                'camera_to_base', 'camera_to_base must be 6 finite numbers [x, y, z, roll, '
-                f'pitch, yaw], got {list(camera_to_base)}'))
+                'camera_to_base', 'camera_to_base must be empty (not set) or 6 finite numbers '
+                f'[x, y, z, roll, pitch, yaw], got {list(camera_to_base)}'))
+        initial_pose = tuple(float(values[f'initial_pose.{axis}']) for axis in 'x y z yaw'.split())
+        if not all(math.isfinite(v) for v in initial_pose):
+            problems.append(_problem(
+                tuple(f'initial_pose.{axis}' for axis in 'x y z yaw'.split()),
+                f'initial_pose must be finite, got {list(initial_pose)}'))
         if not str(values['weights']).strip():
             problems.append(_problem(
                 'weights', 'weights is empty: set it to the path of a .safetensors bundle'))
@@ -253,11 +153,16 @@ class NodeParams:
             max_jump_translation=float(values['max_jump_translation']),
             max_jump_rotation=float(values['max_jump_rotation']),
             allowed_scenes=allowed,
+            set_initial_pose=bool(values['set_initial_pose']), initial_pose=initial_pose,
+            initial_pose_gate=float(values['initial_pose_gate']),
+            relocalization_agreement_frames=int(values['relocalization_agreement_frames']),
             covariance=CovarianceParams(
                 mode=values['covariance.mode'],
                 position_stddev=float(values['covariance.position_stddev']),
                 orientation_stddev=float(values['covariance.orientation_stddev']),
                 confidence_inflation=float(values['covariance.confidence_inflation'])),
+            fusion=values['fusion'], fusion_window_s=float(values['fusion.window_s']),
+            fusion_window_distance_m=float(values['fusion.window_distance_m']),
             publish_initialpose=bool(values['publish_initialpose']),
             autostart=bool(values['autostart']),
             max_image_pixels=int(values['max_image_pixels']),
@@ -293,14 +198,13 @@ def _frame_problems(values: Mapping[str, Any]) -> List[ParameterProblem]:
 def declare_node_parameters(node: Node) -> None:
     """Declare every parameter of ``PARAM_SPECS`` on ``node`` (once, at construction)."""
     for spec in PARAM_SPECS:
-        if spec.type == _SA:
+        if spec.type in _ARRAY_TYPES and not spec.default:
             # rclpy cannot infer a type from [] (and YAML '[]' arrives untyped), so declare
             # statically typed and give it a typed empty value.
-            param = node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY,
-                                           spec.descriptor())
+            param_type = _ARRAY_TYPES[spec.type]
+            param = node.declare_parameter(spec.name, param_type, spec.descriptor())
             if param.value is None:
-                node.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY,
-                                               list(spec.default))])
+                node.set_parameters([Parameter(spec.name, param_type, [])])
         else:
             node.declare_parameter(spec.name, spec.default, spec.descriptor())
 
@@ -317,13 +221,13 @@ def read_node_parameters(node: Node,
 
 def scene_param_name(scene: str) -> str:
     """Name of the per-scene alignment override, e.g. ``scenes.atrium.map_from_scene``."""
-    return f'{SCENE_PARAM_PREFIX}{scene}{SCENE_PARAM_SUFFIX}'
+    return alignment_parameter_name(scene)
 
 
 def scene_alignment_descriptor(scene: str) -> ParameterDescriptor:
     """Descriptor of a per-scene ``map <- scene`` alignment override (declared at configure)."""
     return ParameterDescriptor(
-        name=scene_param_name(scene), type=_DA, read_only=False,
+        name=scene_param_name(scene), type=ParameterType.PARAMETER_DOUBLE_ARRAY, read_only=False,
         description=f"Alignment map <- '{scene}' [x, y, z, qx, qy, qz, qw, scale]; defaults to "
                     'the bundle value. Applied at configure.')
 
@@ -331,24 +235,68 @@ def scene_alignment_descriptor(scene: str) -> ParameterDescriptor:
 def parse_scene_alignment(scene: str, value: Optional[Sequence[float]]) -> Dict[str, Any]:
     """Turn ``[x, y, z, qx, qy, qz, qw, scale]`` into a SceneAlignment dict.
 
+    The parsing is the core's (``SceneAlignment.from_parameter``), shared with the bag tools.
     Raises ``ParameterValidationError`` naming the parameter on a wrong length, a non-finite
     number, a zero quaternion or a non-positive scale.
     """
     name = scene_param_name(scene)
-    values = [float(v) for v in (value or ())]
-    if len(values) != 8 or not all(math.isfinite(v) for v in values):
-        raise ParameterValidationError([_problem(
-            name, f'{name} must be 8 finite numbers [x, y, z, qx, qy, qz, qw, scale], got '
-            f'{values}')])
-    quat_norm = math.sqrt(sum(v * v for v in values[3:7]))
-    if quat_norm < 1e-9 or values[7] <= 0.0:
-        raise ParameterValidationError([_problem(
-            name, f'{name}: quaternion must be non-zero and scale positive, got {values}')])
-    return {'translation': values[0:3], 'rotation_xyzw': [v / quat_norm for v in values[3:7]],
-            'scale': values[7]}
+    try:
+        return SceneAlignment.from_parameter(value).to_dict()
+    except ValueError as error:
+        raise ParameterValidationError([_problem(name, f'{name} {error}')]) from None
 
 
 def alignment_to_param(alignment: Mapping[str, Any]) -> List[float]:
     """Inverse of ``parse_scene_alignment``: the 8-number parameter value of a bundle entry."""
-    return ([float(v) for v in alignment['translation']]
-            + [float(v) for v in alignment['rotation_xyzw']] + [float(alignment['scale'])])
+    return SceneAlignment.from_dict(alignment).to_parameter()
+
+
+def processor_settings(params: NodeParams) -> ProcessorSettings:
+    """Return the ROS-free per-frame settings of ``params`` (0 jump limits: unlimited)."""
+    cov = params.covariance
+    return ProcessorSettings(
+        gate=GateConfig(
+            min_scene_confidence=params.min_scene_confidence,
+            max_jump_translation=params.max_jump_translation or math.inf,
+            max_jump_rotation_deg=params.max_jump_rotation or math.inf,
+            allowed_scenes=frozenset(params.allowed_scenes)),
+        two_d_mode=params.two_d_mode,
+        covariance=CovarianceSettings(cov.mode, cov.position_stddev, cov.orientation_stddev,
+                                      cov.confidence_inflation),
+        initial_pose_gate=params.initial_pose_gate,
+        agreement_frames=params.relocalization_agreement_frames)
+
+
+def fusion_config(params: NodeParams) -> Optional[FusionConfig]:
+    """Return the fusion's configuration, None with ``fusion: none``."""
+    if params.fusion == 'none':
+        return None
+    return FusionConfig(window_s=params.fusion_window_s,
+                        window_distance_m=params.fusion_window_distance_m,
+                        two_d=params.two_d_mode)
+
+
+def change_problem(node: Node, parameters: Sequence[Parameter]) -> Optional[str]:
+    """Return why a runtime ``set_parameters`` must be refused, None when it may proceed.
+
+    A per-scene alignment must parse; the node's parameters with the change applied must
+    validate as a whole (only problems involving a changed name count, so a change is not
+    refused for an unrelated parameter that is already invalid).
+    """
+    changed = {p.name for p in parameters}
+    for param in parameters:
+        scene = alignment_parameter_scene(param.name)
+        if scene is not None:
+            try:
+                parse_scene_alignment(scene, param.value)
+            except ParameterValidationError as error:
+                return str(error)
+    if not changed & set(PARAM_NAMES):
+        return None
+    try:
+        read_node_parameters(node, parameters)
+    except ParameterValidationError as error:
+        relevant = error.involving(changed)
+        if relevant:
+            return '; '.join(p.text for p in relevant)
+    return None

@@ -27,6 +27,10 @@ DATA_FORMATS = ('cambridge', '7scenes', 'label_csv', 'rosbag')
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 FEATURE_CACHE_MODES = ('auto', 'on', 'off')
 LABEL_CSV_ROTATIONS = ('auto', 'camera_to_world', 'world_to_camera')
+#: The split made of training sequences held out for calibration (``data.calibration_split``).
+CALIBRATION_SPLIT = 'calibration'
+#: Share of a single-sequence scene's frames (its end) held out for calibration.
+CALIBRATION_TAIL_FRACTION = 0.2
 
 
 class ConfigError(ValueError):
@@ -60,10 +64,21 @@ class DataConfig:
             ``label_files``/``bags`` are relative to it.
         scenes: scene names to use; None = every scene found under ``root`` (cambridge,
             7scenes) or in the files (label_csv, rosbag). Scene indices are the sorted names.
-        train_split: split trained on.
-        val_split: split used for validation and covariance calibration ('val' on the command
-            line resolves to it). The public datasets have no separate validation split, so the
-            recipes use 'test' as the original code did.
+        train_split: split trained on (minus the calibration sequences, see below).
+        val_split: split the training loop reports on every ``validation.every_epochs`` ('val'
+            on the command line resolves to it); it only monitors, nothing is fitted on it.
+        test_split: the split results are reported on; nothing may be fitted on it, so
+            ``calibration_split`` must differ from it.
+        calibration_split: split that everything fitted after training (the covariance of
+            ``mspr-export``) comes from. The default 'calibration' is the
+            ``calibration_sequences`` last training sequences of every scene, held out of
+            training; any other name is read from disk like ``train_split``.
+        calibration_sequences: whole sequences per scene (the last ones in natural order,
+            ``seq2`` before ``seq10``) held out of ``train_split`` for the 'calibration' split.
+            A scene with no more sequences than this gives the contiguous last
+            :data:`CALIBRATION_TAIL_FRACTION` of its frames instead (7-Scenes heads and
+            Cambridge ShopFacade have one training sequence), with a warning. 0 holds nothing
+            out (``calibration_split`` must then name another split).
         label_files: label_csv only: split name -> CSV path.
         rotation: label_csv only: quaternion convention of the rows (see read_label_csv).
         bags: rosbag only: split name -> list of bag paths.
@@ -76,6 +91,9 @@ class DataConfig:
     scenes: list[str] | None = None
     train_split: str = 'train'
     val_split: str = 'test'
+    test_split: str = 'test'
+    calibration_split: str = CALIBRATION_SPLIT
+    calibration_sequences: int = 1
     label_files: dict[str, str] = field(default_factory=dict)
     rotation: str = 'auto'
     bags: dict[str, list[str]] = field(default_factory=dict)
@@ -91,6 +109,17 @@ class DataConfig:
         _require(self.rotation in LABEL_CSV_ROTATIONS, 'rotation',
                  f'must be one of {LABEL_CSV_ROTATIONS}, got {self.rotation!r}')
         _require(self.num_workers >= 0, 'num_workers', f'must be >= 0, got {self.num_workers}')
+        _require(self.calibration_sequences >= 0, 'calibration_sequences',
+                 f'must be >= 0, got {self.calibration_sequences}')
+        _require(self.calibration_split != self.test_split, 'calibration_split',
+                 f'must differ from test_split ({self.test_split!r}): a covariance fitted to '
+                 'the errors it is judged on is not an honest one')
+        _require(self.calibration_split != self.train_split, 'calibration_split',
+                 f'must differ from train_split ({self.train_split!r}): the training errors '
+                 'understate the errors on unseen images')
+        _require(self.calibration_split != CALIBRATION_SPLIT or self.calibration_sequences > 0,
+                 'calibration_sequences', f'must be >= 1 when calibration_split is '
+                 f'{CALIBRATION_SPLIT!r} (the held-out training sequences)')
         if self.scenes is not None:
             _require(len(self.scenes) > 0 and len(set(self.scenes)) == len(self.scenes),
                      'scenes', f'must be a non-empty list of distinct names, got {self.scenes}')
@@ -221,8 +250,9 @@ class FreezeConfig:
         trainable: dotted module paths whose parameters keep gradients (e.g.
             ``[regressor_head_t]``); None trains every parameter (a frozen backbone stays
             frozen either way).
-        frozen_eval: modules without a trainable parameter run in eval mode (no dropout),
-            as the paper runs the frozen transformers in eval mode without gradients.
+        frozen_eval: parts whose parameters are all frozen (a frozen backbone, the branches
+            the fine-tune leaves alone) run in eval mode with their dropout, as the paper runs
+            its frozen transformers; trained parts keep dropout and stochastic depth on.
     """
 
     trainable: list[str] | None = None
@@ -237,20 +267,30 @@ class FreezeConfig:
 
 @dataclass
 class FeatureCacheConfig:
-    """Cached backbone maps (only valid with a frozen backbone and no augmentation).
+    """Cached backbone maps (only valid with a frozen backbone in eval mode).
 
     Attributes:
         mode: 'auto' caches whenever it is valid, 'on' requires it (error otherwise), 'off'.
         on_disk: keep the cache in the run folder so a second run reuses it.
+        augmented_views: maps kept per training image. 1: the test transform only (then
+            ``augmentation.enabled`` must be false). K > 1: view 0 is the test transform and
+            views 1..K-1 are seeded draws of the training augmentation (random crop and
+            ColorJitter of the ``augmentation`` section, which must be enabled); every epoch
+            each draw picks one view from its draw seed, so the frozen-backbone recipe sees
+            changes of light without running the backbone again, and resume stays exact.
+            Validation maps always use the test transform.
     """
 
     mode: str = 'auto'
     on_disk: bool = True
+    augmented_views: int = 1
 
     def __post_init__(self) -> None:
         """Validate the values."""
         _require(self.mode in FEATURE_CACHE_MODES, 'mode',
                  f'must be one of {FEATURE_CACHE_MODES}, got {self.mode!r}')
+        _require(self.augmented_views >= 1, 'augmented_views',
+                 f'must be >= 1, got {self.augmented_views}')
 
 
 @dataclass
@@ -337,7 +377,9 @@ class TrainConfig:
 
     Attributes:
         device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.
-        amp: mixed precision (autocast float16 + GradScaler) on CUDA; ignored on CPU.
+        amp: mixed precision (autocast float16 + GradScaler) on CUDA; ignored on CPU. Off by
+            default: the official code trains in float32; mixed precision is an explicit
+            choice whose effect on accuracy has to be measured on the GPU at hand.
         deterministic: ``torch.use_deterministic_algorithms(True, warn_only=True)`` and no
             cuDNN benchmarking.
         source: the file the config was read from (not part of the YAML).
@@ -357,7 +399,7 @@ class TrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     seed: SeedConfig = field(default_factory=SeedConfig)
     device: str = 'auto'
-    amp: bool = True
+    amp: bool = False
     deterministic: bool = True
     source: str = field(default='<dict>', compare=False)
 
@@ -365,6 +407,10 @@ class TrainConfig:
         """Validate the values."""
         _require(bool(re.fullmatch(r'auto|cpu|cuda(:\d+)?', self.device)), 'device',
                  f'must be {DEVICES_HELP}, got {self.device!r}')
+        views = self.feature_cache.augmented_views
+        _require(views == 1 or self.augmentation.enabled, 'feature_cache.augmented_views',
+                 f'{views} augmented views need augmentation.enabled: true (the views are '
+                 'draws of the training augmentation)')
 
     def to_dict(self) -> dict[str, Any]:
         """Return a YAML/JSON-ready nested dict (tuples become lists; ``source`` omitted)."""
@@ -634,6 +680,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
         raise ConfigError(f'{source}: the config must be a mapping of sections, got '
                           f'{type(data).__name__}')
     overridden = apply_overrides(data, overrides)
+    model = data.get('model')
+    if isinstance(model, dict) and 'backbone_weights' in model \
+            and model['backbone_weights'] is None:
+        # null used to mean a silently random backbone; random init must be asked for.
+        raise _Locator(source, root, overridden).error(
+            'model.backbone_weights', "null is not a choice: say 'imagenet', a weights file, or "
+            "none (a random backbone, e.g. when checkpoint.init_from supplies every weight)")
     return _build_train_config(data, source, root, overridden)
 
 

@@ -6,18 +6,26 @@ Formats (``data.format``): ``cambridge`` (one folder per scene with ``dataset_<s
 (``data.bags[split]``; a bag's scene is its parent folder's name unless ``data.scene_topic``
 names a ``std_msgs/String`` scene topic). Scene indices are the sorted scene names (as
 MS-Transformer's ``np.unique``) unless an explicit order is given (a bundle's).
+
+The split named ``data.calibration_split`` (default 'calibration') is made of whole training
+sequences held out of ``data.train_split`` (:func:`split_calibration`): reading the train split
+leaves them out, reading 'calibration' returns only them.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
+import re
 from typing import Sequence
 
 import numpy as np
 
-from mspr_training.config import DataConfig
+from mspr_training.config import CALIBRATION_SPLIT, CALIBRATION_TAIL_FRACTION, DataConfig
 from mspr_training.data import (DatasetError, MultiSceneDataset, PoseSample, read_7scenes,
                                 read_cambridge, read_label_csv, read_rosbag)
+
+LOGGER = logging.getLogger(__name__)
 
 # The file that marks a folder as a scene of the split, per format.
 _SCENE_MARKERS = {
@@ -81,6 +89,35 @@ def _group(samples: Sequence[PoseSample], scenes: Sequence[str] | None, source: 
     return grouped
 
 
+def _natural_key(name: str) -> list:
+    """Sort key that orders ``seq2`` before ``seq10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', name)]
+
+
+def split_calibration(samples: Sequence[PoseSample], sequences: int, scene: str = ''
+                      ) -> tuple[list[PoseSample], list[PoseSample]]:
+    """Divide one scene's training samples into (train, calibration) by whole sequences.
+
+    The last ``sequences`` sequences (natural order) are held out. A scene with no more
+    sequences than that cannot spare one: the contiguous last
+    :data:`CALIBRATION_TAIL_FRACTION` of its frames (at least one, in file order) is held
+    out instead, and a warning says so.
+    """
+    names = sorted({sample.sequence for sample in samples}, key=_natural_key)
+    if len(names) > sequences:
+        held = set(names[-sequences:])
+        return ([s for s in samples if s.sequence not in held],
+                [s for s in samples if s.sequence in held])
+    if len(samples) < 2:
+        raise DatasetError(f'scene {scene!r}: {len(samples)} training image(s) cannot be '
+                           'divided into training and calibration images')
+    count = min(len(samples) - 1, max(1, round(CALIBRATION_TAIL_FRACTION * len(samples))))
+    LOGGER.warning('scene %s has %d training sequence(s), not more than the %d held out for '
+                   'calibration: holding out its last %d of %d frames instead', scene,
+                   len(names), sequences, count, len(samples))
+    return list(samples[:-count]), list(samples[-count:])
+
+
 def read_split(data: DataConfig, split: str, root: str | Path | None = None
                ) -> dict[str, list[PoseSample]]:
     """Read one split of the dataset; returns ``{scene name: samples}``.
@@ -95,6 +132,19 @@ def read_split(data: DataConfig, split: str, root: str | Path | None = None
             naming the file and line).
     """
     split = resolve_split(data, split)
+    held_out = data.calibration_split == CALIBRATION_SPLIT
+    if held_out and split in (CALIBRATION_SPLIT, data.train_split):
+        divided = {scene: split_calibration(samples, data.calibration_sequences, scene)
+                   for scene, samples in _read_stored_split(data, data.train_split,
+                                                            root).items()}
+        part = 1 if split == CALIBRATION_SPLIT else 0
+        return {scene: parts[part] for scene, parts in divided.items()}
+    return _read_stored_split(data, split, root)
+
+
+def _read_stored_split(data: DataConfig, split: str, root: str | Path | None
+                       ) -> dict[str, list[PoseSample]]:
+    """Read a split as the dataset stores it (see :func:`read_split`)."""
     root = data_root(data, root)
     if data.format == 'cambridge':
         return {folder.name: read_cambridge(folder, split)

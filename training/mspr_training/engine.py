@@ -69,6 +69,7 @@ class IterationInfo:
         losses: this process's loss terms of the batch.
         batch_size: images in this process's batch.
         images_per_s: this process's throughput over the iteration.
+        batch: the batch just trained on (on the device), for diagnostics.
     """
 
     epoch: int
@@ -77,6 +78,7 @@ class IterationInfo:
     losses: dict[str, float]
     batch_size: int
     images_per_s: float
+    batch: dict[str, Any] | None = None
 
 
 @dataclass
@@ -169,7 +171,8 @@ def train_one_epoch(step: nn.Module, loader: Iterable[dict[str, Any]],
         now = time.perf_counter()
         info = IterationInfo(epoch=epoch, iteration=iteration, iterations=iterations,
                              losses=values, batch_size=batch_size,
-                             images_per_s=batch_size / max(now - started, 1e-9))
+                             images_per_s=batch_size / max(now - started, 1e-9),
+                             batch=batch)
         started = now
         if progress is not None:
             progress.update(1)

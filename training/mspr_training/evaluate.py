@@ -32,8 +32,9 @@ from mspr_training.config import ConfigError, DataConfig, load_config
 from mspr_training.data import DatasetError, load_rgb, MultiSceneDataset
 from mspr_training.datasets import (build_dataset, read_split, resolve_split, sample_identity,
                                     training_poses)
-from mspr_training.metrics import (compute_metrics, DEFAULT_RECALL_THRESHOLDS, MetricsReport,
-                                   NaiveBaseline, orientation_errors_deg, position_errors)
+from mspr_training.metrics import (compute_metrics, covariance_coverage, CovarianceCoverage,
+                                   DEFAULT_RECALL_THRESHOLDS, MetricsReport, NaiveBaseline,
+                                   orientation_errors_deg, pose_error_vectors, position_errors)
 from mspr_training.plots import plot_error_cdfs, plot_trajectories
 
 LOGGER = logging.getLogger('mspr_training.evaluate')
@@ -46,10 +47,25 @@ class EvaluationResult:
     Attributes:
         report: the metrics.
         files: name -> path of every file written.
+        coverage: how often the errors fall inside the published covariance's 1, 2, 3 sigma
+            ellipsoids, and the mean NEES.
     """
 
     report: MetricsReport
     files: dict[str, Path]
+    coverage: CovarianceCoverage | None = None
+
+
+def calibration_warning(provenance: dict, split: str) -> str | None:
+    """Return a warning when the bundle's covariance was calibrated on the evaluated split."""
+    calibrated_on = (provenance.get('calibration') or {}).get('split')
+    if calibrated_on is None:
+        return ('the bundle carries no calibrated covariance (exported without calibration): '
+                'the coverage describes its default covariance')
+    if calibrated_on == split:
+        return (f'the bundle\'s covariance was calibrated on the {split!r} split evaluated '
+                'here: its coverage is fitted, not measured')
+    return None
 
 
 def _naive_baseline(data: DataConfig, root: str | Path | None,
@@ -127,10 +143,22 @@ def evaluate_bundle(weights: str | Path, data: DataConfig, split: str, out_dir: 
                              baseline=_naive_baseline(data, data_root, scene_names))
     report.extra.update(weights=str(weights), split=split, device=str(localizer.device),
                         batch_size=batch_size)
+    # Every image counts, with the covariance the node would publish (the predicted scene's):
+    # a misclassified image is an error a filter downstream receives too.
+    coverage = covariance_coverage(
+        pose_error_vectors(gt_position, gt_orientation, pred_position, pred_orientation),
+        np.array([r.covariance for r in results]), gt_scene, scene_names)
+    report.extra['covariance_coverage'] = coverage.to_dict()
+    warning = calibration_warning(localizer.bundle.provenance, split)
+    if warning is not None:
+        LOGGER.warning('%s', warning)
+        report.extra['covariance_coverage_warning'] = warning
     files = {'metrics_json': out_dir / 'metrics.json', 'metrics_md': out_dir / 'metrics.md',
              'per_image': out_dir / 'per_image.csv'}
     files['metrics_json'].write_text(json.dumps(report.to_dict(), indent=2) + '\n')
-    files['metrics_md'].write_text(report.to_markdown())
+    files['metrics_md'].write_text(
+        report.to_markdown() + '\n## Covariance coverage\n\n' + coverage.to_markdown()
+        + (f'\nWarning: {warning}\n' if warning else ''))
     position_error = position_errors(pred_position, gt_position)
     orientation_error = orientation_errors_deg(pred_orientation, gt_orientation)
     root = Path(data_root) if data_root is not None else (
@@ -157,7 +185,7 @@ def evaluate_bundle(weights: str | Path, data: DataConfig, split: str, out_dir: 
         name = label or Path(weights).stem
         for key, path in write_report({name: stats.to_dict()}, out_dir / 'attention').items():
             files[f'attention_{key}'] = path
-    return EvaluationResult(report, files)
+    return EvaluationResult(report, files, coverage)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -206,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'mspr-evaluate: error: {error}', file=sys.stderr)
         return 2
     print(result.report.to_markdown())
+    if result.coverage is not None:
+        print(result.coverage.to_markdown())
     print(f'wrote {", ".join(str(p) for p in result.files.values())}')
     return 0
 

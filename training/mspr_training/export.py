@@ -1,12 +1,17 @@
 """``mspr-export``: turn a training checkpoint into the deployment weights bundle.
 
-    mspr-export --run RUN_DIR --out model.safetensors [--calibration-split val]
+    mspr-export --run RUN_DIR --out model.safetensors [--calibration-split calibration]
     mspr-export --checkpoint RUN_DIR/checkpoint_000012000.pt --out model.safetensors
 
 The bundle (``mspr_ros.bundle.save_bundle``) carries the model, its scene names, the
 preprocessing it was trained with, a per-scene 6x6 covariance calibrated on held-out images and
 the provenance (config, git commit, training-data fingerprint, calibration metrics, time, torch
 version).
+
+The calibration split is the run's ``data.calibration_split`` unless given: by default whole
+training sequences held out of training (``mspr_training.datasets.split_calibration``). A
+calibration split equal to the evaluation split (``data.test_split``) is refused: a covariance
+fitted to the very errors it is judged on says nothing about the next image.
 
 Covariance calibration, per scene (see :func:`calibrate_covariance`): the model localises every
 image of the calibration split with the predicted scene, as deployed. For the images of the scene
@@ -34,7 +39,6 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 import torch
 from torch.utils.data import DataLoader
 
@@ -42,11 +46,12 @@ from mspr_ros.bundle import save_bundle
 from mspr_ros.device import resolve_device
 from mspr_ros.model.ms_transformer import build_model, MSTransformer
 from mspr_training import checkpoint as ckpt
-from mspr_training.config import ConfigError, TrainConfig
+from mspr_training.config import CALIBRATION_SPLIT, ConfigError, TrainConfig
 from mspr_training.data import DatasetError
 from mspr_training.datasets import build_dataset, read_split, resolve_split, training_poses
 from mspr_training.engine import evaluate, Predictions
-from mspr_training.metrics import compute_metrics, MetricsReport, NaiveBaseline
+from mspr_training.metrics import (compute_metrics, MetricsReport, NaiveBaseline,
+                                   pose_error_vectors)
 from mspr_training.transforms import eval_transform, SeededDraws
 
 LOGGER = logging.getLogger('mspr_training.export')
@@ -80,20 +85,6 @@ class CovarianceCalibration:
                                       for s, c in self.covariance.items()},
                 'orientation_stddev_rad': {s: np.sqrt(np.diag(c)[3:]).tolist()
                                            for s, c in self.covariance.items()}}
-
-
-def pose_error_vectors(gt_position: np.ndarray, gt_orientation: np.ndarray,
-                       pred_position: np.ndarray, pred_orientation: np.ndarray) -> np.ndarray:
-    """Return ``N x 6`` errors ``[p_gt - p_est, rotvec(R_gt R_est^T)]`` (m, rad).
-
-    The rotation error is the small rotation about the scene frame's fixed axes that takes the
-    estimate to the truth (``R_gt = exp(e) R_est``). Quaternions are xyzw; the estimate may be
-    unnormalised (scipy normalises).
-    """
-    rotation_error = (Rotation.from_quat(gt_orientation)
-                      * Rotation.from_quat(pred_orientation).inv()).as_rotvec()
-    return np.concatenate([np.asarray(gt_position) - np.asarray(pred_position),
-                           rotation_error], axis=1)
 
 
 def calibrate_covariance(scene_names: Sequence[str], predictions: Predictions, *,
@@ -170,8 +161,32 @@ def predict_split(model: MSTransformer, cfg: TrainConfig, scene_names: Sequence[
     return evaluate(model.to(device), loader, device)
 
 
+class CalibrationSplitError(ValueError):
+    """The calibration split is one the model is evaluated (or was trained) on."""
+
+
+def check_calibration_split(cfg: TrainConfig, split: str) -> str:
+    """Return the dataset split ``split`` means, refusing the evaluation and training splits.
+
+    Raises:
+        CalibrationSplitError: ``split`` resolves to ``data.test_split`` or ``data.train_split``.
+    """
+    resolved = resolve_split(cfg.data, split)
+    if resolved == cfg.data.test_split:
+        raise CalibrationSplitError(
+            f'calibration split {split!r} is the evaluation split {resolved!r} '
+            '(data.test_split): a covariance fitted to the errors it is judged on is not '
+            f'calibrated; use the held-out training sequences ({CALIBRATION_SPLIT!r}, '
+            'data.calibration_sequences) or a split that is neither trained nor tested on')
+    if resolved == cfg.data.train_split:
+        raise CalibrationSplitError(
+            f'calibration split {split!r} is the training split {resolved!r}: training errors '
+            f'understate the errors on unseen images; use {CALIBRATION_SPLIT!r}')
+    return resolved
+
+
 def export_bundle(checkpoint: str | Path, out: str | Path, *,
-                  calibration_split: str | None = 'val', data_root: str | Path | None = None,
+                  calibration_split: str | None = 'default', data_root: str | Path | None = None,
                   device: str = 'auto', position_floor_m: float = DEFAULT_POSITION_FLOOR_M,
                   orientation_floor_rad: float = DEFAULT_ORIENTATION_FLOOR_RAD,
                   num_workers: int = 0) -> tuple[Path, MetricsReport | None]:
@@ -180,8 +195,10 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
     Args:
         checkpoint: checkpoint file or run folder.
         out: bundle path (``.safetensors``).
-        calibration_split: split to calibrate the covariance on ('val' means the config's
-            ``data.val_split``); None keeps the bundle's default covariance.
+        calibration_split: split to calibrate the covariance on: 'calibration' (the held-out
+            training sequences), 'default' (the run's ``data.calibration_split``), a split name
+            ('val' means ``data.val_split``); None keeps the bundle's default covariance. The
+            evaluation split (``data.test_split``) and the training split are refused.
         data_root: dataset root; default: the root the run trained on, then ``data.root``.
         device: where calibration inference runs.
 
@@ -203,7 +220,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
     }
     covariance, report = None, None
     if calibration_split is not None:
-        split = resolve_split(cfg.data, calibration_split)
+        if calibration_split == 'default':
+            calibration_split = cfg.data.calibration_split
+        split = check_calibration_split(cfg, calibration_split)
         predictions = predict_split(model, cfg, scene_names, split, root,
                                     resolve_device(device), num_workers)
         calibration = calibrate_covariance(scene_names, predictions,
@@ -218,7 +237,10 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
                                  thresholds=cfg.validation.recall_thresholds,
                                  baseline=baseline)
         provenance['calibration'] = {
-            'split': split, 'position_floor_m': position_floor_m,
+            'split': split, 'test_split': cfg.data.test_split,
+            'held_out_sequences_per_scene': (cfg.data.calibration_sequences
+                                             if split == CALIBRATION_SPLIT else 0),
+            'position_floor_m': position_floor_m,
             'orientation_floor_rad': orientation_floor_rad,
             'method': 'second moment of [p_gt - p_est, rotvec(R_gt R_est^T)] over correctly '
                       'classified images, plus the floor on the diagonal',
@@ -239,9 +261,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     source.add_argument('--checkpoint', help='checkpoint file')
     source.add_argument('--run', help='run folder (its latest checkpoint)')
     parser.add_argument('--out', required=True, help='bundle file to write (.safetensors)')
-    parser.add_argument('--calibration-split', default='val',
-                        help="split for the covariance calibration ('val' = the config's "
-                             "data.val_split; 'none' skips calibration)")
+    parser.add_argument('--calibration-split', default='default',
+                        help="split for the covariance calibration (default: the run's "
+                             "data.calibration_split, normally 'calibration': whole training "
+                             "sequences held out of training; 'none' skips calibration; the "
+                             "evaluation split data.test_split is refused)")
     parser.add_argument('--data-root', help='dataset root (default: the one trained on)')
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:N'")
     parser.add_argument('--position-floor', type=float, default=DEFAULT_POSITION_FLOOR_M,

@@ -248,3 +248,115 @@ def compute_metrics(scene_names: Sequence[str], gt_scene: Any, gt_position: Any,
         report.baseline_average_median_orientation_deg = float(
             np.mean([s.baseline_median_orientation_deg for s in scenes]))
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# How honest a covariance is
+# ---------------------------------------------------------------------------------------------
+
+#: Sigma levels of the coverage table and the share of a 3-D Gaussian inside each ellipsoid
+#: (chi-square with 3 degrees of freedom at 1, 4 and 9).
+SIGMA_LEVELS = (1, 2, 3)
+NOMINAL_COVERAGE_3D = {1: 0.1987, 2: 0.7385, 3: 0.9707}
+
+
+@dataclass
+class BlockCoverage:
+    """Coverage of one 3-D block (position or rotation) of the covariance.
+
+    Attributes:
+        inside: sigma level -> fraction of errors ``e`` with ``e^T S^-1 e <= level^2``.
+        mean_nees: mean normalised estimation error squared ``e^T S^-1 e`` (3 for an honest
+            3-D covariance; larger: the covariance is overconfident).
+        images: errors counted.
+    """
+
+    inside: dict[int, float]
+    mean_nees: float
+    images: int
+
+
+@dataclass
+class CovarianceCoverage:
+    """How often the errors fall inside the published covariance's ellipsoids.
+
+    Attributes:
+        position, rotation: coverage of the two 3x3 blocks; the rotation error is
+            ``rotvec(R_gt R_est^T)`` (radians about the scene's fixed axes), the parametrisation
+            the covariance is calibrated and published in.
+        per_scene: scene -> ``{'position': BlockCoverage, 'rotation': BlockCoverage}``.
+    """
+
+    position: BlockCoverage
+    rotation: BlockCoverage
+    per_scene: dict[str, dict[str, BlockCoverage]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (with the nominal fractions)."""
+        return {**asdict(self), 'nominal': {str(k): v for k, v in NOMINAL_COVERAGE_3D.items()}}
+
+    def to_markdown(self) -> str:
+        """Return a table: per scene and overall, the share inside 1, 2, 3 sigma and NEES."""
+        lines = ['| scene | block | inside 1σ | inside 2σ | inside 3σ | mean NEES |',
+                 '|---|---|---|---|---|---|']
+        rows = [(name, blocks) for name, blocks in self.per_scene.items()]
+        rows.append(('all', {'position': self.position, 'rotation': self.rotation}))
+        for name, blocks in rows:
+            for block in ('position', 'rotation'):
+                value = blocks[block]
+                lines.append(f'| {name} | {block} | '
+                             + ' | '.join(f'{100 * value.inside[k]:.1f} %' for k in SIGMA_LEVELS)
+                             + f' | {value.mean_nees:.2f} |')
+        nominal = ' / '.join(f'{100 * NOMINAL_COVERAGE_3D[k]:.1f}' for k in SIGMA_LEVELS)
+        lines.append('')
+        lines.append(f'Nominal for a 3-D Gaussian: {nominal} % inside 1/2/3σ, mean NEES 3.')
+        return '\n'.join(lines) + '\n'
+
+
+def pose_error_vectors(gt_position: np.ndarray, gt_orientation: np.ndarray,
+                       pred_position: np.ndarray, pred_orientation: np.ndarray) -> np.ndarray:
+    """Return ``N x 6`` errors ``[p_gt - p_est, rotvec(R_gt R_est^T)]`` (m, rad).
+
+    The rotation error is the small rotation about the scene frame's fixed axes that takes the
+    estimate to the truth (``R_gt = exp(e) R_est``), the order and frame of the published
+    covariance. Quaternions are xyzw; the estimate may be unnormalised (scipy normalises).
+    """
+    rotation_error = (Rotation.from_quat(gt_orientation)
+                      * Rotation.from_quat(pred_orientation).inv()).as_rotvec()
+    return np.concatenate([np.asarray(gt_position) - np.asarray(pred_position),
+                           rotation_error], axis=1)
+
+
+def _block_coverage(errors: np.ndarray, covariances: np.ndarray) -> BlockCoverage:
+    """Return the coverage of 3-D ``errors`` (N, 3) under ``covariances`` (N, 3, 3)."""
+    nees = np.einsum('ni,ni->n', errors, np.linalg.solve(covariances, errors[..., None])[..., 0])
+    return BlockCoverage({k: float(np.mean(nees <= k * k)) for k in SIGMA_LEVELS},
+                         float(np.mean(nees)), int(nees.size))
+
+
+def covariance_coverage(errors: Any, covariances: Any, scene: Any,
+                        scene_names: Sequence[str]) -> CovarianceCoverage:
+    """Return the coverage of pose errors under the covariances published with them.
+
+    Args:
+        errors: (N, 6) ``[p_gt - p_est, rotvec(R_gt R_est^T)]`` (m, rad).
+        covariances: (N, 6, 6) covariance published with each estimate (x y z rx ry rz).
+        scene: (N,) ground-truth scene index of each image (for the per-scene rows).
+        scene_names: names in index order.
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    covariances = np.asarray(covariances, dtype=np.float64)
+    scene = np.asarray(scene).reshape(-1)
+    if errors.ndim != 2 or errors.shape[1] != 6 or covariances.shape != (len(errors), 6, 6) \
+            or scene.shape != (len(errors),) or len(errors) == 0:
+        raise ValueError(f'need N x 6 errors, N x 6 x 6 covariances and N scenes with N > 0, '
+                         f'got {errors.shape}, {covariances.shape}, {scene.shape}')
+
+    def blocks(mask: np.ndarray) -> dict[str, BlockCoverage]:
+        return {'position': _block_coverage(errors[mask, :3], covariances[mask, :3, :3]),
+                'rotation': _block_coverage(errors[mask, 3:], covariances[mask, 3:, 3:])}
+
+    everything = blocks(np.ones(len(errors), dtype=bool))
+    per_scene = {name: blocks(scene == index) for index, name in enumerate(scene_names)
+                 if np.any(scene == index)}
+    return CovarianceCoverage(everything['position'], everything['rotation'], per_scene)

@@ -1,24 +1,51 @@
-"""PNG plots of an evaluation and of the attention diagnostics (matplotlib, Agg backend).
+"""Every PNG plot of the project (matplotlib ``Figure`` objects, no pyplot state, Agg rendering).
+
+Evaluation (``mspr-evaluate``):
 
 - ``plot_error_cdfs``: cumulative distribution of position and orientation errors per scene.
 - ``plot_trajectories``: per scene, a top-down view of ground truth vs prediction. "Top-down"
   is the plane of the two principal axes of the scene's ground-truth positions, so it needs no
   knowledge of the dataset's up axis (camera paths are spread far more horizontally than
   vertically).
+
+Attention diagnostics (``mspr_training.attention_report``):
+
 - ``plot_attention_entropy`` / ``plot_purity_histograms``: the NeurIPS 2024 analysis (their
   Fig. 5 and Fig. 2/6) for one or several models side by side.
+
+Rosbag evaluation (``mspr-bag-eval``, data prepared by ``mspr_training.bags.report``):
+
+- ``plot_map_trajectory``: x, y in the map frame: ground-truth runs, error segments, estimates
+  per predicted scene;
+- ``plot_errors_over_time`` and ``plot_latency_over_time``: per frame over bag time.
+
+Figures are built with ``matplotlib.figure.Figure`` rather than pyplot so that plotting holds no
+global state (safe beside the live evaluator's threads) and needs no backend selection.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
+from matplotlib.figure import Figure
+import numpy as np
 
 _DPI = 110
+_GRID_ALPHA = 0.3
+
+
+def new_figure(width: float, height: float, rows: int = 1, columns: int = 1, **subplots):
+    """Return (figure, axes) with constrained layout; ``subplots`` go to ``Figure.subplots``."""
+    figure = Figure(figsize=(width, height), layout='constrained')
+    return figure, figure.subplots(rows, columns, **subplots)
+
+
+def save(figure: Figure, path: str | Path) -> Path:
+    """Write ``figure`` as PNG to ``path`` (parent folders created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=_DPI)
+    return path
 
 
 def _grid(count: int) -> tuple[int, int]:
@@ -27,20 +54,19 @@ def _grid(count: int) -> tuple[int, int]:
     return int(np.ceil(count / columns)), columns
 
 
-def _save(figure: plt.Figure, path: str | Path) -> Path:
-    """Write ``figure`` to ``path`` and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=_DPI, bbox_inches='tight')
-    plt.close(figure)
-    return path
+def _finish_axes(axes, legend: bool = True, fontsize: str = 'small', **labels):
+    """Set labels and title, draw the light grid and (when asked) the legend."""
+    axes.set(**labels)
+    axes.grid(True, alpha=_GRID_ALPHA)
+    if legend:
+        axes.legend(fontsize=fontsize)
 
 
 def plot_error_cdfs(position_error: np.ndarray, orientation_error: np.ndarray,
                     scene_index: np.ndarray, scene_names: Sequence[str],
                     path: str | Path) -> Path:
     """Plot per-scene CDFs of position (m) and orientation (deg) errors side by side."""
-    figure, (ax_pos, ax_rot) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (ax_pos, ax_rot) = new_figure(11, 4.2, 1, 2)
     for index, name in enumerate(scene_names):
         mask = scene_index == index
         if not mask.any():
@@ -48,15 +74,14 @@ def plot_error_cdfs(position_error: np.ndarray, orientation_error: np.ndarray,
         fraction = np.arange(1, mask.sum() + 1) / mask.sum()
         ax_pos.step(np.sort(position_error[mask]), fraction, where='post', label=name)
         ax_rot.step(np.sort(orientation_error[mask]), fraction, where='post', label=name)
-    for axis, unit in ((ax_pos, 'position error (m)'), (ax_rot, 'orientation error (deg)')):
-        axis.set_xscale('symlog', linthresh=0.1 if 'm)' in unit else 1.0)
-        axis.set_xlabel(unit)
-        axis.set_ylabel('fraction of images')
+    for axis, unit, linthresh in ((ax_pos, 'position error (m)', 0.1),
+                                  (ax_rot, 'orientation error (deg)', 1.0)):
+        axis.set_xscale('symlog', linthresh=linthresh)
         axis.set_ylim(0, 1.02)
-        axis.grid(True, alpha=0.3)
+        _finish_axes(axis, legend=False, xlabel=unit, ylabel='fraction of images')
     ax_pos.legend(loc='lower right', fontsize='small')
     figure.suptitle('Error CDF per scene (predicted scene)')
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def top_down_axes(points: np.ndarray) -> np.ndarray:
@@ -66,6 +91,12 @@ def top_down_axes(points: np.ndarray) -> np.ndarray:
         return np.eye(3)[:, :2]
     _, _, rows = np.linalg.svd(centred, full_matrices=False)
     return rows[:2].T
+
+
+def _error_segments(axis, truth_2d: np.ndarray, estimate_2d: np.ndarray):
+    """Draw a thin grey line from each ground-truth point to its estimate."""
+    for (gx, gy), (px, py) in zip(truth_2d, estimate_2d):
+        axis.plot([gx, px], [gy, py], color='0.75', linewidth=0.6, zorder=1)
 
 
 def plot_trajectories(gt_position: np.ndarray, pred_position: np.ndarray,
@@ -78,8 +109,7 @@ def plot_trajectories(gt_position: np.ndarray, pred_position: np.ndarray,
     """
     present = [i for i in range(len(scene_names)) if (scene_index == i).any()]
     rows, columns = _grid(len(present))
-    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 4.5 * rows),
-                                squeeze=False)
+    figure, axes = new_figure(5 * columns, 4.5 * rows, rows, columns, squeeze=False)
     for axis in axes.flat[len(present):]:
         axis.set_visible(False)
     for axis, index in zip(axes.flat, present):
@@ -89,8 +119,7 @@ def plot_trajectories(gt_position: np.ndarray, pred_position: np.ndarray,
         gt_2d = (gt_position[mask] - origin) @ projection
         pred_2d = (pred_position[mask] - origin) @ projection
         wrong = pred_scene[mask] != index
-        for (gx, gy), (px, py) in zip(gt_2d, pred_2d):
-            axis.plot([gx, px], [gy, py], color='0.75', linewidth=0.6, zorder=1)
+        _error_segments(axis, gt_2d, pred_2d)
         axis.plot(gt_2d[:, 0], gt_2d[:, 1], '.', color='tab:blue', markersize=4,
                   label='ground truth', zorder=2)
         axis.plot(pred_2d[~wrong, 0], pred_2d[~wrong, 1], '.', color='tab:orange',
@@ -98,14 +127,79 @@ def plot_trajectories(gt_position: np.ndarray, pred_position: np.ndarray,
         if wrong.any():
             axis.plot(pred_2d[wrong, 0], pred_2d[wrong, 1], 'x', color='tab:red',
                       markersize=5, label='wrong scene', zorder=4)
-        axis.set_title(scene_names[index])
-        axis.set_xlabel('principal axis 1 (m)')
-        axis.set_ylabel('principal axis 2 (m)')
         axis.set_aspect('equal', adjustable='datalim')
-        axis.grid(True, alpha=0.3)
-        axis.legend(loc='best', fontsize='x-small')
+        _finish_axes(axis, fontsize='x-small', title=scene_names[index],
+                     xlabel='principal axis 1 (m)', ylabel='principal axis 2 (m)')
     figure.suptitle('Top-down trajectories: ground truth vs prediction')
-    return _save(figure, path)
+    return save(figure, path)
+
+
+def plot_map_trajectory(truth_runs: Sequence[np.ndarray], matched_truth: np.ndarray,
+                        matched_estimate: np.ndarray, estimates: Mapping[str, np.ndarray],
+                        frame: str, title: str, path: str | Path) -> Path:
+    """Top-down (x, y) plot in one fixed frame: ground-truth lines, estimates per group.
+
+    Args:
+        truth_runs: ground-truth positions (N_i, 3) of each continuous run (one line each, so
+            that jumps between sequences are not joined).
+        matched_truth, matched_estimate: (M, 3) pairs joined by error segments.
+        estimates: label -> (K, 3) estimated positions, one scatter colour per label.
+        frame: the fixed frame's name, for the axis labels.
+        title: the plot title.
+        path: PNG to write.
+    """
+    figure, axes = new_figure(7.0, 6.0)
+    for number, run in enumerate(truth_runs):
+        axes.plot(run[:, 0], run[:, 1], '-', color='black', lw=1.5,
+                  label='ground truth' if number == 0 else None)
+    if len(matched_truth):
+        _error_segments(axes, np.asarray(matched_truth)[:, :2],
+                        np.asarray(matched_estimate)[:, :2])
+    for label, points in estimates.items():
+        axes.scatter(points[:, 0], points[:, 1], s=12, zorder=2, label=label)
+    if not estimates:
+        axes.text(0.5, 0.5, 'no frame was answered', ha='center', transform=axes.transAxes)
+    axes.set_aspect('equal', adjustable='datalim')
+    _finish_axes(axes, legend=bool(estimates or truth_runs), xlabel=f'x in {frame} (m)',
+                 ylabel=f'y in {frame} (m)', title=title)
+    return save(figure, path)
+
+
+def plot_errors_over_time(runs: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                          title: str, path: str | Path) -> Path:
+    """Position and orientation error over time, one line per ``(times_s, pos_m, rot_deg)`` run."""
+    figure, (top, bottom) = new_figure(8.0, 5.0, 2, 1, sharex=True)
+    for times, position_error, orientation_error in runs:
+        top.plot(times, position_error, '.-', lw=0.8, color='tab:blue')
+        bottom.plot(times, orientation_error, '.-', lw=0.8, color='tab:orange')
+    _finish_axes(top, legend=False, ylabel='position error (m)', title=title)
+    _finish_axes(bottom, legend=False, ylabel='orientation error (deg)', xlabel='bag time (s)')
+    return save(figure, path)
+
+
+def plot_latency_over_time(times_s: np.ndarray, latency_ms: np.ndarray,
+                           dropped_times_s: np.ndarray, kind: str, title: str,
+                           path: str | Path, median_ms: float | None = None,
+                           p95_ms: float | None = None) -> Path:
+    """Latency of each answered frame over time; dropped frames marked at zero."""
+    figure, axes = new_figure(8.0, 3.5)
+    axes.plot(times_s, latency_ms, '.-', lw=0.8, label=f'{kind} latency')
+    if len(dropped_times_s):
+        axes.plot(dropped_times_s, np.zeros(len(dropped_times_s)), 'x', color='tab:red',
+                  label='dropped')
+    for value, style, label in ((median_ms, '--', 'median'), (p95_ms, ':', 'p95')):
+        if value is not None:
+            axes.axhline(value, color='0.4', ls=style, lw=0.8, label=label)
+    _finish_axes(axes, xlabel='bag time (s)', ylabel='latency (ms)', title=title)
+    return save(figure, path)
+
+
+def _branch_panels(figure_title: str, ylabel: str, sharey: bool = False):
+    """Return (figure, axes pair) of the two encoder branches side by side."""
+    figure, axes = new_figure(11, 4.2, 1, 2, sharey=sharey)
+    figure.suptitle(figure_title)
+    axes[0].set_ylabel(ylabel)
+    return figure, axes
 
 
 def plot_attention_entropy(stats: Mapping[str, dict], path: str | Path) -> Path:
@@ -114,24 +208,22 @@ def plot_attention_entropy(stats: Mapping[str, dict], path: str | Path) -> Path:
     Args:
         stats: label -> ``AttentionStats.to_dict()``.
     """
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    figure, axes = _branch_panels('Encoder self-attention entropy per layer',
+                                  'attention entropy (nats)', sharey=True)
     for axis, branch in zip(axes, ('position', 'orientation')):
         for label, model_stats in stats.items():
             entropy = [layer['entropy'] for layer in model_stats[branch]]
             axis.plot(np.arange(1, len(entropy) + 1), entropy, 'o-', label=label)
-        axis.set_title(f'{branch} encoder')
-        axis.set_xlabel('encoder layer')
-        axis.grid(True, alpha=0.3)
         axis.xaxis.get_major_locator().set_params(integer=True)
-    axes[0].set_ylabel('attention entropy (nats)')
+        _finish_axes(axis, legend=False, title=f'{branch} encoder', xlabel='encoder layer')
     axes[0].legend(fontsize='small')
-    figure.suptitle('Encoder self-attention entropy per layer')
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def plot_purity_histograms(stats: Mapping[str, dict], path: str | Path) -> Path:
     """Plot the query-region purity histogram (all layers pooled) per branch and model."""
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, axes = _branch_panels('Query-region purity (1 = queries only, no keys mixed in)',
+                                  'fraction of queries')
     width = 0.8 / max(len(stats), 1)
     for axis, branch in zip(axes, ('position', 'orientation')):
         for offset, (label, model_stats) in enumerate(stats.items()):
@@ -142,10 +234,7 @@ def plot_purity_histograms(stats: Mapping[str, dict], path: str | Path) -> Path:
             step = edges[1] - edges[0]
             axis.bar(centres + (offset - (len(stats) - 1) / 2) * width * step,
                      counts / max(counts.sum(), 1), width=width * step, label=label)
-        axis.set_title(f'{branch} encoder')
-        axis.set_xlabel('purity of query neighbourhoods (fraction of queries)')
-        axis.grid(True, alpha=0.3)
-    axes[0].set_ylabel('fraction of queries')
+        _finish_axes(axis, legend=False, title=f'{branch} encoder',
+                     xlabel='purity of query neighbourhoods (fraction of queries)')
     axes[0].legend(fontsize='small')
-    figure.suptitle('Query-region purity (1 = queries only, no keys mixed in)')
-    return _save(figure, path)
+    return save(figure, path)

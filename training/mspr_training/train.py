@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 from dataclasses import dataclass
 import logging
 import math
@@ -33,8 +34,11 @@ from tqdm import tqdm
 
 from mspr_ros.bundle import load_bundle
 from mspr_ros.device import resolve_device
+from mspr_ros.model.attention_stats import encoder_head_stats
+from mspr_ros.model.backbone import BackboneWeightsError
 from mspr_ros.model.losses import MultiScenePoseCriterion, PoseLoss
 from mspr_ros.model.ms_transformer import build_model, MSTransformer
+from mspr_ros.runtime import allocator
 from mspr_training import checkpoint as ckpt
 from mspr_training import distributed
 from mspr_training.config import (ConfigError, dump_config, load_config, TrainConfig)
@@ -42,13 +46,16 @@ from mspr_training.data import DatasetError, MultiSceneDataset
 from mspr_training.datasets import (build_dataset, data_fingerprint, data_root, read_split,
                                     training_poses)
 from mspr_training.engine import EpochTotals, evaluate, IterationInfo, LOSS_KEYS, \
-    Predictions, train_one_epoch, TrainStep
-from mspr_training.feature_cache import CachedFeatureDataset, load_or_compute
+    Predictions, run_model, train_one_epoch, TrainStep
+from mspr_training.feature_cache import AugmentedViews, CachedFeatureDataset, load_or_compute
 from mspr_training.metrics import compute_metrics, MetricsReport, NaiveBaseline
 from mspr_training.sampler import build_sampler
 from mspr_training.transforms import eval_transform, SeededDraws, train_transform
 
 LOGGER = logging.getLogger('mspr_training.train')
+ATTENTION_COLUMNS = ('epoch', 'step', 'branch', 'layer', 'head', 'centroid_distance', 'entropy')
+# Images of a logged batch the attention diagnostics look at (bounds their cost).
+ATTENTION_IMAGES = 4
 CSV_COLUMNS = ('kind', 'epoch', 'step', 'lr', *LOSS_KEYS, 's_x', 's_q', 'images_per_s',
                'val_median_position_m', 'val_median_orientation_deg', 'val_scene_accuracy',
                'wall_time')
@@ -94,24 +101,36 @@ def freeze_parameters(model: nn.Module, trainable: Sequence[str] | None) -> list
 
 
 def set_train_mode(model: nn.Module, frozen_eval: bool) -> None:
-    """Put ``model`` in train mode, its fully frozen parts in eval mode with ``frozen_eval``.
+    """Put ``model`` in train mode, its genuinely frozen parts in eval mode with ``frozen_eval``.
 
-    Every module without a trainable parameter (dropout included) then runs in eval mode, as
-    the paper runs its frozen transformers.
+    A part is frozen when it holds parameters and none of them trains (a frozen backbone, the
+    branches the Cambridge fine-tune leaves alone): its whole subtree runs in eval mode, so its
+    BatchNorm statistics stay put and its dropout is off, as the paper runs its frozen
+    transformers. Parameter-free modules (Dropout, stochastic depth, activations) follow the
+    part they sit in: inside a trained part they stay in train mode. (Judging them by their
+    own parameters, none, would switch every dropout of a fully trained model off.)
     """
     model.train()
     if not frozen_eval:
         return
     for module in model.modules():
-        if module is not model and not any(p.requires_grad for p in module.parameters()):
+        if module is model:
+            continue
+        parameters = list(module.parameters())
+        if parameters and not any(p.requires_grad for p in parameters):
             module.eval()
 
 
 def backbone_is_static(model: MSTransformer, cfg: TrainConfig) -> bool:
-    """Return True when the backbone maps of an image never change during training."""
+    """Return True when cached backbone maps can stand in for the live backbone.
+
+    The backbone must be frozen and in eval mode; the training images must be the test
+    transform, or a fixed set of augmented views (``feature_cache.augmented_views`` > 1).
+    """
     frozen = not any(p.requires_grad for p in model.backbone.parameters())
     in_eval = model.config.freeze_backbone or cfg.freeze.frozen_eval
-    return frozen and in_eval and not cfg.augmentation.enabled
+    views = cfg.feature_cache.augmented_views
+    return frozen and in_eval and (not cfg.augmentation.enabled or views > 1)
 
 
 def load_initial_weights(model: nn.Module, source: str | Path) -> str:
@@ -148,7 +167,8 @@ def configure_determinism(cfg: TrainConfig, rank: int) -> None:
 
 
 def seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in a DataLoader worker from its torch seed."""
+    """Seed numpy and random in a DataLoader worker from its torch seed; tune its allocator."""
+    allocator.worker_init_fn(worker_id)
     seed = torch.initial_seed() % 2 ** 32
     np.random.seed(seed)
     random.seed(seed)
@@ -170,29 +190,60 @@ class RunLogger:
         """
         self.enabled = enabled
         self.csv_path = out_dir / 'log.csv'
+        self.attention_path = out_dir / 'attention_log.csv'
         self.writer = None
         if not enabled:
             return
-        if self.csv_path.is_file():
-            self._truncate(start_step)
-        new_file = not self.csv_path.is_file()
-        self._csv_file = self.csv_path.open('a', newline='')
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS)
-        if new_file:
-            self._csv.writeheader()
+        self._csv_file, self._csv = self._open(self.csv_path, CSV_COLUMNS, start_step)
+        self._attention_file, self._attention = self._open(self.attention_path,
+                                                           ATTENTION_COLUMNS, start_step)
         if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(str(out_dir / 'tensorboard'),
                                         purge_step=start_step + 1)
 
-    def _truncate(self, step: int) -> None:
-        """Keep the CSV rows up to ``step``."""
-        with self.csv_path.open(newline='') as stream:
-            rows = [row for row in csv.DictReader(stream) if int(row['step']) <= step]
-        with self.csv_path.open('w', newline='') as stream:
-            writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS)
+    @staticmethod
+    def _open(path: Path, columns: Sequence[str], step: int) -> tuple[Any, csv.DictWriter]:
+        """Open a CSV log for appending, keeping only its rows up to ``step``."""
+        if path.is_file():
+            with path.open(newline='') as stream:
+                rows = [row for row in csv.DictReader(stream) if int(row['step']) <= step]
+            with path.open('w', newline='') as stream:
+                writer = csv.DictWriter(stream, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        new_file = not path.is_file()
+        stream = path.open('a', newline='')
+        writer = csv.DictWriter(stream, fieldnames=columns)
+        if new_file:
             writer.writeheader()
-            writer.writerows(rows)
+        return stream, writer
+
+    def attention(self, epoch: int, step: int, stats: dict[str, Any]) -> None:
+        """Log per-layer, per-head encoder diagnostics (``encoder_head_stats``).
+
+        CSV: one row per branch, layer and head. TensorBoard: per layer the mean over heads
+        (``attention_<branch>/centroid_distance/layer<l>``) and every head
+        (``.../layer<l>/head<h>``).
+        """
+        if not self.enabled:
+            return
+        for branch, branch_stats in stats.items():
+            for layer, (distances, entropies) in enumerate(zip(branch_stats.centroid_distance,
+                                                               branch_stats.entropy), start=1):
+                for head, (distance, entropy) in enumerate(zip(distances, entropies), start=1):
+                    self._attention.writerow({
+                        'epoch': epoch, 'step': step, 'branch': branch, 'layer': layer,
+                        'head': head, 'centroid_distance': f'{distance:.6g}',
+                        'entropy': f'{entropy:.6g}'})
+                if self.writer is None:
+                    continue
+                for name, values in (('centroid_distance', distances), ('entropy', entropies)):
+                    tag = f'attention_{branch}/{name}/layer{layer}'
+                    self.writer.add_scalar(tag, float(np.mean(values)), step)
+                    for head, value in enumerate(values, start=1):
+                        self.writer.add_scalar(f'{tag}/head{head}', value, step)
+        self._attention_file.flush()
 
     def row(self, kind: str, epoch: int, step: int, values: dict[str, Any]) -> None:
         """Write one CSV row and the matching TensorBoard scalars."""
@@ -212,6 +263,7 @@ class RunLogger:
         """Flush and close the files."""
         if self.enabled:
             self._csv_file.close()
+            self._attention_file.close()
             if self.writer is not None:
                 self.writer.close()
 
@@ -300,6 +352,7 @@ class Trainer:
         for path in previous:
             path.unlink()
         (self.out_dir / 'log.csv').unlink(missing_ok=True)
+        (self.out_dir / 'attention_log.csv').unlink(missing_ok=True)
         shutil.rmtree(self.out_dir / 'tensorboard', ignore_errors=True)
         LOGGER.info('--overwrite: removed %d checkpoints and the logs of %s', len(previous),
                     self.out_dir)
@@ -375,22 +428,28 @@ class Trainer:
         if not static:
             raise ConfigError(f'{cfg.source}: feature_cache.mode is "on" but the backbone maps '
                               'change during training (the backbone must be frozen, in eval '
-                              'mode, and augmentation.enabled false)')
+                              'mode, and augmentation.enabled false unless '
+                              'feature_cache.augmented_views > 1)')
         directory = self.out_dir / 'feature_cache' if cfg.feature_cache.on_disk else None
         transform = eval_transform(cfg.augmentation)
-        datasets = []
-        for dataset in (self.train_dataset, self.val_dataset):
-            if dataset is None:
-                datasets.append(None)
-                continue
-            cache = self._shared_cache(dataset, transform, directory)
-            datasets.append(CachedFeatureDataset(cache, dataset))
-        return datasets[0], datasets[1]
+        views = cfg.feature_cache.augmented_views
+        augment = None
+        if views > 1:
+            augment = AugmentedViews(train_transform(cfg.augmentation),
+                                     dataclasses.asdict(cfg.augmentation), cfg.seed.torch)
+        train_cache = self._shared_cache(self.train_dataset, transform, directory,
+                                         views=views, augment=augment)
+        val_set = None
+        if self.val_dataset is not None:
+            val_set = CachedFeatureDataset(
+                self._shared_cache(self.val_dataset, transform, directory), self.val_dataset)
+        return CachedFeatureDataset(train_cache, self.train_dataset), val_set
 
-    def _shared_cache(self, dataset: MultiSceneDataset, transform, directory: Path | None):
+    def _shared_cache(self, dataset: MultiSceneDataset, transform, directory: Path | None,
+                      **views):
         """Compute the cache on rank 0 (saved to disk), the other ranks read it."""
         kwargs = dict(batch_size=EVAL_BATCH_SIZE, num_workers=self.cfg.data.num_workers,
-                      progress=self.cfg.logging.progress and self.context.is_main)
+                      progress=self.cfg.logging.progress and self.context.is_main, **views)
         if directory is None or not self.context.enabled:
             return load_or_compute(self.model, dataset, transform, self.device, directory,
                                    **kwargs)
@@ -520,9 +579,21 @@ class Trainer:
                 **info.losses, **self._loss_weights(),
                 'lr': self.optimizer.param_groups[0]['lr'],
                 'images_per_s': info.images_per_s * self.context.world_size})
+            if self.context.is_main and info.batch is not None:
+                self.logger.attention(info.epoch, step, self._attention_stats(info.batch))
         every = cfg.checkpoint.every_iters
         if every and step % every == 0 and info.iteration < info.iterations:
             self.save(mid_epoch=True, totals=totals)
+
+    def _attention_stats(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Return the encoders' per-head diagnostics on the first images of ``batch``.
+
+        Logged for every model, the QKA-free baseline included, so the collapse the QKA loss
+        prevents is visible where it happens. Eval mode, no gradient; modes restored after.
+        """
+        part = {key: value[:ATTENTION_IMAGES] for key, value in batch.items()
+                if key in ('image', 'feat_t', 'feat_rot')}
+        return encoder_head_stats(self.model, lambda: run_model(self.model, part, scene=None))
 
     def _loss_weights(self) -> dict[str, float]:
         """Return the current s_x, s_q."""
@@ -662,6 +733,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mspr-train``; returns the exit status."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
+    tuned = allocator.configure_for_training()
+    if tuned:
+        logging.info('allocator: %s', tuned)
     overrides = list(args.overrides) + ([f'device={args.device}'] if args.device else [])
     config = args.config
     if config is None:
@@ -673,7 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(config, overrides)
         result = train(cfg, args.out, args.data_root, args.resume, args.overwrite)
-    except (ConfigError, DatasetError, ckpt.CheckpointError) as error:
+    except (ConfigError, DatasetError, ckpt.CheckpointError, BackboneWeightsError) as error:
         print(f'mspr-train: error: {error}', file=sys.stderr)
         return 2
     if distributed.launched_by_torchrun() and os.environ.get('RANK', '0') != '0':

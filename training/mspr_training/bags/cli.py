@@ -31,7 +31,8 @@ import sys
 from mspr_training.bags.offline import (alignment_overrides, DEFAULT_IMAGE_TOPIC,
                                         default_params_file, evaluate_offline, GroundTruthSpec,
                                         NODE_NAME, read_node_parameters)
-from mspr_training.bags.report import build_report, write_output_bag, write_report
+from mspr_training.bags.report import build_report
+from mspr_training.bags.report_files import write_output_bag, write_report
 from mspr_training.data.samples import DatasetError
 
 LOGGER = logging.getLogger('mspr-bag-eval')

@@ -14,8 +14,7 @@ The bag holds, per image at ``--rate`` Hz from a fixed start time:
 - ``/ground_truth/scene`` (``std_msgs/String``): the scene name, once before the first image.
 
 Frames are ordered by sequence, then by image file name (the datasets number their frames).
-This module also holds ``OutputBag``, the small typed rosbag2 writer ``mspr-bag-eval --write-bag``
-uses for its outputs.
+The bag is written with the project's one writer, ``mspr_training.bags.writer.BagWriter``.
 """
 import argparse
 from dataclasses import dataclass
@@ -24,23 +23,18 @@ from pathlib import Path
 import re
 import sys
 
-import numpy as np
-from rosbags.rosbag2 import StoragePlugin, Writer
 from tqdm import tqdm
 
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import encode_compressed
+from mspr_training.bags.writer import BagWriter, NS_PER_S, STORAGES
 from mspr_training.data.cambridge import read_cambridge
-from mspr_training.data.rosbag import typestore
 from mspr_training.data.samples import DatasetError, load_rgb
 from mspr_training.data.seven_scenes import read_7scenes
 
 LOGGER = logging.getLogger(__name__)
 
 FORMATS = ('cambridge', '7scenes')
-STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
-#: rosbag2 metadata version written (as ``mspr_training.synth``; read by Iron and newer).
-BAG_VERSION = 8
 IMAGE_TOPIC = '/camera/image_raw'
 COMPRESSED_TOPIC = '/camera/image_raw/compressed'
 GT_TOPIC = '/ground_truth/camera_pose'
@@ -49,116 +43,8 @@ CAMERA_FRAME = 'camera_optical'
 MAP_FRAME = 'map'
 #: Default first stamp: a fixed, clearly synthetic time (2023-11-14 22:13:20 UTC), so that
 #: converting the same sequence twice gives identical bags.
-DEFAULT_START_NS = 1_700_000_000 * 1_000_000_000
-NS_PER_S = 1_000_000_000
+DEFAULT_START_NS = 1_700_000_000 * NS_PER_S
 _COMPRESSED_FORMATS = {'.jpg': 'jpeg', '.jpeg': 'jpeg', '.png': 'png'}
-
-
-class OutputBag:
-    """A rosbag2 recording being written with ``rosbags``, with one method per message kind.
-
-    Connections are created on the first message of each topic. Use as a context manager; the
-    bag is complete (metadata written) when the ``with`` block ends.
-    """
-
-    def __init__(self, path, storage: str = 'mcap'):
-        """Prepare a new bag folder ``path`` (must not exist) in ``storage`` 'mcap' or 'sqlite3'.
-
-        Raises:
-            ValueError: unknown storage. FileExistsError: ``path`` exists.
-        """
-        if storage not in STORAGES:
-            raise ValueError(f'storage must be one of {tuple(STORAGES)}, got {storage!r}')
-        self.path = Path(path)
-        if self.path.exists():
-            raise FileExistsError(f'{self.path}: already exists; rosbag2 writers never overwrite')
-        self._store = typestore()
-        self._writer = Writer(self.path, version=BAG_VERSION, storage_plugin=STORAGES[storage])
-        self._connections = {}
-
-    def __enter__(self):
-        """Open the bag for writing."""
-        self._writer.open()
-        return self
-
-    def __exit__(self, *exc_info):
-        """Finish the bag (writes metadata.yaml)."""
-        self._writer.close()
-
-    def _write(self, topic, log_time_ns, message):
-        connection = self._connections.get(topic)
-        if connection is None:
-            connection = self._writer.add_connection(topic, message.__msgtype__,
-                                                     typestore=self._store)
-            self._connections[topic] = connection
-        data = self._store.serialize_cdr(message, message.__msgtype__)
-        self._writer.write(connection, int(log_time_ns), data)
-
-    def _type(self, name):
-        return self._store.types[name]
-
-    def _header(self, stamp_ns, frame_id):
-        seconds, nanoseconds = divmod(int(stamp_ns), NS_PER_S)
-        time_type = self._type('builtin_interfaces/msg/Time')
-        return self._type('std_msgs/msg/Header')(
-            stamp=time_type(sec=seconds, nanosec=nanoseconds), frame_id=frame_id)
-
-    def _pose(self, transform: Transform):
-        geometry = 'geometry_msgs/msg/'
-        x, y, z = (float(v) for v in transform.translation)
-        qx, qy, qz, qw = (float(v) for v in transform.rotation)
-        return self._type(geometry + 'Pose')(
-            position=self._type(geometry + 'Point')(x=x, y=y, z=z),
-            orientation=self._type(geometry + 'Quaternion')(x=qx, y=qy, z=qz, w=qw))
-
-    def write_image(self, topic, stamp_ns, frame_id, rgb: np.ndarray):
-        """Write an H x W x 3 uint8 RGB array as a ``sensor_msgs/Image`` (rgb8)."""
-        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-        height, width = rgb.shape[:2]
-        self._write(topic, stamp_ns, self._type('sensor_msgs/msg/Image')(
-            header=self._header(stamp_ns, frame_id), height=height, width=width,
-            encoding='rgb8', is_bigendian=0, step=width * 3, data=rgb.reshape(-1)))
-
-    def write_compressed(self, topic, stamp_ns, frame_id, payload: bytes, fmt: str):
-        """Write a JPEG or PNG payload as a ``sensor_msgs/CompressedImage`` (``fmt`` jpeg|png)."""
-        self._write(topic, stamp_ns, self._type('sensor_msgs/msg/CompressedImage')(
-            header=self._header(stamp_ns, frame_id), format=fmt,
-            data=np.frombuffer(payload, dtype=np.uint8)))
-
-    def write_pose(self, topic, stamp_ns, frame_id, transform: Transform):
-        """Write ``transform`` as a ``geometry_msgs/PoseStamped`` in ``frame_id``."""
-        self._write(topic, stamp_ns, self._type('geometry_msgs/msg/PoseStamped')(
-            header=self._header(stamp_ns, frame_id), pose=self._pose(transform)))
-
-    def write_pose_with_covariance(self, topic, stamp_ns, frame_id, transform: Transform,
-                                   covariance: np.ndarray):
-        """Write a ``PoseWithCovarianceStamped``; ``covariance`` (6, 6) in ROS order."""
-        geometry = 'geometry_msgs/msg/'
-        pose = self._type(geometry + 'PoseWithCovariance')(
-            pose=self._pose(transform),
-            covariance=np.asarray(covariance, dtype=np.float64).reshape(36))
-        self._write(topic, stamp_ns, self._type(geometry + 'PoseWithCovarianceStamped')(
-            header=self._header(stamp_ns, frame_id), pose=pose))
-
-    def write_string(self, topic, log_time_ns, text: str):
-        """Write a ``std_msgs/String``."""
-        self._write(topic, log_time_ns, self._type('std_msgs/msg/String')(data=text))
-
-    def write_float32(self, topic, log_time_ns, value: float):
-        """Write a ``std_msgs/Float32``."""
-        self._write(topic, log_time_ns, self._type('std_msgs/msg/Float32')(data=float(value)))
-
-    def write_transform(self, topic, stamp_ns, parent, child, transform: Transform):
-        """Write one ``T_parent_child`` as a ``tf2_msgs/TFMessage``."""
-        geometry = 'geometry_msgs/msg/'
-        x, y, z = (float(v) for v in transform.translation)
-        qx, qy, qz, qw = (float(v) for v in transform.rotation)
-        stamped = self._type(geometry + 'TransformStamped')(
-            header=self._header(stamp_ns, parent), child_frame_id=child,
-            transform=self._type(geometry + 'Transform')(
-                translation=self._type(geometry + 'Vector3')(x=x, y=y, z=z),
-                rotation=self._type(geometry + 'Quaternion')(x=qx, y=qy, z=qz, w=qw)))
-        self._write(topic, stamp_ns, self._type('tf2_msgs/msg/TFMessage')(transforms=[stamped]))
 
 
 @dataclass(frozen=True)
@@ -233,7 +119,7 @@ def convert_dataset(fmt: str, scene_dir, out, split: str = 'test', sequence: str
     samples = select_sequence(read_dataset(fmt, scene_dir, split), sequence, scene_dir)
     period_ns = int(round(NS_PER_S / rate_hz))
     scene = samples[0].scene
-    with OutputBag(out, storage) as bag:
+    with BagWriter(out, storage) as bag:
         bag.write_string(SCENE_TOPIC, start_ns, scene)
         for index, sample in enumerate(tqdm(samples, disable=not progress, unit='img',
                                             desc='convert')):

@@ -29,7 +29,7 @@ Successive ``play`` calls in one session reuse the node; their bags must have in
 (sim time must not jump back, or the node's TF buffer rejects the older transforms).
 """
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import logging
 import os
 from pathlib import Path
@@ -191,7 +191,7 @@ class OutputRecorder:
             self.poses = {}
             self.scenes = []
             self.confidences = []
-            self.map_odom_stamps = set()
+            self.map_odom = {}
             self.diagnostics = {}
             self.diagnostics_count = 0
             self.last_arrival = None
@@ -221,12 +221,27 @@ class OutputRecorder:
             self.confidences.append((time.monotonic(), float(msg.data)))
 
     def _on_tf(self, msg):
-        stamps = [_stamp_ns(t.header.stamp) for t in msg.transforms
-                  if t.header.frame_id.lstrip('/') == self._map_frame
-                  and t.child_frame_id.lstrip('/') == self._odom_frame]
-        if stamps:
+        corrections = {_stamp_ns(t.header.stamp): _transform_values(t.transform)
+                       for t in msg.transforms
+                       if t.header.frame_id.lstrip('/') == self._map_frame
+                       and t.child_frame_id.lstrip('/') == self._odom_frame}
+        if corrections:
             with self._changed:
-                self.map_odom_stamps.update(stamps)
+                self.map_odom.update(corrections)
+
+    def map_odom_steps(self) -> list[int]:
+        """Return the stamps, in order, at which the broadcast map -> odom changes value.
+
+        The node re-sends its newest correction at a steady rate; a new accepted correction is
+        where the value steps. The first broadcast counts as a step.
+        """
+        with self._changed:
+            ordered = sorted(self.map_odom.items())
+        steps = []
+        for (_, before), (stamp, after) in zip([(None, None)] + ordered, ordered):
+            if before is None or not np.allclose(before, after, rtol=0, atol=1e-9):
+                steps.append(stamp)
+        return steps
 
     def _on_diagnostics(self, msg):
         for status in msg.status:
@@ -550,7 +565,6 @@ class LiveSession:
         recorder = self.recorder
         scenes = _Timeline(recorder.scenes)
         confidences = _Timeline(recorder.confidences)
-        tolerance_ns = int(round(float(self.params['transform_tolerance']) * NS_PER_S))
         records = []
         for index, ((stamp, sent), (_, frame_id, error)) in enumerate(zip(published, decoded)):
             camera = recorder.camera_poses.get(stamp)
@@ -575,8 +589,18 @@ class LiveSession:
                 index, stamp, frame_id, FrameStatus.ANSWERED, published=True,
                 scene=scenes.latest(arrival + SCENE_PAIRING_SLACK_S),
                 scene_confidence=confidences.latest(arrival + SCENE_PAIRING_SLACK_S),
-                latency_ms=(arrival - sent) * 1e3,
-                map_odom=stamp + tolerance_ns in recorder.map_odom_stamps, **values))
+                latency_ms=(arrival - sent) * 1e3, **values))
+        return self._with_map_odom(records)
+
+    def _with_map_odom(self, records):
+        """Mark the answered records whose map -> odom correction was broadcast."""
+        tolerance_ns = int(round(float(self.params['transform_tolerance']) * NS_PER_S))
+        answered = [i for i, r in enumerate(records) if r.status == FrameStatus.ANSWERED]
+        sent = assign_corrections([records[i].stamp_ns for i in answered],
+                                  self.recorder.map_odom_steps(), tolerance_ns)
+        records = list(records)
+        for i, flag in zip(answered, sent):
+            records[i] = replace(records[i], map_odom=flag)
         return records
 
     def _evaluation(self, bag_path, records, gt, rate):
@@ -598,6 +622,34 @@ class LiveSession:
             device=self.recorder.diagnostics.get('device', self.options.device), rate=rate,
             node_diagnostics=dict(self.recorder.diagnostics),
             map_odom_frames=sum(bool(r.map_odom) for r in answered), notes=notes)
+
+
+def _transform_values(transform) -> tuple[float, ...]:
+    """Return a geometry_msgs/Transform as (x, y, z, qx, qy, qz, qw) with qw >= 0."""
+    t, q = transform.translation, transform.rotation
+    sign = -1.0 if q.w < 0 else 1.0
+    return (t.x, t.y, t.z, sign * q.x, sign * q.y, sign * q.z, sign * q.w)
+
+
+def assign_corrections(image_stamps_ns, steps_ns, tolerance_ns) -> list[bool]:
+    """Return, per answered image (in order), whether a new map -> odom correction was sent.
+
+    Each correction is matched, in order, to the earliest image not yet matched whose stamp
+    plus ``tolerance_ns`` is at or before the correction's stamp. AMCL's stamping rule gives a
+    correction exactly ``image + tolerance``; the node moves it later only to keep its stamps
+    increasing (a late frame), never earlier.
+    """
+    matched = [False] * len(image_stamps_ns)
+    corrections = iter(sorted(steps_ns))
+    correction = next(corrections, None)
+    for index, stamp in enumerate(image_stamps_ns):
+        while correction is not None and correction < stamp + tolerance_ns:
+            correction = next(corrections, None)
+        if correction is None:
+            break
+        matched[index] = True
+        correction = next(corrections, None)
+    return matched
 
 
 def _transform(pose) -> Transform:

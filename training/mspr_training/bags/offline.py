@@ -31,11 +31,11 @@ from tqdm import tqdm
 import yaml
 
 import mspr_ros
-from mspr_ros.geometry.tf_history import TransformBuffer, TransformDataError
-from mspr_ros.geometry.transforms import SceneAlignment, Transform
+from mspr_ros.geometry.tf_history import TransformBuffer
+from mspr_ros.geometry.transforms import alignment_parameter_scene, SceneAlignment, Transform
 from mspr_training.bags.report import BagEvaluation, FrameRecord, FrameStatus
 from mspr_training.data.rosbag import (DEFAULT_MAX_GAP_NS, iter_bag_images, open_bag,
-                                       read_bag_trajectory, STRING_TYPE, TF_TYPE)
+                                       read_bag_trajectory, read_transforms, STRING_TYPE)
 from mspr_training.data.samples import DatasetError
 from mspr_training.data.trajectory import Trajectory
 
@@ -46,14 +46,16 @@ DEFAULT_GT_TOPIC = '/ground_truth/camera_pose'
 DEFAULT_SCENE_TOPIC = '/ground_truth/scene'
 TF_TOPICS = ('/tf',)
 STATIC_TF_TOPICS = ('/tf_static',)
+#: Where our recordings keep the true map -> odom, off ``/tf`` so that replaying ``/tf`` to the
+#: node gives ``odom`` no second parent: dynamic since the rendered odometry drifts
+#: (``mspr_training.synth.rosbag_writer``), static in older recordings.
+GROUND_TRUTH_TF_TOPIC = '/ground_truth/tf'
 GROUND_TRUTH_STATIC_TF_TOPIC = '/ground_truth/tf_static'
 NS_PER_S = 1_000_000_000
 NODE_NAME = 'mspr_localizer'
 #: The node's defaults of the parameters the evaluation needs to know (node_params.py).
 NODE_DEFAULTS = {'global_frame_id': 'map', 'odom_frame_id': 'odom', 'base_frame_id': 'base_link',
                  'transform_tolerance': 0.5}
-SCENE_PARAM_PREFIX = 'scenes.'
-SCENE_PARAM_SUFFIX = '.map_from_scene'
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,10 @@ class GroundTruthSpec:
             ``/ground_truth/scene`` when present. An explicitly named topic must exist.
         max_gap_ns: largest ground-truth gap an image stamp may be interpolated across.
         static_tf_topics: static TF topics composed with ``/tf`` for a frame pair; None means
-            ``/tf_static`` plus ``/ground_truth/tf_static`` when the bag has it (where our
-            recordings keep ``map -> odom``, so that replaying ``/tf_static`` to the node does
-            not give ``odom`` a second parent).
+            ``/tf_static`` plus ``/ground_truth/tf_static`` when the bag has it (where older
+            recordings keep a constant ``map -> odom``). ``/ground_truth/tf`` (the true
+            ``map -> odom`` of recordings with drifting odometry) is read with ``/tf`` whenever
+            the bag has it.
         enabled: False ignores ground truth entirely (trajectory and latency only).
     """
 
@@ -171,11 +174,13 @@ def load_ground_truth(bag_path, spec: GroundTruthSpec) -> GroundTruth:
         if static_topics is None:
             static_topics = STATIC_TF_TOPICS + tuple(
                 t for t in (GROUND_TRUTH_STATIC_TF_TOPIC,) if t in topics)
+        tf_topics = TF_TOPICS + tuple(t for t in (GROUND_TRUTH_TF_TOPIC,) if t in topics)
         trajectory = read_bag_trajectory(bag_path, frames=(fixed, moving),
-                                         max_gap_ns=spec.max_gap_ns, tf_topics=TF_TOPICS,
+                                         max_gap_ns=spec.max_gap_ns, tf_topics=tf_topics,
                                          static_tf_topics=static_topics)
-        return GroundTruth(trajectory, f'tf {fixed} -> {moving} ({", ".join(static_topics)})',
-                           moving.lstrip('/'), scenes, spec.max_gap_ns)
+        used = ', '.join(tf_topics + tuple(static_topics))
+        return GroundTruth(trajectory, f'tf {fixed} -> {moving} ({used})', moving.lstrip('/'),
+                           scenes, spec.max_gap_ns)
     topic = spec.topic
     if topic is None:
         if DEFAULT_GT_TOPIC not in topics:
@@ -191,34 +196,13 @@ def read_bag_transforms(bag_path) -> TransformBuffer:
     """Return every ``/tf`` and ``/tf_static`` transform of a bag in a ``TransformBuffer``.
 
     Used to look up the camera extrinsic at an image stamp. A bag without TF gives an empty
-    buffer (lookups then fail with a message naming the frames).
+    buffer (lookups then fail with a message naming the frames). One reader for all bag tools:
+    ``mspr_training.data.rosbag.read_transforms``.
 
     Raises:
         DatasetError: a corrupt TF message or an inconsistent tree (two parents, a cycle).
     """
-    with open_bag(bag_path) as reader:
-        duration_s = max(reader.duration, 1) / NS_PER_S
-        # Keep the whole recording: extrinsics may be looked up at any stamp afterwards.
-        buffer = TransformBuffer(cache_time_s=duration_s + 1.0)
-        connections = [c for c in reader.connections
-                       if c.topic in TF_TOPICS + STATIC_TF_TOPICS and c.msgtype == TF_TYPE]
-        for connection, log_time, raw in reader.messages(connections=connections):
-            try:
-                message = reader.deserialize(raw, connection.msgtype)
-                for item in message.transforms:
-                    t, q = item.transform.translation, item.transform.rotation
-                    stamp = item.header.stamp.sec * NS_PER_S + item.header.stamp.nanosec
-                    buffer.set_transform(
-                        item.header.frame_id, item.child_frame_id, stamp or int(log_time),
-                        Transform([t.x, t.y, t.z], [q.x, q.y, q.z, q.w]),
-                        static=connection.topic in STATIC_TF_TOPICS)
-            except TransformDataError as error:
-                raise DatasetError(f'{bag_path}: bad TF on {connection.topic!r} at {log_time} '
-                                   f'ns: {error}') from error
-            except Exception as error:  # rosbags raises several types for corrupt messages
-                raise DatasetError(f'{bag_path}: corrupt message on {connection.topic!r} at '
-                                   f'{log_time} ns: {error}') from error
-    return buffer
+    return read_transforms(bag_path, TF_TOPICS, STATIC_TF_TOPICS, required=False)[0]
 
 
 def default_params_file() -> Path | None:
@@ -273,11 +257,14 @@ def alignment_overrides(parameters: dict) -> dict:
     """Return ``{scene: alignment dict}`` from ``scenes.<name>.map_from_scene`` parameters."""
     overrides = {}
     for name, value in parameters.items():
-        if name.startswith(SCENE_PARAM_PREFIX) and name.endswith(SCENE_PARAM_SUFFIX):
-            # The node's own parser, so that a value the node accepts means the same here.
-            from mspr_ros.ros.params import parse_scene_alignment
-            scene = name[len(SCENE_PARAM_PREFIX):-len(SCENE_PARAM_SUFFIX)]
-            overrides[scene] = parse_scene_alignment(scene, value)
+        scene = alignment_parameter_scene(name)
+        if scene is None:
+            continue
+        # The node's own parser (in the core), so a value the node accepts means the same here.
+        try:
+            overrides[scene] = SceneAlignment.from_parameter(value).to_dict()
+        except ValueError as error:
+            raise ValueError(f'{name} {error}') from None
     return overrides
 
 

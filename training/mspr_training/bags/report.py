@@ -1,30 +1,27 @@
-"""Results of a rosbag evaluation (offline or live) and their report: JSON, Markdown and PNG plots.
+"""Results of a rosbag evaluation (offline or live) and their summary.
 
 ``BagEvaluation`` holds one ``FrameRecord`` per image of the bag: whether it was answered, dropped
 or undecodable, the estimate, the matched ground truth and the latency. ``build_report`` turns it
-into a ``BagReport``: frame accounting, latency median/p95, and the accuracy metrics computed by
-``mspr_training.metrics`` (the module ``mspr-evaluate`` uses too, so numbers are comparable).
-``write_report`` writes ``report.json``, ``report.md`` and the plots (top-down trajectory with
-ground truth and estimate; errors over time; latency over time); ``write_output_bag`` stores the
-estimates in a new rosbag2 recording for RViz or Foxglove.
+into a ``BagReport``: frame accounting, latency median/p95, the accuracy metrics computed by
+``mspr_training.metrics`` (the module ``mspr-evaluate`` uses too, so numbers are comparable) and
+the absolute pose error statistics ``evo_ape`` reports (RMSE, mean, median, ...), so that our
+numbers can be checked against evo's on the exported trajectories. The files (JSON, Markdown,
+plots, TUM trajectories, an estimates bag) are written by ``mspr_training.bags.report_files``.
 """
 from dataclasses import asdict, dataclass, field, replace
 import enum
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from matplotlib.figure import Figure
 import numpy as np
 
-from mspr_ros.geometry.transforms import Transform
 from mspr_training.metrics import (compute_metrics, DEFAULT_RECALL_THRESHOLDS, MetricsReport,
                                    orientation_errors_deg, position_errors, TimingStats)
+from mspr_training.plain_json import jsonable
 
 #: Group label of the metrics when the bag announces no scene.
 ALL_SCENES = '(all frames)'
-OUTPUT_NAMESPACE = '/mspr_bag_eval'
 
 
 class FrameStatus(str, enum.Enum):
@@ -50,8 +47,9 @@ class FrameRecord:
         camera_position, camera_orientation: estimated ``T_map_cam``, (3,) and (4,) xyzw.
         base_position, base_orientation, covariance: the node's ``~/pose`` (live only).
         latency_ms: inference time (offline) or end-to-end latency (live).
-        map_odom: live only: whether a ``map -> odom`` TF stamped image stamp +
-            ``transform_tolerance`` arrived for this frame.
+        map_odom: live only: whether a new ``map -> odom`` correction stamped at or after
+            image stamp + ``transform_tolerance`` arrived for this frame
+            (``mspr_training.bags.live.assign_corrections``).
         position, orientation: estimate of the ground truth's frame (camera or base).
         gt_position, gt_orientation: interpolated ground truth at ``stamp_ns``.
         gt_scene: the scene announced in the bag at ``stamp_ns``.
@@ -101,8 +99,8 @@ class BagEvaluation:
         latency_kind: 'inference' or 'end-to-end'.
         rate: playback rate factor (live).
         node_diagnostics: the node's last ``/diagnostics`` key-values (live).
-        map_odom_frames: frames answered with a map -> odom TF stamped image stamp +
-            transform_tolerance (live).
+        map_odom_frames: answered frames whose new map -> odom correction, stamped at or
+            after image stamp + transform_tolerance, arrived (live).
         notes: warnings for the reader of the report.
     """
 
@@ -179,6 +177,20 @@ class BagReport:
     position_errors_m: np.ndarray
     orientation_errors_deg: np.ndarray
 
+    def ape(self) -> dict[str, dict[str, float]] | None:
+        """Return absolute pose error statistics of the matched frames (None without any).
+
+        ``position_m`` and ``orientation_deg``, each ``{rmse, mean, median, std, min, max,
+        count}``: the errors of the compared frame in the ground truth's frame, no alignment,
+        as ``evo_ape`` computes them (``--pose_relation trans_part`` / ``angle_deg``) on the TUM
+        files ``write_report`` exports.
+        """
+        matched = np.isfinite(self.position_errors_m)
+        if not matched.any():
+            return None
+        return {'position_m': error_statistics(self.position_errors_m[matched]),
+                'orientation_deg': error_statistics(self.orientation_errors_deg[matched])}
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (NaN becomes None), including one entry per frame."""
         run = self.evaluation
@@ -193,13 +205,14 @@ class BagReport:
             'latency': (None if self.latency is None
                         else {'kind': run.latency_kind, **asdict(self.latency)}),
             'metrics': None if self.metrics is None else self.metrics.to_dict(),
+            'ape': self.ape(),
             'scene_accuracy_available': self.scene_accuracy_available,
             'map_odom_frames': run.map_odom_frames,
             'node_diagnostics': dict(run.node_diagnostics),
             'notes': list(run.notes),
             'frames': [self._frame_dict(i, f) for i, f in enumerate(run.frames)],
         }
-        return _json_ready(summary)
+        return jsonable(summary)
 
     def _frame_dict(self, i: int, frame: FrameRecord) -> dict[str, Any]:
         data = {key: value for key, value in asdict(frame).items() if value is not None}
@@ -235,15 +248,21 @@ class BagReport:
                          'output pose (the node keeps only the newest frame, and gating may '
                          'reject frames: see the node diagnostics below).')
             if run.map_odom_frames is not None:
-                lines.append(f'map -> odom TF stamped image stamp + transform_tolerance for '
-                             f'{run.map_odom_frames} answered frames.')
+                lines.append(f'A new map -> odom correction, stamped at or after image stamp + '
+                             f'transform_tolerance, arrived for {run.map_odom_frames} answered '
+                             'frames.')
             lines.append('')
         if self.latency is not None:
             lines += [f'## Latency ({run.latency_kind})', '',
                       f'median {self.latency.median_ms:.1f} ms, p95 {self.latency.p95_ms:.1f} ms,'
                       f' mean {self.latency.mean_ms:.1f} ms over {self.latency.count} frames', '']
         if self.metrics is not None:
-            lines += ['## Accuracy', '', self.metrics.to_markdown()]
+            position, orientation = self.ape()['position_m'], self.ape()['orientation_deg']
+            lines += ['## Accuracy', '', self.metrics.to_markdown(),
+                      f'Absolute pose error (as evo_ape, no alignment) over {position["count"]} '
+                      f'frames: position RMSE {position["rmse"]:.3f} m, median '
+                      f'{position["median"]:.3f} m; orientation RMSE {orientation["rmse"]:.2f} '
+                      f'deg, median {orientation["median"]:.2f} deg.', '']
             if not self.scene_accuracy_available:
                 lines += ['The bag announces no scene: scene accuracy is not available.', '']
         if run.node_diagnostics:
@@ -259,21 +278,13 @@ class BagReport:
         return '\n'.join(lines)
 
 
-def _json_ready(value):
-    """Return ``value`` with numpy types as Python ones and NaN/inf as None."""
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
+def error_statistics(values) -> dict[str, float]:
+    """Return ``{rmse, mean, median, std, min, max, count}`` of non-empty errors (evo's set)."""
+    values = np.asarray(values, dtype=np.float64)
+    return {'rmse': float(np.sqrt(np.mean(values ** 2))), 'mean': float(np.mean(values)),
+            'median': float(np.median(values)), 'std': float(np.std(values)),
+            'min': float(np.min(values)), 'max': float(np.max(values)),
+            'count': int(values.size)}
 
 
 def frame_errors(frames: list[FrameRecord]) -> tuple[np.ndarray, np.ndarray]:
@@ -322,171 +333,3 @@ def build_report(evaluation: BagEvaluation,
     metrics, with_scene = _accuracy(frames, thresholds)
     pos, rot = frame_errors(frames)
     return BagReport(evaluation, count_frames(frames), latency, metrics, with_scene, pos, rot)
-
-
-def _seconds(frames: list[FrameRecord], origin_ns: int) -> np.ndarray:
-    return np.array([(f.stamp_ns - origin_ns) / 1e9 for f in frames])
-
-
-def _runs(frames: list[FrameRecord]) -> list[list[FrameRecord]]:
-    """Split frames into continuous runs: a new run at a scene change or a stamp jump.
-
-    A jump is a gap over three times the median gap between frames, so that the ground-truth
-    line does not join the end of one sequence to the start of the next.
-    """
-    if not frames:
-        return []
-    gaps = np.diff([f.stamp_ns for f in frames])
-    limit = 3 * np.median(gaps) if len(gaps) else 0
-    runs = [[frames[0]]]
-    for gap, previous, frame in zip(gaps, frames, frames[1:]):
-        if gap > limit or frame.gt_scene != previous.gt_scene:
-            runs.append([])
-        runs[-1].append(frame)
-    return runs
-
-
-def plot_trajectory(report: BagReport, path) -> Path:
-    """Top-down (x, y) plot: ground truth line, estimates coloured by predicted scene."""
-    frames = report.evaluation.frames
-    figure = Figure(figsize=(7.0, 6.0), layout='constrained')
-    axes = figure.subplots()
-    matched = [f for f in frames if f.matched]
-    for number, run in enumerate(_runs(matched)):
-        truth = np.array([f.gt_position for f in run])
-        axes.plot(truth[:, 0], truth[:, 1], '-', color='black', lw=1.5,
-                  label='ground truth' if number == 0 else None)
-        for frame in run:
-            axes.plot([frame.gt_position[0], frame.position[0]],
-                      [frame.gt_position[1], frame.position[1]], '-', color='0.75', lw=0.6,
-                      zorder=1)
-    answered = [f for f in frames if f.status == FrameStatus.ANSWERED]
-    for scene in sorted({f.scene for f in answered if f.scene is not None}) or [None]:
-        group = [f for f in answered if f.scene == scene]
-        if not group:
-            continue
-        points = np.array([f.position if f.matched else f.camera_position for f in group])
-        axes.scatter(points[:, 0], points[:, 1], s=12, zorder=2,
-                     label=f'estimate ({scene})' if scene else 'estimate')
-    if not answered:
-        axes.text(0.5, 0.5, 'no frame was answered', ha='center', transform=axes.transAxes)
-    run = report.evaluation
-    axes.set(xlabel=f'x in {run.global_frame} (m)', ylabel=f'y in {run.global_frame} (m)',
-             title=f'{Path(run.bag).name} ({run.mode}): {run.compared_frame} trajectory')
-    axes.set_aspect('equal', adjustable='datalim')
-    axes.grid(True, alpha=0.3)
-    if answered or matched:
-        axes.legend(fontsize='small')
-    figure.savefig(path, dpi=110)
-    return Path(path)
-
-
-def plot_errors(report: BagReport, path) -> Path:
-    """Position and orientation error of each matched frame over bag time."""
-    frames = report.evaluation.frames
-    origin = frames[0].stamp_ns
-    index = {id(f): i for i, f in enumerate(frames)}
-    figure = Figure(figsize=(8.0, 5.0), layout='constrained')
-    top, bottom = figure.subplots(2, 1, sharex=True)
-    for run in _runs([f for f in frames if f.matched]):
-        rows = [index[id(f)] for f in run]
-        times = _seconds(run, origin)
-        top.plot(times, report.position_errors_m[rows], '.-', lw=0.8, color='tab:blue')
-        bottom.plot(times, report.orientation_errors_deg[rows], '.-', lw=0.8,
-                    color='tab:orange')
-    top.set(ylabel='position error (m)',
-            title=f'{Path(report.evaluation.bag).name}: errors over time')
-    bottom.set(ylabel='orientation error (deg)', xlabel='bag time (s)')
-    for axes in (top, bottom):
-        axes.grid(True, alpha=0.3)
-    figure.savefig(path, dpi=110)
-    return Path(path)
-
-
-def plot_latency(report: BagReport, path) -> Path:
-    """Latency of each answered frame over bag time; dropped frames marked on the axis."""
-    frames = report.evaluation.frames
-    times = _seconds(frames, frames[0].stamp_ns)
-    answered = np.array([f.latency_ms is not None for f in frames])
-    dropped = np.array([f.status == FrameStatus.DROPPED for f in frames])
-    figure = Figure(figsize=(8.0, 3.5), layout='constrained')
-    axes = figure.subplots()
-    axes.plot(times[answered], [f.latency_ms for f in frames if f.latency_ms is not None],
-              '.-', lw=0.8, label=f'{report.evaluation.latency_kind} latency')
-    if dropped.any():
-        axes.plot(times[dropped], np.zeros(int(dropped.sum())), 'x', color='tab:red',
-                  label='dropped')
-    if report.latency is not None:
-        axes.axhline(report.latency.median_ms, color='0.4', ls='--', lw=0.8, label='median')
-        axes.axhline(report.latency.p95_ms, color='0.4', ls=':', lw=0.8, label='p95')
-    axes.set(xlabel='bag time (s)', ylabel='latency (ms)',
-             title=f'{Path(report.evaluation.bag).name}: latency per frame')
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize='small')
-    figure.savefig(path, dpi=110)
-    return Path(path)
-
-
-@dataclass(frozen=True)
-class ReportFiles:
-    """Paths written by ``write_report``."""
-
-    json: Path
-    markdown: Path
-    plots: list[Path]
-
-
-def write_report(report: BagReport, out_dir) -> ReportFiles:
-    """Write ``report.json``, ``report.md`` and the PNG plots into ``out_dir`` (created)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plots = [plot_trajectory(report, out_dir / 'trajectory.png')]
-    if report.metrics is not None:
-        plots.append(plot_errors(report, out_dir / 'errors.png'))
-    if report.latency is not None:
-        plots.append(plot_latency(report, out_dir / 'latency.png'))
-    data = report.to_dict()
-    data['plots'] = [p.name for p in plots]
-    json_path = out_dir / 'report.json'
-    json_path.write_text(json.dumps(data, indent=1, allow_nan=False) + '\n')
-    markdown_path = out_dir / 'report.md'
-    markdown_path.write_text(report.to_markdown([str(p) for p in plots]))
-    return ReportFiles(json_path, markdown_path, plots)
-
-
-def write_output_bag(evaluation: BagEvaluation, path, storage: str = 'mcap') -> Path:
-    """Write the estimates (and interpolated ground truth) into a new rosbag2 recording.
-
-    Topics under ``/mspr_bag_eval``: ``camera_pose`` (PoseStamped), ``pose``
-    (PoseWithCovarianceStamped, the node's base pose, live only), ``scene`` (String),
-    ``scene_confidence`` (Float32) and ``ground_truth`` (PoseStamped of the compared frame at
-    the image stamps); every message is logged at its image stamp.
-    """
-    # Imported here: bag_from_dataset holds the typed writer; importing it at module level
-    # would make the report depend on the dataset readers for nothing.
-    from mspr_training.bags.from_dataset import OutputBag
-    frame = evaluation.global_frame
-    with OutputBag(path, storage) as bag:
-        for record in evaluation.frames:
-            if record.status != FrameStatus.ANSWERED:
-                continue
-            stamp = record.stamp_ns
-            if record.camera_position is not None:
-                bag.write_pose(f'{OUTPUT_NAMESPACE}/camera_pose', stamp, frame,
-                               Transform(record.camera_position, record.camera_orientation))
-            if record.base_position is not None:
-                covariance = (record.covariance if record.covariance is not None
-                              else np.zeros((6, 6)))
-                bag.write_pose_with_covariance(
-                    f'{OUTPUT_NAMESPACE}/pose', stamp, frame,
-                    Transform(record.base_position, record.base_orientation), covariance)
-            if record.scene is not None:
-                bag.write_string(f'{OUTPUT_NAMESPACE}/scene', stamp, record.scene)
-            if record.scene_confidence is not None:
-                bag.write_float32(f'{OUTPUT_NAMESPACE}/scene_confidence', stamp,
-                                  record.scene_confidence)
-            if record.matched:
-                bag.write_pose(f'{OUTPUT_NAMESPACE}/ground_truth', stamp,
-                               evaluation.ground_truth_frame or frame,
-                               Transform(record.gt_position, record.gt_orientation))
-    return Path(path)

@@ -1,7 +1,7 @@
 """Posed-image dataset readers and the multi-scene torch dataset.
 
 Every reader returns ``PoseSample`` objects in our pose convention (``T_scene_cam``, see
-docs/ARCHITECTURE.md) and raises ``DatasetError`` naming the file and line of bad input.
+docs/architecture.md) and raises ``DatasetError`` naming the file and line of bad input.
 """
 from mspr_training.data.cambridge import read_cambridge
 from mspr_training.data.label_csv import read_label_csv

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.geometry.quaternions import quaternion_from_rotation
 from mspr_training.data.samples import (checked_quaternion, DatasetError, parse_floats, PoseSample,
-                                        quaternion_from_rotation, require_image, where)
+                                        require_image, where)
 
 SPLITS = ('train', 'test')
 HEADER_LINES = 3

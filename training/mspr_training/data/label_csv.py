@@ -10,8 +10,9 @@ from pathlib import Path
 
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.geometry.quaternions import quaternion_from_rotation
 from mspr_training.data.samples import (checked_quaternion, DatasetError, parse_floats, PoseSample,
-                                        quaternion_from_rotation, require_image, where)
+                                        require_image, where)
 
 COLUMNS = ('scene', 'split', 'seq', 'img_path', 't1', 't2', 't3', 'q1', 'q2', 'q3', 'q4')
 ROTATIONS = ('camera_to_world', 'world_to_camera', 'auto')

@@ -16,9 +16,10 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import get_typestore, Stores
 
+from mspr_ros.geometry.tf_history import clean_frame_id, TransformBuffer, TransformDataError
+from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import decode_compressed, image_to_rgb, ImageConversionError
 from mspr_training.data.samples import DatasetError, PoseSample
-from mspr_training.data.tf_history import TransformHistory
 from mspr_training.data.trajectory import Trajectory, trajectory_from_unsorted
 
 LOGGER = logging.getLogger(__name__)
@@ -120,6 +121,18 @@ def _connections(reader, bag_path, topic, types):
     return connections
 
 
+def _messages(reader, bag_path, connections):
+    """Yield (connection, log time, message) in bag order; DatasetError on a corrupt message."""
+    for connection, log_time, raw in reader.messages(connections=connections):
+        try:
+            message = reader.deserialize(raw, connection.msgtype)
+        except Exception as error:  # rosbags raises several types for corrupt messages
+            raise DatasetError(
+                f'{bag_path}: corrupt message on {connection.topic!r} at {log_time} ns: '
+                f'{error}') from error
+        yield connection, log_time, message
+
+
 def _stamp_ns(header, log_time_ns):
     """Return the header stamp in nanoseconds, or the log time when the stamp is unset."""
     stamp = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
@@ -190,13 +203,7 @@ def _pose_topic_trajectory(bag_path, topic):
     stamps, positions, quats, frame_ids = [], [], [], set()
     with open_bag(bag_path) as reader:
         connections = _connections(reader, bag_path, topic, POSE_TYPES)
-        for connection, log_time, raw in reader.messages(connections=connections):
-            try:
-                message = reader.deserialize(raw, connection.msgtype)
-            except Exception as error:  # rosbags raises several types for corrupt messages
-                raise DatasetError(
-                    f'{bag_path}: corrupt message on {topic!r} at {log_time} ns: {error}'
-                ) from error
+        for connection, log_time, message in _messages(reader, bag_path, connections):
             is_pose_stamped = connection.msgtype == POSE_TYPES[0]
             pose = message.pose if is_pose_stamped else message.pose.pose
             stamps.append(_stamp_ns(message.header, log_time))
@@ -219,15 +226,52 @@ def _pose_topic_trajectory(bag_path, topic):
 
 
 def _tf_trajectory(bag_path, frames, max_gap_ns, tf_topics, static_tf_topics):
-    """Return the trajectory of ``frames[1]`` in ``frames[0]`` from the recorded TF tree."""
+    """Return the trajectory of ``frames[1]`` in ``frames[0]`` from the recorded TF tree.
+
+    Its stamps are the union of the stamps of the chain's dynamic edges, kept where every dynamic
+    edge interpolates validly (inside its range, no gap over ``max_gap_ns``).
+    """
     if len(frames) != 2:
         raise ValueError(f'frames must be (fixed_frame, moving_frame), got {frames!r}')
-    history = TransformHistory()
+    buffer, repeats = read_transforms(bag_path, tf_topics, static_tf_topics)
+    target, source = (clean_frame_id(frame) for frame in frames)
+    try:
+        stamps = buffer.chain_stamps(target, source)
+        if len(stamps) == 0:
+            raise LookupError(f'{target} -> {source} is connected by static transforms only: '
+                              'no trajectory')
+        positions, orientations, valid = buffer.lookup_many(target, source, stamps, max_gap_ns)
+        if not np.any(valid):
+            raise LookupError(f'{target} -> {source}: the chain transforms never overlap in time')
+    except LookupError as error:
+        raise DatasetError(f'{bag_path}: {error}') from None
+    if repeats:
+        LOGGER.warning('%s: %d TF messages repeat a stamp; kept the last of each',
+                       bag_path, repeats)
+    return Trajectory(stamps[valid], positions[valid], orientations[valid], target)
+
+
+def read_transforms(bag_path, tf_topics=('/tf',), static_tf_topics=('/tf_static',),
+                    required=True):
+    """Return every recorded transform in a ``TransformBuffer``, and the repeated-stamp count.
+
+    The buffer keeps the whole recording (no cache window). Frame names lose the leading ``/`` of
+    ROS 1 names; a transform repeating an edge's stamp replaces the earlier one (counted).
+    With ``required=False`` a bag without TF topics gives an empty buffer.
+
+    Raises:
+        DatasetError naming the bag: no TF topic (when ``required``), a topic of another type, a
+        corrupt message, or an invalid tree (a frame with two parents, a cycle, an edge both
+        static and dynamic).
+    """
     static_topics = set(static_tf_topics)
+    edges = {}  # (parent, child, static) -> (stamps, transforms), in bag order
     with open_bag(bag_path) as reader:
         connections = [c for c in reader.connections
                        if c.topic in set(tf_topics) | static_topics]
         if not connections:
+            if not required:
+                return TransformBuffer(cache_time_s=None), 0
             names = ', '.join(list(tf_topics) + list(static_tf_topics))
             raise DatasetError(f'{bag_path}: no TF topic among {names}')
         for connection in connections:
@@ -235,29 +279,30 @@ def _tf_trajectory(bag_path, frames, max_gap_ns, tf_topics, static_tf_topics):
                 raise DatasetError(
                     f'{bag_path}: topic {connection.topic!r} has type {connection.msgtype}, '
                     f'expected {TF_TYPE}')
-        for connection, log_time, raw in reader.messages(connections=connections):
-            try:
-                message = reader.deserialize(raw, connection.msgtype)
-            except Exception as error:  # rosbags raises several types for corrupt messages
-                raise DatasetError(
-                    f'{bag_path}: corrupt message on {connection.topic!r} at {log_time} ns: '
-                    f'{error}') from error
+        for connection, log_time, message in _messages(reader, bag_path, connections):
             for item in message.transforms:
-                translation = item.transform.translation
-                rotation = item.transform.rotation
-                history.add(item.header.frame_id, item.child_frame_id,
-                            _stamp_ns(item.header, log_time),
-                            (translation.x, translation.y, translation.z),
-                            (rotation.x, rotation.y, rotation.z, rotation.w),
-                            static=connection.topic in static_topics)
+                key = (clean_frame_id(item.header.frame_id), clean_frame_id(item.child_frame_id),
+                       connection.topic in static_topics)
+                stamps, transforms = edges.setdefault(key, ([], []))
+                stamps.append(_stamp_ns(item.header, log_time))
+                transforms.append(_transform(item.transform, bag_path, connection.topic))
+    buffer = TransformBuffer(cache_time_s=None)
+    repeats = 0
     try:
-        trajectory = history.lookup(frames[0], frames[1], max_gap_ns)
-    except LookupError as error:
-        raise DatasetError(f'{bag_path}: {error}') from None
-    if history.duplicate_stamps:
-        LOGGER.warning('%s: %d TF messages repeat a stamp; kept the last of each',
-                       bag_path, history.duplicate_stamps)
-    return trajectory
+        for (parent, child, static), (stamps, transforms) in edges.items():
+            repeats += buffer.set_transforms(parent, child, stamps, transforms, static)
+    except TransformDataError as error:
+        raise DatasetError(f'{bag_path}: invalid TF tree: {error}') from None
+    return buffer, repeats
+
+
+def _transform(message, bag_path, topic):
+    """Return the ``Transform`` of a ``geometry_msgs/Transform``; DatasetError if degenerate."""
+    t, q = message.translation, message.rotation
+    try:
+        return Transform([t.x, t.y, t.z], [q.x, q.y, q.z, q.w])
+    except ValueError as error:
+        raise DatasetError(f'{bag_path}: invalid transform on {topic!r}: {error}') from None
 
 
 def _scene_changes(bag_path, topic):

@@ -1,15 +1,16 @@
 """Posed image samples shared by every dataset reader.
 
 Every reader returns poses as ``T_scene_cam`` (camera optical frame -> scene frame, see
-docs/ARCHITECTURE.md): ``position`` is the camera centre (3,), ``orientation`` the unit quaternion
-x, y, z, w of ``R_scene_cam`` with ``w >= 0``.
+docs/architecture.md): ``position`` is the camera centre (3,), ``orientation`` the unit quaternion
+x, y, z, w of ``R_scene_cam`` in the canonical sign of ``mspr_ros.geometry.quaternions``.
 """
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy.spatial.transform import Rotation
+
+from mspr_ros.geometry.transforms import Transform
 
 #: Largest accepted deviation of a file's quaternion norm from 1 (files store ~6 decimals; a
 #: larger error means wrong columns, not rounding).
@@ -51,27 +52,7 @@ class PoseSample:
 
     def matrix(self) -> np.ndarray:
         """Return ``T_scene_cam`` as a 4 x 4 float64 homogeneous matrix."""
-        return pose_matrix(self.position, self.orientation)
-
-
-def canonical_quaternion(quat_xyzw) -> np.ndarray:
-    """Return the unit quaternion (4,) x, y, z, w equal to ``quat_xyzw`` / norm with w >= 0."""
-    quat = np.asarray(quat_xyzw, dtype=np.float64)
-    quat = quat / np.linalg.norm(quat)
-    return -quat if quat[3] < 0 else quat
-
-
-def quaternion_from_rotation(rotation: Rotation) -> np.ndarray:
-    """Return the canonical x, y, z, w quaternion (4,) of a scipy Rotation."""
-    return canonical_quaternion(rotation.as_quat())
-
-
-def pose_matrix(position, orientation_xyzw) -> np.ndarray:
-    """Return the 4 x 4 float64 matrix of a pose given as centre (3,) and xyzw quaternion (4,)."""
-    matrix = np.eye(4)
-    matrix[:3, :3] = Rotation.from_quat(orientation_xyzw).as_matrix()
-    matrix[:3, 3] = position
-    return matrix
+        return Transform(self.position, self.orientation).as_matrix()
 
 
 def checked_quaternion(values, path, line=None) -> np.ndarray:

@@ -11,8 +11,8 @@ import re
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from mspr_training.data.samples import (DatasetError, parse_floats, PoseSample,
-                                        quaternion_from_rotation, where)
+from mspr_ros.geometry.quaternions import quaternion_from_rotation
+from mspr_training.data.samples import DatasetError, parse_floats, PoseSample, where
 
 SPLIT_FILES = {'train': 'TrainSplit.txt', 'test': 'TestSplit.txt'}
 SEQUENCE_LINE = re.compile(r'^sequence(\d+)$')

@@ -1,8 +1,14 @@
-"""Time-stamped pose sequences with interpolation (ground truth read from bags)."""
+"""Time-stamped pose sequences with interpolation (ground truth read from bags).
+
+The maths (canonical quaternions, the one slerp) is ``mspr_ros.geometry``'s; this module adds the
+sequence type the training and evaluation code passes around.
+"""
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
+
+from mspr_ros.geometry.interpolation import interpolate_series, latest_per_stamp
+from mspr_ros.geometry.quaternions import canonical_quaternions
 
 
 @dataclass(frozen=True, eq=False)
@@ -12,7 +18,7 @@ class Trajectory:
     Attributes:
         stamps_ns: int64 (N,) nanoseconds, strictly increasing.
         positions: float64 (N, 3) child origin in ``frame_id``.
-        orientations: float64 (N, 4) unit quaternions x, y, z, w (w >= 0) of ``R_frame_child``.
+        orientations: float64 (N, 4) canonical unit quaternions x, y, z, w of ``R_frame_child``.
         frame_id: the fixed frame the poses are expressed in.
     """
 
@@ -34,11 +40,9 @@ class Trajectory:
             raise ValueError('trajectory is empty')
         if np.any(np.diff(stamps) <= 0):
             raise ValueError('trajectory stamps must be strictly increasing')
-        quats = quats / np.linalg.norm(quats, axis=1, keepdims=True)
-        quats = np.where(quats[:, 3:] < 0, -quats, quats)
         object.__setattr__(self, 'stamps_ns', stamps)
         object.__setattr__(self, 'positions', positions)
-        object.__setattr__(self, 'orientations', quats)
+        object.__setattr__(self, 'orientations', canonical_quaternions(quats, 'orientations'))
 
     def __len__(self):
         """Return the number of poses."""
@@ -52,37 +56,10 @@ class Trajectory:
         across a larger gap are invalid and get NaN poses.
 
         Returns:
-            positions float64 (M, 3), orientations float64 (M, 4) xyzw, valid bool (M,).
+            positions float64 (M, 3), orientations float64 (M, 4) xyzw canonical, valid bool (M,).
         """
-        queries = np.asarray(stamps_ns, dtype=np.int64).reshape(-1)
-        count = len(queries)
-        positions = np.full((count, 3), np.nan)
-        orientations = np.full((count, 4), np.nan)
-        stamps = self.stamps_ns
-        exact = np.searchsorted(stamps, queries)
-        exact_hit = (exact < len(stamps)) & (stamps[np.minimum(exact, len(stamps) - 1)] == queries)
-        upper = np.clip(np.searchsorted(stamps, queries, side='right'), 1, len(stamps) - 1)
-        lower = upper - 1
-        inside = (queries >= stamps[0]) & (queries <= stamps[-1]) & (len(stamps) > 1)
-        if max_gap_ns is not None and len(stamps) > 1:
-            inside &= (stamps[upper] - stamps[lower]) <= max_gap_ns
-        valid = exact_hit | inside
-        hits = exact_hit
-        positions[hits] = self.positions[exact[hits]]
-        orientations[hits] = self.orientations[exact[hits]]
-        between = inside & ~exact_hit
-        if np.any(between):
-            origin = stamps[0]
-            span = (stamps[upper[between]] - stamps[lower[between]]).astype(np.float64)
-            weight = (queries[between] - stamps[lower[between]]).astype(np.float64) / span
-            positions[between] = (
-                self.positions[lower[between]] * (1.0 - weight)[:, None]
-                + self.positions[upper[between]] * weight[:, None])
-            slerp = Slerp((stamps - origin).astype(np.float64),
-                          Rotation.from_quat(self.orientations))
-            quats = slerp((queries[between] - origin).astype(np.float64)).as_quat()
-            orientations[between] = np.where(quats[:, 3:] < 0, -quats, quats)
-        return positions, orientations, valid
+        return interpolate_series(self.stamps_ns, self.positions, self.orientations, stamps_ns,
+                                  max_gap_ns)
 
 
 def trajectory_from_unsorted(stamps_ns, positions, orientations, frame_id):
@@ -91,34 +68,8 @@ def trajectory_from_unsorted(stamps_ns, positions, orientations, frame_id):
     Samples sharing a stamp keep the last one in input order (a republished transform); the
     caller reports the returned count.
     """
-    stamps = np.asarray(stamps_ns, dtype=np.int64)
-    order = np.argsort(stamps, kind='stable')
-    stamps = stamps[order]
-    keep = np.append(stamps[1:] != stamps[:-1], True)
-    positions = np.asarray(positions, dtype=np.float64)[order][keep]
-    quats = np.asarray(orientations, dtype=np.float64)[order][keep]
-    trajectory = Trajectory(stamps[keep], positions, quats, frame_id)
-    return trajectory, int(len(stamps) - keep.sum())
-
-
-def compose(first, second):
-    """Compose pose arrays: ``T_a_c = T_a_b * T_b_c``.
-
-    Args:
-        first: (positions (N, 3), orientations (N, 4) xyzw) of ``T_a_b``.
-        second: (positions (N, 3), orientations (N, 4) xyzw) of ``T_b_c``.
-
-    Returns:
-        (positions (N, 3), orientations (N, 4) xyzw, w >= 0) of ``T_a_c``.
-    """
-    rotation_ab = Rotation.from_quat(first[1])
-    positions = first[0] + rotation_ab.apply(second[0])
-    quats = (rotation_ab * Rotation.from_quat(second[1])).as_quat()
-    return positions, np.where(quats[:, 3:] < 0, -quats, quats)
-
-
-def invert(pose):
-    """Return the inverse pose arrays of (positions (N, 3), orientations (N, 4) xyzw)."""
-    inverse = Rotation.from_quat(pose[1]).inv()
-    quats = inverse.as_quat()
-    return -inverse.apply(pose[0]), np.where(quats[:, 3:] < 0, -quats, quats)
+    keep, duplicates = latest_per_stamp(stamps_ns)
+    trajectory = Trajectory(np.asarray(stamps_ns, dtype=np.int64)[keep],
+                            np.asarray(positions, dtype=np.float64)[keep],
+                            np.asarray(orientations, dtype=np.float64)[keep], frame_id)
+    return trajectory, duplicates

@@ -12,11 +12,7 @@ import math
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-#: ``R_body_optical``: columns are the optical x (right), y (down), z (forward) axes written in a
-#: REP-103 body frame (x forward, y left, z up).
-R_BODY_OPTICAL = np.array([[0.0, 0.0, 1.0],
-                           [-1.0, 0.0, 0.0],
-                           [0.0, -1.0, 0.0]])
+from mspr_ros.geometry.transforms import R_BODY_OPTICAL
 
 
 @dataclass(frozen=True)

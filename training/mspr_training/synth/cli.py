@@ -47,6 +47,9 @@ def build_parser():
                         help='frame rate of the bag stamps, Hz (5 gives a walking pace)')
     parser.add_argument('--bag-splits', type=lambda t: tuple(t.split(',')), default=('test',),
                         help='splits recorded in the bag, comma separated (default: test)')
+    parser.add_argument('--test-conditions', choices=('shifted', 'same'), default='shifted',
+                        help='test sequences under other light, exposure and camera height '
+                             'than training (shifted, default) or drawn alike (same)')
     parser.add_argument('--preview', action='store_true',
                         help='also write DIR/preview.png, a contact sheet of every scene')
     parser.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -63,7 +66,8 @@ def main(argv=None):
             size=args.size, seed=args.seed, bag_storage=args.bag_storage,
             train_sequences=args.train_sequences, test_sequences=args.test_sequences,
             bag_splits=args.bag_splits, horizontal_fov_deg=args.fov, preview=args.preview,
-            progress=not args.quiet, bag_rate_hz=args.bag_rate)
+            progress=not args.quiet, bag_rate_hz=args.bag_rate,
+            test_conditions=args.test_conditions)
     except (ValueError, FileExistsError) as error:
         print(f'mspr-synth: error: {error}', file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.geometry.quaternions import quaternion_from_rotation
 from mspr_training.synth.sequences import SPLITS
 
 CAMBRIDGE_HEADER = 'Visual Landmark Dataset V1\nImageFile, Camera Position [X Y Z W P Q R]\n\n'
@@ -28,7 +29,7 @@ class CambridgeWriter:
     """Writes ``<root>/<scene>/seqN/frameXXXXX.png`` and ``dataset_<split>.txt``.
 
     Poses are written in Cambridge's convention: camera centre ``X Y Z`` and the w-first
-    quaternion ``W P Q R`` of the world-to-camera rotation ``R_scene_cam^T`` (w >= 0).
+    quaternion ``W P Q R`` of the world-to-camera rotation ``R_scene_cam^T`` (canonical sign).
     """
 
     def __init__(self, root):
@@ -41,9 +42,7 @@ class CambridgeWriter:
         relative = f'seq{frame.plan.number}/frame{frame.index + 1:05d}.png'
         write_png(self.root / frame.plan.scene / relative, frame.rgb)
         centre = frame.pose[:3, 3]
-        x, y, z, w = Rotation.from_matrix(frame.pose[:3, :3].T).as_quat()
-        if w < 0:
-            x, y, z, w = -x, -y, -z, -w
+        x, y, z, w = quaternion_from_rotation(Rotation.from_matrix(frame.pose[:3, :3].T))
         values = ' '.join(f'{v:.9f}' for v in (*centre, w, x, y, z))
         self.rows[(frame.plan.scene, frame.plan.split)].append(f'{relative} {values}')
 

@@ -14,7 +14,7 @@ from mspr_training.synth.world import build_world
 from mspr_training.synth.writers import write_frames
 
 #: Bump when the rendered output changes, so that older caches are not reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 FORMATS = ('cambridge', '7scenes', 'bag')
 OUTPUTS = {'cambridge': 'cambridge', '7scenes': '7scenes', 'bag': 'bag'}
 MANIFEST = 'manifest.json'
@@ -61,7 +61,7 @@ class Manifest:
 def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_frames=100,
              size=(320, 240), seed=0, bag_storage='mcap', train_sequences=2, test_sequences=1,
              bag_splits=('test',), horizontal_fov_deg=65.0, preview=False, progress=False,
-             bag_rate_hz=30.0) -> Manifest:
+             bag_rate_hz=30.0, test_conditions='shifted') -> Manifest:
     """Render the world once and write every requested format under ``out_dir``.
 
     Layout: ``out_dir/cambridge/<scene>/...``, ``out_dir/7scenes/<scene>/...``, ``out_dir/bag``
@@ -72,7 +72,9 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
     holds them without a manifest is refused (FileExistsError) rather than overwritten.
     ``preview`` also writes ``preview.png``, a labelled contact sheet of every scene.
     ``bag_rate_hz`` sets the bag's frame stamps (a sequence is one loop of the room, so at 30 Hz
-    the camera moves at several m/s; 5 Hz gives a walking pace).
+    the camera moves at several m/s; 5 Hz gives a walking pace). ``test_conditions``
+    'shifted' (default) records the test sequences under other light, exposure and camera
+    carriage than training (``mspr_training.synth.sequences``); 'same' draws them alike.
     """
     formats = tuple(formats)
     unknown = sorted(set(formats) - set(FORMATS))
@@ -85,14 +87,14 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
         'size': list(size), 'seed': seed, 'bag_storage': bag_storage,
         'train_sequences': train_sequences, 'test_sequences': test_sequences,
         'bag_splits': sorted(bag_splits), 'horizontal_fov_deg': horizontal_fov_deg,
-        'bag_rate_hz': bag_rate_hz,
+        'bag_rate_hz': bag_rate_hz, 'test_conditions': test_conditions,
     }
     intrinsics = Intrinsics.from_fov(size[0], size[1], horizontal_fov_deg)
 
     def world_and_plans():
         world = build_world(seed, num_scenes)
         return world, plan_sequences(world, train_frames, test_frames, train_sequences,
-                                     test_sequences)
+                                     test_sequences, test_conditions)
 
     previous = Manifest.read(out_dir / MANIFEST)
     reusable = previous is not None and previous.parameters == parameters

@@ -7,7 +7,8 @@ only numpy. Per frame it casts all rays at once; each object is intersected only
 its projected screen rectangle, then pixels are shaded in groups of (primitive, face).
 
 Shading: nearest-texel lookup in pre-filtered photo textures, Lambert lighting (ambient plus a
-directional term from the surface normal), a colour tint and optional vignetting.
+directional term from the surface normal), a colour tint, optional vignetting and an exposure
+gain (a camera's auto-exposure landing elsewhere).
 """
 from dataclasses import dataclass
 import math
@@ -34,6 +35,7 @@ class Lighting:
         direction: unit vector the directional light travels along (scene frame).
         tint: RGB gain of the light colour.
         vignetting: relative brightness lost at the image corners (0 = none).
+        exposure: gain of the whole image (1 = the training exposure).
     """
 
     ambient: float = 0.6
@@ -41,6 +43,7 @@ class Lighting:
     direction: tuple = (0.3, 0.2, -0.93)
     tint: tuple = (1.0, 1.0, 1.0)
     vignetting: float = 0.0
+    exposure: float = 1.0
 
     @classmethod
     def random(cls, rng):
@@ -55,11 +58,31 @@ class Lighting:
                    tint=(1.0 + warmth, 1.0, 1.0 - warmth),
                    vignetting=float(rng.uniform(0.0, 0.35)))
 
+    @classmethod
+    def shifted(cls, rng):
+        """Return seeded lighting outside the range :meth:`random` draws training light from.
+
+        What a robot meets on another day: the exposure 25-40 % darker or brighter, a colour
+        cast two to three times stronger, a wider range of ambient and sun strength, a lower
+        sun and more vignetting. Test sequences use it, so a test measures generalisation to
+        light rather than recall of the training images.
+        """
+        azimuth = rng.uniform(0, 2 * math.pi)
+        elevation = rng.uniform(math.radians(20), math.radians(80))
+        direction = (-math.cos(elevation) * math.cos(azimuth),
+                     -math.cos(elevation) * math.sin(azimuth), -math.sin(elevation))
+        warmth = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.18))
+        exposure = float(1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.4))
+        return cls(ambient=float(rng.uniform(0.35, 0.8)), diffuse=float(rng.uniform(0.15, 0.7)),
+                   direction=tuple(float(d) for d in direction),
+                   tint=(1.0 + warmth, 1.0, 1.0 - warmth),
+                   vignetting=float(rng.uniform(0.1, 0.5)), exposure=exposure)
+
     def to_dict(self):
         """Return a JSON-ready dict."""
         return {'ambient': self.ambient, 'diffuse': self.diffuse,
                 'direction': list(self.direction), 'tint': list(self.tint),
-                'vignetting': self.vignetting}
+                'vignetting': self.vignetting, 'exposure': self.exposure}
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,8 +140,8 @@ def render(scene: Scene, pose, intrinsics: Intrinsics, lighting: Lighting | None
     points = origin.astype(np.float32)[:, None] + depth.reshape(1, -1) * rays
     colour, gain = _shade(scene, points, primitive.ravel(), code.ravel(), lighting)
     gain = gain.reshape(height, width) * _vignette(intrinsics, lighting.vignetting)
-    rgb = colour.reshape(height, width, 3) * gain[..., None] * np.asarray(lighting.tint,
-                                                                          np.float32)
+    tint = np.asarray(lighting.tint, np.float32) * np.float32(lighting.exposure)
+    rgb = colour.reshape(height, width, 3) * gain[..., None] * tint
     return RenderResult(rgb=np.clip(rgb + 0.5, 0, 255).astype(np.uint8),
                         depth=depth.astype(np.float32), primitive_id=primitive.astype(np.int32))
 

@@ -1,14 +1,29 @@
-"""Recording plans: which sequences of which scenes, along which paths, under which light."""
+"""Recording plans: which sequences of which scenes, along which paths, under which light.
+
+Test sequences are recorded under other conditions than training ones by default
+(``test_conditions='shifted'``), as in the real datasets, where test sequences are other days and
+other walks: light from :meth:`Lighting.shifted` (other exposure, colour cast and sun) and a
+camera carried differently (height 12-25 cm higher or lower, another pitch bias, a wider
+look-around). ``'same'`` draws test sequences like training ones.
+"""
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 
 from mspr_training.synth.camera import Intrinsics
-from mspr_training.synth.camera_paths import plan_path
+from mspr_training.synth.camera_paths import PathStyle, plan_path
 from mspr_training.synth.render import Lighting, render
 
 SPLITS = ('train', 'test')
+TEST_CONDITIONS = ('shifted', 'same')
+
+
+def shifted_style(rng) -> PathStyle:
+    """Return a seeded way of carrying the camera that training sequences never use."""
+    height = PathStyle.height + float(rng.choice([-1.0, 1.0]) * rng.uniform(0.12, 0.25))
+    return PathStyle(height=height, pitch_bias_deg=float(rng.uniform(-3.0, 7.0)),
+                     look_around_deg=28.0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,7 +70,7 @@ def split_counts(total, parts):
 
 
 def plan_sequences(world, train_frames=300, test_frames=100, train_sequences=2,
-                   test_sequences=1) -> list[SequencePlan]:
+                   test_sequences=1, test_conditions='shifted') -> list[SequencePlan]:
     """Return the plans of every scene: train sequences, then test sequences.
 
     ``train_frames`` and ``test_frames`` are per scene, shared out over the sequences. Each
@@ -63,7 +78,12 @@ def plan_sequences(world, train_frames=300, test_frames=100, train_sequences=2,
     sequences alternate between the two directions of travel, as a dataset's mapping runs cover
     the views a robot will see; a test sequence's direction is drawn at random (a regressor
     cannot place a view it never saw, e.g. every test frame facing the other way).
+    ``test_conditions`` ('shifted' or 'same', see the module docstring) sets how test
+    sequences differ from training ones; training sequences do not depend on it.
     """
+    if test_conditions not in TEST_CONDITIONS:
+        raise ValueError(f'test_conditions must be one of {TEST_CONDITIONS}, '
+                         f'got {test_conditions!r}')
     for name, frames, sequences in (('train', train_frames, train_sequences),
                                     ('test', test_frames, test_sequences)):
         if sequences < 1 or frames < sequences:
@@ -76,8 +96,12 @@ def plan_sequences(world, train_frames=300, test_frames=100, train_sequences=2,
         for number, (split, frames) in enumerate(counts, start=1):
             rng = np.random.default_rng([world.seed, scene_index, number])
             clockwise = bool(number % 2 == 0) if split == 'train' else None
-            poses = plan_path(scene, frames, rng, clockwise=clockwise)
-            plans.append(SequencePlan(scene.name, split, number, poses, Lighting.random(rng)))
+            if split == 'test' and test_conditions == 'shifted':
+                style, lighting = shifted_style(rng), Lighting.shifted
+            else:
+                style, lighting = PathStyle(), Lighting.random
+            poses = plan_path(scene, frames, rng, style=style, clockwise=clockwise)
+            plans.append(SequencePlan(scene.name, split, number, poses, lighting(rng)))
     return plans
 
 

@@ -1,0 +1,110 @@
+"""Where a figure was measured: the machine, its load, and the thread settings of the run."""
+from dataclasses import dataclass
+import datetime
+import os
+from pathlib import Path
+import platform
+from typing import List, Optional, Tuple
+
+import psutil
+import torch
+
+from mspr_training.export import git_commit
+
+
+@dataclass
+class MachineInfo:
+    """Where a figure was measured.
+
+    Attributes:
+        cpu_model: ``model name`` of /proc/cpuinfo (``platform.processor()`` elsewhere).
+        logical_cores: CPUs the OS reports.
+        usable_cores: CPUs this process may run on (affinity).
+        memory_gib: physical memory.
+        torch_version, python_version, platform: software.
+        cuda_device: name of CUDA device 0, None without CUDA.
+        git_commit: the checkout's commit ('unknown' outside git).
+        date_utc: ISO time of the measurement start.
+        load_average_start: 1/5/15-minute load averages when the benchmark started.
+    """
+
+    cpu_model: str
+    logical_cores: int
+    usable_cores: int
+    memory_gib: float
+    torch_version: str
+    python_version: str
+    platform: str
+    cuda_device: Optional[str]
+    git_commit: str
+    date_utc: str
+    load_average_start: List[float]
+
+
+def cpu_model() -> str:
+    """Return the CPU model name."""
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.lower().startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown'
+
+
+def machine_info() -> MachineInfo:
+    """Return the facts of this machine now."""
+    return MachineInfo(
+        cpu_model=cpu_model(), logical_cores=os.cpu_count() or 0,
+        usable_cores=len(os.sched_getaffinity(0)),
+        memory_gib=round(psutil.virtual_memory().total / 2 ** 30, 1),
+        torch_version=torch.__version__, python_version=platform.python_version(),
+        platform=platform.platform(),
+        cuda_device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        git_commit=git_commit(),
+        date_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        load_average_start=load_average())
+
+
+def load_average() -> List[float]:
+    """Return the 1/5/15-minute load averages, rounded to hundredths."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def omp_wait_policy() -> str:
+    """Return the OpenMP wait policy in force ('default' when the environment sets none)."""
+    return os.environ.get('OMP_WAIT_POLICY', 'default')
+
+
+def set_threads(threads: int) -> None:
+    """Use ``threads`` intra-op threads here and in every child process started afterwards."""
+    torch.set_num_threads(threads)
+    os.environ['OMP_NUM_THREADS'] = str(threads)
+
+
+def contention_note(machine: MachineInfo, threads: int) -> Optional[str]:
+    """Return a warning when other processes load the CPUs this benchmark needs, else None."""
+    load = machine.load_average_start[0]
+    # Cores not needed by the measured threads; half a core of other work is tolerated.
+    spare = machine.usable_cores - threads
+    if load > spare + 0.5:
+        return (f'the machine was busy: load average {load:.2f} on {machine.usable_cores} '
+                f'cores when the benchmark started, so the figures are slower than on an idle '
+                f'machine (ratios measured side by side stay comparable)')
+    return None
+
+
+def print_machine(machine: MachineInfo, threads: int) -> None:
+    """Print the one-line machine description every benchmark starts with."""
+    cuda = machine.cuda_device or 'no CUDA'
+    print(f'{machine.cpu_model}, {machine.usable_cores}/{machine.logical_cores} cores, '
+          f'torch {machine.torch_version}, {cuda}, {threads} threads, OpenMP wait policy '
+          f'{omp_wait_policy()}, load {machine.load_average_start[0]:.2f} '
+          f'({machine.date_utc})', flush=True)
+
+
+def start_report(threads: int) -> Tuple[MachineInfo, List[str]]:
+    """Print the machine line; return it and the run's notes (a contention warning, if any)."""
+    machine = machine_info()
+    print_machine(machine, threads)
+    return machine, [note for note in [contention_note(machine, threads)] if note]

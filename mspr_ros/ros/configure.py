@@ -1,0 +1,63 @@
+"""What the node's configure transition loads: parameters, the model, the scene alignments."""
+from typing import Dict, Tuple
+
+from mspr_ros.geometry.transforms import SceneAlignment
+from mspr_ros.ros.params import alignment_to_param, NodeParams, ParameterValidationError
+from mspr_ros.ros.params import parse_scene_alignment, read_node_parameters
+from mspr_ros.ros.params import scene_alignment_descriptor, scene_param_name
+
+
+def validated_parameters(node) -> Tuple[NodeParams, str]:
+    """Return the parameters and the resolved device, or raise ValueError listing every problem."""
+    from mspr_ros.device import resolve_device
+    problems = []
+    params = None
+    try:
+        params = read_node_parameters(node)
+    except ParameterValidationError as error:
+        problems.extend(problem.text for problem in error.problems)
+    try:
+        device = str(resolve_device(node.get_parameter('device').value))
+    except ValueError as error:
+        problems.append(str(error))
+    if problems:
+        raise ValueError('invalid parameters: ' + '; '.join(problems))
+    return params, device
+
+
+def load_localizer(params: NodeParams, device: str):
+    """Load and warm up the weights bundle; any error names the file."""
+    import torch
+    from mspr_ros.localizer import Localizer
+    if params.cpu_threads > 0:
+        torch.set_num_threads(params.cpu_threads)
+    try:
+        localizer = Localizer.from_file(params.weights, device=device, fp16=params.fp16)
+        localizer.warmup()
+    except Exception as error:
+        text = str(error)
+        # Every weights problem must name the file, whatever raised it.
+        if params.weights not in text:
+            text = f'weights {params.weights}: {text}'
+        raise RuntimeError(text) from error
+    return localizer
+
+
+def scene_alignments(node, localizer) -> Dict[str, SceneAlignment]:
+    """Declare ``scenes.<name>.map_from_scene`` (bundle value as default) and read them."""
+    alignments = {}
+    for scene in localizer.scene_names:
+        name = scene_param_name(scene)
+        bundle_value = localizer.bundle.scene_alignment[scene].to_dict()
+        if not node.has_parameter(name):
+            node.declare_parameter(name, alignment_to_param(bundle_value),
+                                   scene_alignment_descriptor(scene))
+        value = parse_scene_alignment(scene, node.get_parameter(name).value)
+        alignments[scene] = SceneAlignment.from_dict(value, context=name)
+    return alignments
+
+
+def torch_threads() -> int:
+    """Return PyTorch's intra-op thread count in this process."""
+    import torch
+    return torch.get_num_threads()

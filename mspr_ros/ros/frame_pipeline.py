@@ -1,0 +1,295 @@
+"""One image through the node: decode, localize, look up TF, gate, fuse, publish.
+
+``process`` runs on the inference thread (``mspr_ros.ros.worker``); the only thread that waits,
+for ``odom -> base`` at the image stamp, while the executor keeps receiving TF. The inputs that
+feed the decisions arrive on the executor: odometry (``use_odom_topic``), initial poses,
+relocalization requests. The decisions themselves are ROS-free: ``mspr_ros.estimation``
+(frame chain and gates in ``frame_processor``, ``fusion: window`` in ``fusion``).
+
+Fail closed on frames: the camera's pose in the base frame comes from TF (``base <- camera``,
+cached once found) or from the ``camera_to_base`` parameter only when it is set; without
+either the frame gives no output, and the rejection names both frames.
+"""
+import re
+import time
+from typing import Callable, Dict, Optional, Union
+
+import numpy as np
+from sensor_msgs.msg import CompressedImage, Image
+
+from mspr_ros.estimation.frame_processor import FrameProcessor, NON_FINITE, NonFiniteEstimate
+from mspr_ros.estimation.fusion import MapOdomFusion
+from mspr_ros.geometry.tf_history import TransformBuffer
+from mspr_ros.geometry.transforms import Transform
+from mspr_ros.image_conversion import ImageConversionError
+from mspr_ros.ros.conversions import ImageDecoder, odometry_transform, stamp_to_ns
+from mspr_ros.ros.diagnostics import LocalizationStats
+from mspr_ros.ros.initialpose import describe, prior_from_msg
+from mspr_ros.ros.logs import ThrottledLog
+from mspr_ros.ros.outputs import MapOdomBroadcaster, OutputPublishers
+from mspr_ros.ros.params import fusion_config, NodeParams, processor_settings
+from mspr_ros.ros.tf import create_tf_interfaces, lookup_or_raise, TransformUnavailable
+
+NO_EXTRINSIC = 'no_extrinsic'
+
+
+class FramePipeline:
+    """Turns image messages into published outputs; one instance per configure."""
+
+    def __init__(self, params: NodeParams, localizer, processor, tf, logger,
+                 stats: LocalizationStats, outputs: OutputPublishers,
+                 map_odom: MapOdomBroadcaster, now_ns: Callable[[], int], input_topic: str):
+        """Wire the pipeline; ``now_ns`` reads the node clock (sim time aware)."""
+        self.params = params
+        self.localizer = localizer
+        self.processor = processor
+        self.decoder = ImageDecoder(params.max_image_pixels)
+        self.tf = tf
+        self.odom_buffer: Optional[TransformBuffer] = (
+            TransformBuffer() if params.use_odom_topic else None)
+        self._logger = logger
+        self._log = ThrottledLog(logger)
+        self._stats = stats
+        self.outputs = outputs
+        self.map_odom = map_odom
+        self.fusion: Optional[MapOdomFusion] = _fusion(params)
+        self._now_ns = now_ns
+        self._input_topic = input_topic
+        self._extrinsics: Dict[str, Transform] = {}
+        self._fallback_logged: set = set()
+
+    @classmethod
+    def create(cls, node, params: NodeParams, localizer, alignments, stats: LocalizationStats,
+               input_topic: str) -> 'FramePipeline':
+        """Build the pipeline, its TF endpoints and its publishers on ``node`` (configure)."""
+        calibrations = {name: np.asarray(cov) for name, cov in localizer.bundle.covariance.items()}
+        log = ThrottledLog(node.get_logger())
+        tf = create_tf_interfaces(node, on_bad_transform=lambda text: log('bad_tf', text))
+        processor = FrameProcessor(alignments, calibrations, processor_settings(params))
+        return cls(params, localizer, processor, tf, node.get_logger(), stats,
+                   OutputPublishers(node, params), MapOdomBroadcaster(tf.broadcaster, params),
+                   lambda: node.get_clock().now().nanoseconds, input_topic)
+
+    def reject(self, reason: str, text: str, level: str = 'warn') -> None:
+        """Log why a frame gave no output (throttled per reason), then count it.
+
+        Logged first, so that whoever sees the count in /diagnostics finds the line in the log.
+        """
+        self._log(reason, text, level)
+        self._stats.rejected(reason, text)
+
+    def on_error(self, error: Exception) -> None:
+        """Count and log a frame that raised unexpectedly (the worker goes on)."""
+        self._log('inference_error', f'frame failed: {error!r}', 'error')
+        self._stats.rejected('inference_error', repr(error))
+
+    def process(self, msg: Union[Image, CompressedImage]) -> None:
+        """Decode, localize, look up TF, gate and publish one image."""
+        params = self.params
+        started = time.perf_counter()
+        self._stats.frame_processed()
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        age_s = (self._now_ns() - stamp_ns) * 1e-9
+        if params.max_image_age > 0.0 and age_s > params.max_image_age:
+            self.reject('stale', f'dropped a frame {age_s:.3f} s old (max_image_age '
+                        f'{params.max_image_age:.3f} s)')
+            return
+        try:
+            rgb = (self.decoder.raw(msg) if isinstance(msg, Image)
+                   else self.decoder.compressed(msg))
+        except ImageConversionError as error:
+            # Throttle per kind of problem (numbers masked), so a new problem is always logged.
+            self._log('bad_image:' + re.sub(r'\d+', '#', str(error)),
+                      f'skipped an image on {self._input_topic}: {error}', 'warn')
+            self._stats.rejected('bad_image', str(error))
+            return
+        self._stats.stage_time('decode', (time.perf_counter() - started) * 1e3)
+        try:
+            result = self.localizer.localize(rgb)
+        except ValueError as error:
+            self.reject(NON_FINITE, f'skipped a frame: {error}')
+            return
+        timings = self.localizer.timings
+        self._stats.stage_time('preprocess', timings.preprocess_ms)
+        self._stats.stage_time('inference', timings.inference_ms)
+        self._stats.scene_seen(result.scene_name, result.scene_confidence,
+                               dict(zip(self.localizer.scene_names,
+                                        result.scene_probabilities.tolist())))
+        camera_frame = msg.header.frame_id or params.camera_frame_id
+        T_base_cam = self._camera_in_base(params, camera_frame)
+        if T_base_cam is None:
+            return
+        try:
+            T_odom_base = self.odom_to_base(stamp_ns)
+        except TransformUnavailable as error:
+            self.reject('tf_unavailable', f'skipped a frame: {error}')
+            return
+        try:
+            estimate = self.processor.estimate(
+                result.scene_name, result.scene_confidence, result.position,
+                result.orientation, T_base_cam, T_odom_base)
+        except NonFiniteEstimate as error:
+            self.reject(NON_FINITE, f'skipped a frame: {error}')
+            return
+        publish_start = time.perf_counter()
+        self._publish(params, estimate, stamp_ns, T_odom_base)
+        done = time.perf_counter()
+        self._stats.stage_time('publish', (done - publish_start) * 1e3)
+        self._stats.stage_time('total', (done - started) * 1e3)
+
+    def _publish(self, params: NodeParams, estimate, stamp_ns: int,
+                 T_odom_base: Transform) -> None:
+        if estimate.scene_confidence >= params.min_scene_confidence:
+            self.outputs.scene(estimate)
+        if not estimate.decision.accepted:
+            self.reject(estimate.decision.reason, estimate.decision.detail, level='info')
+            return
+        T_map_odom, T_map_base, covariance = (estimate.T_map_odom, estimate.T_map_base,
+                                              estimate.covariance)
+        fusion = self.fusion
+        if fusion is not None:
+            if estimate.relocalized:
+                fusion.reset()  # a new place: the window's samples describe the old one
+            fused = fusion.add(stamp_ns, T_map_odom, covariance, T_odom_base)
+            if not fused.accepted:
+                self._log('fusion_gated', f'fusion kept this frame out: {fused.detail}', 'info')
+            T_map_odom, covariance = fused.T_map_odom, fused.covariance
+            T_map_base = T_map_odom @ T_odom_base
+            if params.two_d_mode:
+                T_map_base = T_map_base.flatten_2d()
+            self._stats.fusion_window(fused.window_size)
+        # TF first, so that a consumer of the pose can already transform with it.
+        self.map_odom.accepted(T_map_odom, stamp_ns)
+        self.outputs.pose(estimate, T_map_base, covariance, params.global_frame_id, stamp_ns)
+        self._stats.pose_published(stamp_ns)
+
+    def update_params(self, params: NodeParams) -> None:
+        """Use new parameters; a changed fusion configuration restarts the fusion."""
+        previous, self.params = self.params, params
+        self.processor.update_settings(processor_settings(params))
+        self.map_odom.update_params(params)
+        if fusion_config(params) != fusion_config(previous):
+            self.fusion = _fusion(params)
+            self._stats.fusion_window(0)
+
+    def reset(self) -> None:
+        """Forget the fix, the fusion window and the broadcast correction (activation)."""
+        self.processor.reset()
+        self.map_odom.reset()
+        if self.fusion is not None:
+            self.fusion.reset()
+        self._stats.fusion_window(0)
+
+    def request_relocalization(self) -> None:
+        """Accept the next confident frame whatever the jumps and the initial pose; seed AMCL."""
+        self.processor.request_relocalization()
+        self.outputs.arm_seed()
+        self._logger.info('relocalization requested: jump limits and initial pose skipped for '
+                          'the next confident frame')
+
+    def close(self) -> None:
+        """Destroy the publishers and the TF endpoints (cleanup)."""
+        self.outputs.destroy()
+        self.tf.close()
+
+    def on_odometry(self, msg) -> None:
+        """Store ``odom -> base`` from a ``nav_msgs/Odometry`` (``use_odom_topic``)."""
+        params = self.params
+        parent, child, stamp_ns, transform = odometry_transform(msg)
+        if (parent, child) != (params.odom_frame_id, params.base_frame_id):
+            self._log('odom_frames', f"odom topic gives '{parent}' -> '{child}', expected "
+                      f"'{params.odom_frame_id}' -> '{params.base_frame_id}'; using it as such")
+        try:
+            self.odom_buffer.set_transform(params.odom_frame_id, params.base_frame_id,
+                                           stamp_ns, transform)
+        except ValueError as error:
+            self._log('odom_bad', f'ignored odometry message: {error}')
+
+    def on_initialpose(self, msg) -> None:
+        """Hold an RViz 2D Pose Estimate (or any initial pose) as the prior."""
+        if self.outputs.is_own_seed(msg):
+            return
+        try:
+            T_map_base, covariance = prior_from_msg(msg, self.params, self.tf.listener)
+        except (TransformUnavailable, ValueError) as error:
+            self._logger.warning(
+                f'ignoring initialpose in frame {msg.header.frame_id!r}: {error}')
+            return
+        self.set_prior(T_map_base, covariance, 'initialpose')
+
+    def set_prior(self, T_map_base: Transform, covariance, source: str) -> None:
+        """Hold an initial pose (``source`` names it in logs); restart the fusion from it."""
+        T_odom_base = None
+        try:
+            T_odom_base = self.odom_to_base(None, timeout=0.0)
+        except TransformUnavailable as error:
+            self._logger.warning(f'{source}: {error}; the prior is taken as fixed in odom')
+        try:
+            self.processor.set_prior(T_map_base, covariance, T_odom_base)
+        except ValueError as error:
+            self._logger.warning(f'ignoring {source}: {error}')
+            return
+        if self.fusion is not None:
+            self.fusion.reset()
+        self._logger.info(f'{source} prior set at '
+                          f'{describe(T_map_base, self.params.global_frame_id)}')
+
+    def odom_to_base(self, stamp_ns: Optional[int], timeout: Optional[float] = None
+                     ) -> Transform:
+        """``T_odom_base`` at ``stamp_ns`` (None: latest) from TF or the odom topic.
+
+        Waits up to ``timeout`` (default ``transform_timeout``); only the worker may wait.
+        """
+        params = self.params
+        if not params.odom_frame_id:
+            return Transform.identity()
+        timeout = params.transform_timeout if timeout is None else timeout
+        if self.odom_buffer is not None:
+            return lookup_or_raise(self.odom_buffer, params.odom_frame_id,
+                                   params.base_frame_id, stamp_ns, timeout)
+        return self.tf.listener.lookup(params.odom_frame_id, params.base_frame_id, stamp_ns,
+                                       timeout)
+
+    def _camera_in_base(self, params: NodeParams, camera_frame: str) -> Optional[Transform]:
+        """``T_base_cam`` from TF (cached once found) or an explicit ``camera_to_base``.
+
+        Returns None (the frame is rejected, both frames named) when neither is available.
+        """
+        if camera_frame == params.base_frame_id:
+            return Transform.identity()
+        cached = self._extrinsics.get(camera_frame)
+        if cached is not None:
+            return cached
+        fallback = params.camera_to_base
+        if camera_frame:
+            # With an explicit fallback, wait for TF only until it is first used; then peek.
+            timeout = (0.0 if fallback and camera_frame in self._fallback_logged
+                       else params.transform_timeout)
+            try:
+                T_base_cam = self.tf.listener.lookup(params.base_frame_id, camera_frame, None,
+                                                     timeout)
+            except TransformUnavailable as error:
+                reason = str(error)
+            else:
+                self._extrinsics[camera_frame] = T_base_cam
+                self._logger.info(f"camera extrinsics '{params.base_frame_id}' <- "
+                                  f"'{camera_frame}' from TF: {T_base_cam}")
+                return T_base_cam
+        else:
+            reason = (f"no transform '{params.base_frame_id}' <- '' : the image has no "
+                      'frame_id and camera_frame_id is empty')
+        if not fallback:
+            self.reject(NO_EXTRINSIC, f'skipped a frame: {reason}; publish the camera '
+                        'extrinsic on /tf_static or set camera_to_base')
+            return None
+        if camera_frame not in self._fallback_logged:
+            self._fallback_logged.add(camera_frame)
+            self._logger.warning(
+                f'{reason}; using the camera_to_base parameter {list(fallback)} '
+                'as the camera pose in the base frame')
+        return Transform.from_xyz_rpy(fallback[:3], fallback[3:])
+
+
+def _fusion(params: NodeParams) -> Optional[MapOdomFusion]:
+    config = fusion_config(params)
+    return None if config is None else MapOdomFusion(config)

@@ -1,0 +1,157 @@
+"""Declarations of the ``mspr_localizer`` node's parameters: one ``ParamSpec`` each.
+
+Each spec carries its default, type, description, range and read-only flag, so
+``ros2 param describe`` documents the node and rcl enforces the ranges; ``config/mspr_ros.yaml``
+lists the same names and defaults (a test checks it). Validation and reading live in
+``mspr_ros.ros.params``.
+"""
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import ParameterType
+
+IMAGE_TRANSPORTS = ('raw', 'compressed')
+IMAGE_QOS_PROFILES = ('sensor_data', 'reliable', 'system_default')
+COVARIANCE_MODES = ('calibrated', 'fixed')
+FUSION_MODES = ('window', 'none')
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """Declaration of one parameter: default value, type, description and limits."""
+
+    name: str
+    default: Any
+    type: int
+    description: str
+    read_only: bool = False
+    float_range: Optional[Tuple[float, float]] = None
+    int_range: Optional[Tuple[int, int]] = None
+    constraints: str = ''
+
+    def descriptor(self) -> ParameterDescriptor:
+        """Build the rcl descriptor; ranges are inclusive, step 0 means continuous."""
+        descriptor = ParameterDescriptor(
+            name=self.name, type=self.type, description=self.description,
+            read_only=self.read_only, additional_constraints=self.constraints)
+        if self.float_range is not None:
+            descriptor.floating_point_range = [FloatingPointRange(
+                from_value=self.float_range[0], to_value=self.float_range[1], step=0.0)]
+        if self.int_range is not None:
+            descriptor.integer_range = [IntegerRange(
+                from_value=self.int_range[0], to_value=self.int_range[1], step=0)]
+        return descriptor
+
+
+_S = ParameterType.PARAMETER_STRING
+_D = ParameterType.PARAMETER_DOUBLE
+_B = ParameterType.PARAMETER_BOOL
+_I = ParameterType.PARAMETER_INTEGER
+_DA = ParameterType.PARAMETER_DOUBLE_ARRAY
+_SA = ParameterType.PARAMETER_STRING_ARRAY
+
+PARAM_SPECS: Tuple[ParamSpec, ...] = (
+    ParamSpec('weights', '', _S, 'Path to the .safetensors weights bundle (mspr-export output).',
+              read_only=True),
+    ParamSpec('device', 'auto', _S, 'Inference device: auto, cpu, cuda or cuda:N.',
+              read_only=True, constraints='auto|cpu|cuda|cuda:N; auto falls back to cpu'),
+    ParamSpec('fp16', False, _B, 'Run inference in half precision (CUDA only).', read_only=True),
+    ParamSpec('cpu_threads', 0, _I,
+              "PyTorch intra-op threads of this process; 0 keeps PyTorch's default (one per "
+              'core). Fewer leave cores to the camera driver and the rest of the robot.',
+              read_only=True, int_range=(0, 1024)),
+    ParamSpec('image_transport', 'raw', _S,
+              "Image input: 'raw' subscribes to image, 'compressed' to image/compressed.",
+              read_only=True, constraints='|'.join(IMAGE_TRANSPORTS)),
+    ParamSpec('image_qos', 'sensor_data', _S,
+              'QoS of the image subscription (sensor_data matches reliable and best-effort '
+              'publishers).', read_only=True, constraints='|'.join(IMAGE_QOS_PROFILES)),
+    ParamSpec('max_image_age', 1.0, _D,
+              'Drop frames older than this at processing time (s, node clock); 0 disables.',
+              float_range=(0.0, 3600.0)),
+    ParamSpec('max_rate', 0.0, _D, 'Maximum inference rate (Hz); 0 means unlimited.',
+              float_range=(0.0, 1000.0)),
+    ParamSpec('global_frame_id', 'map', _S, 'Map frame: parent of the published TF and of '
+              'the scene frames.'),
+    ParamSpec('odom_frame_id', 'odom', _S,
+              "Odometry frame; map -> odom is published. Empty: publish map -> base directly "
+              "(robots without odometry only)."),
+    ParamSpec('base_frame_id', 'base_link', _S,
+              'Robot base frame (AMCL defaults to base_footprint).'),
+    ParamSpec('camera_frame_id', '', _S,
+              'Camera optical frame used only when an image arrives with an empty frame_id.'),
+    ParamSpec('tf_broadcast', True, _B, 'Publish the map -> odom transform on /tf.'),
+    ParamSpec('transform_tolerance', 0.5, _D,
+              'Future-date the published TF by this much (s). AMCL uses 1.0, rtabmap 0.1.',
+              float_range=(0.0, 60.0)),
+    ParamSpec('transform_publish_period', 0.05, _D,
+              'Re-broadcast period of the last map -> odom (s); 0 disables re-broadcast. '
+              'Applied at configure.', float_range=(0.0, 10.0)),
+    ParamSpec('transform_timeout', 0.1, _D,
+              'How long to wait for odom -> base at the image stamp (s).',
+              float_range=(0.0, 10.0)),
+    ParamSpec('two_d_mode', False, _B,
+              'Flatten the published pose and map -> odom to x, y, yaw (ground robots).'),
+    ParamSpec('camera_to_base', [], _DA,
+              'Camera optical frame in the base frame [x, y, z, roll, pitch, yaw] (m, rad), '
+              'used only when set and TF has no base <- camera transform. Empty (default): '
+              'frames without that transform give no pose.'),
+    ParamSpec('use_odom_topic', False, _B,
+              'Take odom -> base from the odom topic (nav_msgs/Odometry) instead of TF.',
+              read_only=True),
+    ParamSpec('min_scene_confidence', 0.5, _D,
+              'Minimum scene-classification probability for a frame to be used.',
+              float_range=(0.0, 1.0)),
+    ParamSpec('max_jump_translation', 0.0, _D,
+              'Reject poses farther than this from the odom-predicted pose (m); 0 disables.',
+              float_range=(0.0, 1.0e6)),
+    ParamSpec('max_jump_rotation', 0.0, _D,
+              'Reject poses rotated more than this from the odom-predicted pose (deg); '
+              '0 disables.', float_range=(0.0, 180.0)),
+    ParamSpec('set_initial_pose', False, _B,
+              "Use initial_pose.{x, y, z, yaw} as an initial pose at activation (AMCL's "
+              'spelling); it holds like one from the initialpose topic.'),
+    ParamSpec('initial_pose.x', 0.0, _D, 'Initial pose x in the global frame (m).'),
+    ParamSpec('initial_pose.y', 0.0, _D, 'Initial pose y in the global frame (m).'),
+    ParamSpec('initial_pose.z', 0.0, _D, 'Initial pose z in the global frame (m).'),
+    ParamSpec('initial_pose.yaw', 0.0, _D, 'Initial pose yaw in the global frame (rad).'),
+    ParamSpec('initial_pose_gate', 3.0, _D,
+              'Frames farther than this Mahalanobis distance from an initial pose (its '
+              'covariance plus the frame\'s) are rejected.', float_range=(0.1, 1.0e3)),
+    ParamSpec('relocalization_agreement_frames', 3, _I,
+              'An initial pose is overruled when this many consecutive frames agree on '
+              'another place.', int_range=(1, 1000)),
+    ParamSpec('allowed_scenes', [], _SA,
+              'Scenes the node may report; empty allows every scene of the bundle.'),
+    ParamSpec('covariance.mode', 'calibrated', _S,
+              "'calibrated': the bundle's per-scene covariance; 'fixed': the stddevs below.",
+              constraints='|'.join(COVARIANCE_MODES)),
+    ParamSpec('covariance.position_stddev', 0.5, _D,
+              'Position standard deviation in fixed mode (m).', float_range=(1.0e-6, 1.0e3)),
+    ParamSpec('covariance.orientation_stddev', 0.1, _D,
+              'Orientation standard deviation in fixed mode (rad).',
+              float_range=(1.0e-6, 10.0)),
+    ParamSpec('covariance.confidence_inflation', 1.0, _D,
+              'How strongly low scene confidence inflates the covariance (0: not at all).',
+              float_range=(0.0, 1.0e3)),
+    ParamSpec('fusion', 'window', _S,
+              "'window': ~/pose and map -> odom from the odometry-aided fusion of the recent "
+              "frames; 'none': each frame's own estimate. ~/pose_raw is always the frame's.",
+              constraints='|'.join(FUSION_MODES)),
+    ParamSpec('fusion.window_s', 10.0, _D,
+              'Frames older than this (s) leave the fusion window.', float_range=(0.01, 3600.0)),
+    ParamSpec('fusion.window_distance_m', 5.0, _D,
+              'Frames taken more than this odometry distance ago (m) leave the fusion window '
+              '(bounds odometry drift).', float_range=(0.01, 1.0e4)),
+    ParamSpec('publish_initialpose', False, _B,
+              'Publish initialpose (to seed AMCL) once after each accepted relocalization.'),
+    ParamSpec('autostart', True, _B, 'Configure and activate at start-up (plain ros2 run).',
+              read_only=True),
+    ParamSpec('max_image_pixels', 4096 * 4096, _I,
+              'Refuse images with more pixels than this before converting them.',
+              int_range=(1, 2 ** 31 - 1)),
+    ParamSpec('diagnostics_period', 1.0, _D, 'Period of /diagnostics (s). Applied at configure.',
+              float_range=(0.1, 60.0)),
+)
+PARAM_NAMES = tuple(spec.name for spec in PARAM_SPECS)
