@@ -17,6 +17,8 @@ setup(
         ('share/' + package_name + '/rviz', glob('rviz/*.rviz')),
     ],
     install_requires=['setuptools'],
+    # Bundles exported with `mspr-export --onnx` (backend onnxruntime); torch otherwise.
+    extras_require={'onnx': ['onnxruntime==1.32.0']},
     zip_safe=True,
     maintainer='mspr_ros developers',
     maintainer_email='mspr-ros@users.noreply.github.com',

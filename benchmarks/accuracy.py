@@ -26,7 +26,8 @@ real data: ``--ours-config 7scenes_ours --baseline-config 7scenes_baseline --dat
 --epochs 30`` runs the paper's schedule (see benchmarks/README.md).
 
 Usage: ``python benchmarks/accuracy.py [--quick | --smoke] [--seeds 0 1] [--world-seeds 0 1]
-[--set feature_cache.augmented_views=4 --set augmentation.enabled=true]``
+[--set feature_cache.augmented_views=1 --set augmentation.enabled=false]`` (the last two: the
+un-augmented cache the CPU recipes used before issue 15; they now keep 4 views)
 """
 import argparse
 from dataclasses import dataclass

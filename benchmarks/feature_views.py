@@ -58,8 +58,9 @@ def folder_bytes(folder: Path) -> int:
 def run_one(views: int, args: argparse.Namespace, root: Path) -> dict:
     """Train, export and evaluate one K; return its figures."""
     overrides = ['logging.progress=false', 'logging.tensorboard=false', *args.overrides]
-    if views > 1:
-        overrides += ['augmentation.enabled=true', f'feature_cache.augmented_views={views}']
+    # Both set either way: the shipped CPU recipes now keep 4 views.
+    overrides += [f'augmentation.enabled={str(views > 1).lower()}',
+                  f'feature_cache.augmented_views={views}']
     if args.epochs is not None:
         overrides.append(f'schedule.epochs={args.epochs}')
     cfg = load_config(args.config, overrides)

@@ -18,7 +18,8 @@ from typing import List, Optional, Sequence
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 # model_speed.py belongs to the model code (forward latency per backbone, QKA step overhead).
-NAMES = ('latency', 'throughput', 'stream', 'accuracy', 'model_speed', 'fusion')
+NAMES = ('latency', 'throughput', 'stream', 'accuracy', 'model_speed', 'fusion', 'train_speed',
+         'onnx_latency')
 
 
 @dataclass

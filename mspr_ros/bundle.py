@@ -10,6 +10,8 @@ The file holds the model state dict and, under the safetensors header metadata k
     scene_alignment  {scene: {translation [3], rotation_xyzw [4], scale}}  (T_map_scene)
     covariance       {scene: 6 x 6 nested list}  (x y z roll pitch yaw; m^2 and rad^2)
     provenance       free-form JSON object
+    inference        optional: the back-end the bundle asks for (absent: torch), see
+                     check_inference; the tensors are always there, so torch stays possible
 
 Loading never unpickles anything; every problem raises :class:`BundleError` naming the file.
 """
@@ -20,6 +22,7 @@ import json
 import math
 import os
 from pathlib import Path
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -38,6 +41,8 @@ METADATA_KEY = 'mspr_bundle'
 DEFAULT_POSITION_VARIANCE = 1.0  # m^2
 DEFAULT_ORIENTATION_VARIANCE = math.radians(10.0) ** 2  # rad^2
 _HEADER_LENGTH_BYTES = 8
+INFERENCE_KEYS = {'torch': {'backend'},
+                  'onnxruntime': {'backend', 'onnx_file', 'opset', 'onnx_sha256'}}
 
 
 class BundleError(Exception):
@@ -57,6 +62,7 @@ class Bundle:
     state_dict: dict[str, torch.Tensor] = field(repr=False)
     path: Path | None = None
     sha256: str = ''
+    inference: dict[str, Any] | None = None  # the checked entry; None: the bundle asks for torch
 
 
 def _finite_floats(values: Any, length: int, name: str) -> tuple[float, ...]:
@@ -137,6 +143,36 @@ def _to_alignment(value: Any, scene: str) -> SceneAlignment:
         raise ValueError(f'scene_alignment of scene {scene!r}: {error}') from error
 
 
+def check_inference(value: Any) -> dict[str, Any]:
+    """Return a bundle's ``inference`` entry, validated (ValueError names the problem).
+
+    ``{'backend': 'torch'}`` or ``{'backend': 'onnxruntime', 'onnx_file': NAME, 'opset': N,
+    'onnx_sha256': HEX}``: the ONNX graph is the file NAME beside the bundle (a bare name),
+    exported with opset N; the loader checks its SHA-256.
+    """
+    if not isinstance(value, Mapping):
+        raise ValueError(f'inference must be a JSON object, got {type(value).__name__}')
+    entry, backend = dict(value), value.get('backend')
+    if not isinstance(backend, str) or backend not in INFERENCE_KEYS:
+        raise ValueError(f'inference backend must be one of {sorted(INFERENCE_KEYS)}, got '
+                         f'{backend!r}')
+    if set(entry) != INFERENCE_KEYS[backend]:
+        raise ValueError(f'inference backend {backend} takes the keys '
+                         f'{sorted(INFERENCE_KEYS[backend])}, got {sorted(entry)}')
+    if backend == 'onnxruntime':
+        name, opset, digest = entry['onnx_file'], entry['opset'], entry['onnx_sha256']
+        if not isinstance(name, str) or name in ('', '.', '..') or Path(name).name != name \
+                or '\\' in name:
+            raise ValueError(f'inference onnx_file must be a file name beside the bundle, got '
+                             f'{name!r}')
+        if isinstance(opset, bool) or not isinstance(opset, int) or opset < 1:
+            raise ValueError(f'inference opset must be a positive integer, got {opset!r}')
+        if not isinstance(digest, str) or not re.fullmatch('[0-9a-f]{64}', digest):
+            raise ValueError(f'inference onnx_sha256 must be 64 lower-case hex digits, got '
+                             f'{digest!r}')
+    return entry
+
+
 @functools.lru_cache(maxsize=8)
 def _expected_shapes(config_json: str) -> dict[str, tuple[int, ...]]:
     """Return the state-dict shapes of the model a config describes (built on 'meta')."""
@@ -166,11 +202,13 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, config: ModelConfig,
                 preprocessing: PreprocessingConfig | Mapping[str, Any] | None = None,
                 scene_alignment: Mapping[str, SceneAlignment | Mapping] | None = None,
                 covariance: Mapping[str, Any] | None = None,
-                provenance: Mapping[str, Any] | None = None) -> Path:
+                provenance: Mapping[str, Any] | None = None,
+                inference: Mapping[str, Any] | None = None) -> Path:
     """Write ``model`` and its metadata atomically to ``path`` (a ``.safetensors`` file).
 
     Scenes missing from ``scene_alignment``/``covariance`` get the identity alignment and
-    :func:`default_covariance`. Returns the path written.
+    :func:`default_covariance`. ``inference`` (:func:`check_inference`) is written only when
+    given. Returns the path written.
 
     Raises:
         ValueError: inconsistent metadata, or a model that does not match ``config``.
@@ -196,6 +234,8 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, config: ModelConfig,
         'covariance': {n: c.tolist() for n, c in covariances.items()},
         'provenance': dict(provenance or {}),
     }
+    if inference is not None:
+        document['inference'] = check_inference(inference)
     try:
         metadata = {METADATA_KEY: json.dumps(document, allow_nan=False)}
     except (TypeError, ValueError) as error:
@@ -317,6 +357,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
                                  _check_covariance, default_covariance)
         if not isinstance(document['provenance'], dict):
             raise ValueError('provenance must be a JSON object')
+        inference = check_inference(document['inference']) if 'inference' in document else None
     except (TypeError, ValueError) as error:
         raise BundleError(f'{path}: invalid bundle metadata: {error}') from error
     try:
@@ -330,7 +371,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     return Bundle(config=config, scene_names=names, preprocessing=preprocessing,
                   scene_alignment=alignments, covariance=covariances,
                   provenance=document['provenance'], state_dict=tensors, path=path,
-                  sha256=hashlib.sha256(data).hexdigest())
+                  sha256=hashlib.sha256(data).hexdigest(), inference=inference)
 
 
 def build_model_from_bundle(bundle: Bundle) -> MSTransformer:
@@ -345,7 +386,7 @@ def build_model_from_bundle(bundle: Bundle) -> MSTransformer:
 
 def bundle_metadata(bundle: Bundle) -> dict[str, Any]:
     """Return the bundle's metadata in its JSON form (for logs, diagnostics and tests)."""
-    return {
+    metadata = {
         'format_version': FORMAT_VERSION,
         'model_config': asdict(bundle.config),
         'scene_names': list(bundle.scene_names),
@@ -354,3 +395,6 @@ def bundle_metadata(bundle: Bundle) -> dict[str, Any]:
         'covariance': {n: c.tolist() for n, c in bundle.covariance.items()},
         'provenance': bundle.provenance,
     }
+    if bundle.inference is not None:
+        metadata['inference'] = dict(bundle.inference)
+    return metadata

@@ -1,4 +1,9 @@
-"""Single-image and batched relocalisation from a weights bundle (ROS-free)."""
+"""Single-image and batched relocalisation from a weights bundle (ROS-free).
+
+Two inference back-ends run the same graph: torch (eager, the bundle's tensors) and onnxruntime
+(the ONNX graph ``mspr-export --onnx`` writes beside the bundle, :mod:`mspr_ros.onnx_backend`).
+``backend='auto'`` takes the one the bundle asks for (torch when it asks for none).
+"""
 from dataclasses import dataclass
 import logging
 import os
@@ -11,9 +16,11 @@ import torch
 from mspr_ros.bundle import build_model_from_bundle, Bundle, load_bundle
 from mspr_ros.device import resolve_device
 from mspr_ros.geometry.quaternions import canonical_quaternion
+from mspr_ros.onnx_backend import bundle_session, OnnxSession
 from mspr_ros.preprocess import preprocess_batch, validate_rgb_image
 
 LOGGER = logging.getLogger(__name__)
+BACKENDS = ('auto', 'torch', 'onnxruntime')
 
 
 @dataclass(frozen=True)
@@ -67,31 +74,63 @@ def _model_orientation(quaternion_xyzw: np.ndarray) -> np.ndarray:
         raise ValueError(f'the model produced a degenerate orientation: {error}') from error
 
 
+def resolve_backend(bundle: Bundle, backend: str) -> str:
+    """Return 'torch' or 'onnxruntime': ``backend``, or for 'auto' what the bundle asks for."""
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+    if backend != 'auto':
+        return backend
+    return (bundle.inference or {}).get('backend', 'torch')
+
+
 class Localizer:
     """Load a bundle once, then regress scene and pose for RGB images.
 
     ``timings`` holds the :class:`LocalizerTimings` of the last localize call.
     """
 
-    def __init__(self, bundle: Bundle, device: str = 'auto', fp16: bool = False) -> None:
-        """Build the bundle's model on ``device`` ('auto', 'cpu', 'cuda', 'cuda:N').
+    def __init__(self, bundle: Bundle, device: str = 'auto', fp16: bool = False,
+                 backend: str = 'auto') -> None:
+        """Prepare the bundle's model on ``device`` ('auto', 'cpu', 'cuda', 'cuda:N').
 
-        ``fp16`` enables float16 autocast; it is only honoured on CUDA (warning on the CPU).
+        ``backend``: 'torch', 'onnxruntime', or 'auto' (what the bundle asks for; torch when
+        it asks for none). onnxruntime runs the bundle's ONNX graph (CUDA when ``device`` is
+        CUDA and onnxruntime has it, else the CPU) with torch's intra-op thread count; any
+        problem with it raises BundleError here, never a silent fall-back to torch. ``fp16``
+        enables float16 autocast; it is only honoured by torch on CUDA (warning otherwise).
         """
         self._bundle = bundle
+        self._backend = resolve_backend(bundle, backend)
         self._device = resolve_device(device)
-        self._fp16 = bool(fp16) and self._device.type == 'cuda'
+        self._session: OnnxSession | None = None
+        self._model: torch.nn.Module | None = None
+        if self._backend == 'onnxruntime':
+            self._session = bundle_session(bundle, self._device)
+            self._device = self._session.device
+        self._fp16 = bool(fp16) and self._device.type == 'cuda' and self._session is None
         if fp16 and not self._fp16:
-            LOGGER.warning('fp16 inference needs CUDA; running in float32 on %s', self._device)
-        self._model = build_model_from_bundle(bundle).to(self._device).eval()
+            LOGGER.warning('fp16 inference needs torch on CUDA; running in float32 with %s on '
+                           '%s', self._backend, self._device)
+        if self._session is None:
+            self._model = build_model_from_bundle(bundle).to(self._device).eval()
         self._covariances = [bundle.covariance[name] for name in bundle.scene_names]
         self.timings = LocalizerTimings(preprocess_ms=0.0, inference_ms=0.0)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str = 'auto',
-                  fp16: bool = False) -> 'Localizer':
+                  fp16: bool = False, backend: str = 'auto') -> 'Localizer':
         """Load the bundle at ``path`` (raises BundleError) and build a localizer."""
-        return cls(load_bundle(path), device=device, fp16=fp16)
+        return cls(load_bundle(path), device=device, fp16=fp16, backend=backend)
+
+    @property
+    def backend(self) -> str:
+        """The back-end that runs the model: 'torch' or 'onnxruntime'."""
+        return self._backend
+
+    @property
+    def onnx_session(self) -> OnnxSession | None:
+        """The ONNX Runtime session (onnxruntime back-end), else None."""
+        return self._session
 
     @property
     def scene_names(self) -> list[str]:
@@ -110,7 +149,12 @@ class Localizer:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The model in eval mode (for diagnostics)."""
+        """The torch model in eval mode on :attr:`device` (for diagnostics).
+
+        With the onnxruntime back-end it is built on first use; inference never uses it.
+        """
+        if self._model is None:
+            self._model = build_model_from_bundle(self._bundle).to(self._device).eval()
         return self._model
 
     def warmup(self, n: int = 2) -> None:
@@ -158,6 +202,11 @@ class Localizer:
         Returns:
             ``(scene B, scene_log_probs B x S, position B x 3, orientation B x 4)`` as numpy.
         """
+        if self._session is not None:
+            outputs = self._session.run(batch.numpy())
+            return (outputs['scene'], *(outputs[key].astype(np.float64)
+                                        for key in ('scene_log_probs', 'position',
+                                                    'orientation')))
         with torch.inference_mode(), torch.autocast(device_type=self._device.type,
                                                     dtype=torch.float16, enabled=self._fp16):
             outputs = self._model(batch.to(self._device, non_blocking=True))

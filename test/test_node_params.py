@@ -12,7 +12,7 @@ import pytest
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import DescribeParameters
 
-from mspr_ros.ros.params import NodeParams, PARAM_NAMES, PARAM_SPECS
+from mspr_ros.ros.params import fusion_config, NodeParams, PARAM_NAMES, PARAM_SPECS
 from mspr_ros.ros.params import ParameterValidationError, parse_scene_alignment
 from ros_harness import domain_id, NodeProcess, RosClient, stop_all
 
@@ -139,3 +139,15 @@ def test_scene_alignment_parameter_is_validated(value, problem):
     parsed = parse_scene_alignment('atrium', [1, 2, 3, 0, 0, 0, 2.0, 1.5])
     assert parsed == {'translation': [1.0, 2.0, 3.0], 'rotation_xyzw': [0.0, 0.0, 0.0, 1.0],
                       'scale': 1.5}
+
+
+def test_fusion_parameters_reach_the_fusion_and_none_turns_it_off():
+    params = NodeParams.from_values(_defaults() | {'fusion.window_s': 4.0,
+                                                   'fusion.window_distance_m': 2.5,
+                                                   'fusion.odometry_drift_per_m': 0.05,
+                                                   'fusion.error_correlation_s': 1.5,
+                                                   'two_d_mode': True})
+    config = fusion_config(params)
+    assert (config.window_s, config.window_distance_m, config.odometry_drift_per_m,
+            config.error_correlation_s, config.two_d) == (4.0, 2.5, 0.05, 1.5, True)
+    assert fusion_config(NodeParams.from_values(_defaults() | {'fusion': 'none'})) is None

@@ -169,7 +169,9 @@ def setup_nodes(tiny_bundle_path, tmp_path_factory):
                       '-p', f'weights:={tiny_bundle_path}', '-p', 'min_scene_confidence:=0.0',
                       '-p', 'max_image_age:=60.0', '-p', f'odom_frame_id:=odom_{setup}',
                       '-p', f'base_frame_id:=base_{setup}',
-                      '-p', 'transform_timeout:=0.5', '-p', CAMERA_TO_BASE])
+                      '-p', 'transform_timeout:=0.5', '-p', CAMERA_TO_BASE]
+            # No wait between seeds here, so the test sees each decision at once.
+            + (['-p', 'seed_amcl_min_interval:=0.0'] if setup == 'amcl' else []))
     client = RosClient(domain)
     try:
         yield nodes, client
@@ -227,7 +229,48 @@ def test_each_setup_publishes_map_to_odom_only_when_it_owns_it(setup_nodes):
             seed = seeds.wait_for(lambda m: True, 10.0, f'{setup}: initialpose for AMCL')
             assert seed.header.frame_id == 'map'
             assert seed.pose.pose.position.x == pose.pose.pose.position.x
+            _amcl_lost_gets_seeded(client, tf_pub, images, poses, seeds, rng, setup)
         else:
             assert not seeds.snapshot(), f'{setup}: initialpose published'
     for node in nodes.values():
         assert '[ERROR]' not in node.output(), node.output()[-3000:]
+
+
+def _amcl_lost_gets_seeded(client, tf_pub, images, poses, seeds, rng, setup):
+    """AMCL tracking: no seed; AMCL reporting a large covariance: the next pose seeds it."""
+    amcl = client.publisher(PoseWithCovarianceStamped, f'/{setup}/amcl_pose', RELIABLE_LATCHED)
+
+    def report(stddev_m):
+        message = PoseWithCovarianceStamped()
+        message.header.frame_id = 'map'
+        message.header.stamp = ns_to_stamp(client.now_ns())
+        message.pose.pose.orientation.w = 1.0
+        message.pose.covariance = list(np.diag([stddev_m ** 2] * 2 + [0.0] * 3 + [0.01]).ravel())
+        amcl.publish(message)
+
+    def frame():
+        stamp = client.now_ns()
+        odom = TransformStamped()
+        odom.header.stamp = ns_to_stamp(stamp)
+        odom.header.frame_id, odom.child_frame_id = f'odom_{setup}', f'base_{setup}'
+        odom.transform.rotation.w = 1.0
+        tf_pub.publish(TFMessage(transforms=[odom]))
+        images.publish(rgb_to_image_msg(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8),
+                                        'rgb8', stamp, 'camera'))
+        return poses.wait_for(lambda m, s=stamp: stamp_to_ns(m.header.stamp) == s, 20.0,
+                              f'{setup}: the pose')
+
+    client.wait_for_subscribers(amcl)
+    seeded = len(seeds.snapshot())
+    report(0.1)  # tracking: well inside seed_amcl_position_stddev (0.5 m)
+    time.sleep(0.5)  # let the report arrive before the frame
+    frame()
+    time.sleep(1.0)
+    assert len(seeds.snapshot()) == seeded, f'{setup}: seeded although AMCL was tracking'
+    report(2.0)  # lost
+    time.sleep(0.5)
+    pose = frame()
+    stamp = stamp_to_ns(pose.header.stamp)
+    seed = seeds.wait_for(lambda m: stamp_to_ns(m.header.stamp) == stamp, 10.0,
+                          f'{setup}: initialpose after AMCL reported it is lost')
+    assert seed.pose.pose.position.x == pose.pose.pose.position.x

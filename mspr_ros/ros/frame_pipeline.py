@@ -22,7 +22,8 @@ from mspr_ros.estimation.fusion import MapOdomFusion
 from mspr_ros.geometry.tf_history import TransformBuffer
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import ImageConversionError
-from mspr_ros.ros.conversions import ImageDecoder, odometry_transform, stamp_to_ns
+from mspr_ros.ros.conversions import covariance_from_msg, ImageDecoder, odometry_transform
+from mspr_ros.ros.conversions import stamp_to_ns
 from mspr_ros.ros.diagnostics import LocalizationStats
 from mspr_ros.ros.initialpose import describe, prior_from_msg
 from mspr_ros.ros.logs import ThrottledLog
@@ -204,6 +205,18 @@ class FramePipeline:
                                            stamp_ns, transform)
         except ValueError as error:
             self._log('odom_bad', f'ignored odometry message: {error}')
+
+    def on_amcl_pose(self, msg) -> None:
+        """Seed AMCL with the next pose when its own covariance says it is lost."""
+        try:
+            reason = self.params.seed_amcl.reason(covariance_from_msg(msg), self._now_ns(),
+                                                  self.outputs.last_seed_ns)
+        except ValueError as error:
+            self._log('amcl_pose_bad', f'ignored {self.params.amcl_pose_topic} message: {error}')
+            return
+        if reason is not None:
+            self.outputs.arm_seed(any_frame=True)
+            self._log('amcl_seed', f'{reason}: seeding it with the next pose', level='info')
 
     def on_initialpose(self, msg) -> None:
         """Hold an RViz 2D Pose Estimate (or any initial pose) as the prior."""

@@ -211,6 +211,11 @@ class LocalizerNode(LifecycleNode):
                                      event_callbacks=events),
             self.create_subscription(PoseWithCovarianceStamped, interface.INITIALPOSE_TOPIC,
                                      pipeline.on_initialpose, interface.INITIALPOSE_QOS)]
+        if params.amcl_pose_topic and params.publish_initialpose:
+            # AMCL publishes amcl_pose reliable and transient local: any reliable reader matches.
+            subscriptions.append(self.create_subscription(
+                PoseWithCovarianceStamped, params.amcl_pose_topic, pipeline.on_amcl_pose,
+                interface.POSE_QOS))
         if params.use_odom_topic:
             subscriptions.append(self.create_subscription(
                 Odometry, interface.ODOM_TOPIC, pipeline.on_odometry, interface.ODOM_QOS_DEPTH))

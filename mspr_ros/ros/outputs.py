@@ -94,11 +94,18 @@ class OutputPublishers:
                                                interface.INITIALPOSE_TOPIC,
                                                interface.INITIALPOSE_QOS)
         self._seed_pending = False
+        self._seed_any_frame = False
         self._last_seed: Optional[PoseWithCovarianceStamped] = None
+        self.last_seed_ns: Optional[int] = None  # node clock, when the last seed went out
 
-    def arm_seed(self) -> None:
-        """Seed AMCL with the next relocalized pose (activation, relocalization requests)."""
+    def arm_seed(self, any_frame: bool = False) -> None:
+        """Seed AMCL with the next relocalized pose (activation, relocalization requests).
+
+        ``any_frame``: with the next published pose, relocalized or not (AMCL is lost and our
+        estimate is the better one).
+        """
         self._seed_pending = True
+        self._seed_any_frame = self._seed_any_frame or any_frame
 
     def is_own_seed(self, msg: PoseWithCovarianceStamped) -> bool:
         """Return True for the ``initialpose`` this node published itself."""
@@ -122,10 +129,11 @@ class OutputPublishers:
         self._pubs['camera_pose'].publish(pose_stamped(estimate.T_map_cam, frame, stamp_ns))
         pose_msg = pose_with_covariance_stamped(T_map_base, covariance, frame, stamp_ns)
         self._pubs['pose'].publish(pose_msg)
-        if estimate.relocalized and self._seed_pending:
-            self._seed_pending = False
+        if self._seed_pending and (estimate.relocalized or self._seed_any_frame):
+            self._seed_pending = self._seed_any_frame = False
             if 'initialpose' in self._pubs:
                 self._last_seed = pose_msg
+                self.last_seed_ns = self._node.get_clock().now().nanoseconds
                 self._pubs['initialpose'].publish(pose_msg)
 
     def destroy(self) -> None:

@@ -144,6 +144,26 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
     ParamSpec('fusion.window_distance_m', 5.0, _D,
               'Frames taken more than this odometry distance ago (m) leave the fusion window '
               '(bounds odometry drift).', float_range=(0.01, 1.0e4)),
+    ParamSpec('fusion.odometry_drift_per_m', 0.02, _D,
+              "Odometry's relative drift: a frame s metres of travel ago gets (drift * s)^2 added "
+              'to its position (m^2) and orientation (rad^2) variances.',
+              float_range=(0.0, 1.0)),
+    ParamSpec('fusion.error_correlation_s', 0.0, _D,
+              'Correlation time (s) of consecutive frames\' regression errors: the fused '
+              'covariance is inflated for it (0: frames independent; the estimate is unchanged).',
+              float_range=(0.0, 3600.0)),
+    ParamSpec('amcl_pose_topic', '', _S,
+              "AMCL's pose topic (e.g. 'amcl_pose'): with publish_initialpose, seed AMCL when "
+              "its covariance says it is lost. Empty: seed only after relocalizations."),
+    ParamSpec('seed_amcl_position_stddev', 0.5, _D,
+              'Seed AMCL when its x or y standard deviation (m) exceeds this.',
+              float_range=(1.0e-3, 1.0e3)),
+    ParamSpec('seed_amcl_yaw_stddev', 0.35, _D,
+              'Seed AMCL when its yaw standard deviation (rad) exceeds this.',
+              float_range=(1.0e-3, 10.0)),
+    ParamSpec('seed_amcl_min_interval', 10.0, _D,
+              'Least time (s) between two seeds: right after one, AMCL reports about the '
+              'covariance it was given.', float_range=(0.0, 3600.0)),
     ParamSpec('publish_initialpose', False, _B,
               'Publish initialpose (to seed AMCL) once after each accepted relocalization.'),
     ParamSpec('autostart', True, _B, 'Configure and activate at start-up (plain ros2 run).',

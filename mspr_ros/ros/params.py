@@ -17,6 +17,7 @@ from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from mspr_ros.estimation.amcl_seed import AmclSeedPolicy
 from mspr_ros.estimation.frame_processor import CovarianceSettings, ProcessorSettings
 from mspr_ros.estimation.fusion import FusionConfig
 from mspr_ros.estimation.gating import GateConfig
@@ -95,7 +96,11 @@ class NodeParams:
     fusion: str
     fusion_window_s: float
     fusion_window_distance_m: float
+    fusion_odometry_drift_per_m: float
+    fusion_error_correlation_s: float
     publish_initialpose: bool
+    amcl_pose_topic: str
+    seed_amcl: AmclSeedPolicy
     autostart: bool
     max_image_pixels: int
     diagnostics_period: float
@@ -163,7 +168,13 @@ class NodeParams:
                 confidence_inflation=float(values['covariance.confidence_inflation'])),
             fusion=values['fusion'], fusion_window_s=float(values['fusion.window_s']),
             fusion_window_distance_m=float(values['fusion.window_distance_m']),
+            fusion_odometry_drift_per_m=float(values['fusion.odometry_drift_per_m']),
+            fusion_error_correlation_s=float(values['fusion.error_correlation_s']),
             publish_initialpose=bool(values['publish_initialpose']),
+            amcl_pose_topic=str(values['amcl_pose_topic']),
+            seed_amcl=AmclSeedPolicy(float(values['seed_amcl_position_stddev']),
+                                     float(values['seed_amcl_yaw_stddev']),
+                                     float(values['seed_amcl_min_interval'])),
             autostart=bool(values['autostart']),
             max_image_pixels=int(values['max_image_pixels']),
             diagnostics_period=float(values['diagnostics_period']))
@@ -273,6 +284,8 @@ def fusion_config(params: NodeParams) -> Optional[FusionConfig]:
         return None
     return FusionConfig(window_s=params.fusion_window_s,
                         window_distance_m=params.fusion_window_distance_m,
+                        odometry_drift_per_m=params.fusion_odometry_drift_per_m,
+                        error_correlation_s=params.fusion_error_correlation_s,
                         two_d=params.two_d_mode)
 
 

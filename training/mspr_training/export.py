@@ -2,11 +2,20 @@
 
     mspr-export --run RUN_DIR --out model.safetensors [--calibration-split calibration]
     mspr-export --checkpoint RUN_DIR/checkpoint_000012000.pt --out model.safetensors
+    mspr-export --run RUN_DIR --out model.safetensors --onnx [--opset 17]
 
 The bundle (``mspr_ros.bundle.save_bundle``) carries the model, its scene names, the
 preprocessing it was trained with, a per-scene 6x6 covariance calibrated on held-out images and
 the provenance (config, git commit, training-data fingerprint, calibration metrics, time, torch
 version).
+
+``--onnx`` also writes the inference graph as ONNX beside the bundle (``model.onnx``; see
+:mod:`mspr_ros.onnx_backend`: input the preprocessed ``N x 3 x crop x crop`` float32 batch,
+outputs position, orientation, scene log-probabilities and the selected scene, dynamic batch,
+opset ``--opset``) and records in the bundle's ``inference`` entry that the bundle asks for
+onnxruntime (file name, opset, SHA-256): ``Localizer(backend='auto')`` then runs it. When
+onnxruntime is installed the graph is checked against the torch model on random images first;
+a graph that disagrees is not written into the bundle.
 
 The calibration split is the run's ``data.calibration_split`` unless given: by default whole
 training sequences held out of training (``mspr_training.datasets.split_calibration``). A
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field, replace
 import datetime
 import logging
 import math
+import os
 from pathlib import Path
 import subprocess
 import sys
@@ -42,9 +52,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mspr_ros.bundle import save_bundle
+from mspr_ros.bundle import BundleError, save_bundle
 from mspr_ros.device import resolve_device
 from mspr_ros.model.ms_transformer import build_model, MSTransformer
+from mspr_ros.onnx_backend import DEFAULT_OPSET, export_onnx, onnx_path_for, OnnxSession
 from mspr_training import checkpoint as ckpt
 from mspr_training.config import CALIBRATION_SPLIT, ConfigError, TrainConfig
 from mspr_training.data import DatasetError
@@ -59,6 +70,9 @@ DEFAULT_POSITION_FLOOR_M = 0.01
 DEFAULT_ORIENTATION_FLOOR_RAD = math.radians(0.5)
 DEFAULT_MIN_SAMPLES = 3
 EVAL_BATCH_SIZE = 32
+# Largest |onnxruntime - torch| accepted on the random check images (float32 outputs).
+ONNX_TOLERANCE = 1e-3
+ONNX_CHECK_BATCH = 3
 
 
 @dataclass
@@ -185,11 +199,55 @@ def check_calibration_split(cfg: TrainConfig, split: str) -> str:
     return resolved
 
 
+def check_onnx(model: MSTransformer, path: Path, crop: int,
+               tolerance: float = ONNX_TOLERANCE) -> dict[str, Any]:
+    """Compare the ONNX graph at ``path`` with ``model`` (CPU) on seeded random images.
+
+    Returns the check's summary for the provenance; without onnxruntime it says so and checks
+    nothing.
+
+    Raises:
+        ValueError: an output differs by more than ``tolerance`` (relative to the output's
+            scale when that exceeds 1), or the selected scene differs where the top two scenes
+            are not tied.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        LOGGER.warning('onnxruntime is not installed: the ONNX graph %s was not checked '
+                       'against the torch model', path)
+        return {'checked': False, 'reason': 'onnxruntime not installed'}
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(ONNX_CHECK_BATCH, 3, crop, crop, generator=generator)
+    with torch.inference_mode():
+        expected = model.cpu().eval()(images)
+    session = OnnxSession(path, 'cpu')
+    # Batch 1 runs the session specialised to it, the whole batch the dynamic graph.
+    single = session.run(images[:1].numpy())
+    actual = session.run(images.numpy())
+    differences = {}
+    for name in ('position', 'orientation', 'scene_log_probs'):
+        reference = expected[name].numpy()
+        difference = float(max(np.abs(actual[name] - reference).max(),
+                               np.abs(single[name] - reference[:1]).max()))
+        differences[name] = difference
+        if difference > tolerance * max(1.0, float(np.abs(reference).max())):
+            raise ValueError(f'the ONNX graph {path} differs from the torch model by '
+                             f'{difference:.3g} in {name} (tolerance {tolerance:g})')
+    top2 = torch.topk(expected['scene_log_probs'], 2, dim=1).values
+    decided = (top2[:, 0] - top2[:, 1] > tolerance).numpy()
+    if not np.array_equal(actual['scene'][decided], expected['scene'].numpy()[decided]):
+        raise ValueError(f'the ONNX graph {path} selects other scenes than the torch model')
+    return {'checked': True, 'images': ONNX_CHECK_BATCH, 'max_abs_difference': differences,
+            'onnxruntime_version': onnxruntime.__version__}
+
+
 def export_bundle(checkpoint: str | Path, out: str | Path, *,
                   calibration_split: str | None = 'default', data_root: str | Path | None = None,
                   device: str = 'auto', position_floor_m: float = DEFAULT_POSITION_FLOOR_M,
                   orientation_floor_rad: float = DEFAULT_ORIENTATION_FLOOR_RAD,
-                  num_workers: int = 0) -> tuple[Path, MetricsReport | None]:
+                  num_workers: int = 0, onnx: bool = False,
+                  opset: int = DEFAULT_OPSET) -> tuple[Path, MetricsReport | None]:
     """Write the bundle of a checkpoint (or a run folder's latest checkpoint).
 
     Args:
@@ -201,6 +259,10 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
             evaluation split (``data.test_split``) and the training split are refused.
         data_root: dataset root; default: the root the run trained on, then ``data.root``.
         device: where calibration inference runs.
+        onnx: also write the ONNX inference graph beside the bundle
+            (:func:`mspr_ros.onnx_backend.onnx_path_for`) and make the bundle ask for
+            onnxruntime.
+        opset: ONNX opset of the graph.
 
     Returns:
         ``(bundle path, calibration metrics or None)``.
@@ -246,9 +308,28 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
                       'classified images, plus the floor on the diagonal',
             **calibration.summary()}
         provenance['validation_metrics'] = report.to_dict()
+    preprocessing = cfg.augmentation.preprocessing()
+    inference = None
+    if onnx:
+        # The graph first, checked, then the bundle naming it with its checksum.
+        onnx_path = onnx_path_for(out)
+        staged = onnx_path.with_name(f'.{onnx_path.name}.unchecked')
+        try:
+            try:
+                digest = export_onnx(model, staged, preprocessing.crop, opset)
+            except Exception as error:  # the exporter raises many types for unsupported ops
+                raise ValueError(f'cannot export the ONNX graph: {error}') from error
+            provenance['onnx'] = {'torch_exporter': 'torchscript (dynamo=False)',
+                                  **check_onnx(model, staged, preprocessing.crop)}
+            os.replace(staged, onnx_path)
+        finally:
+            staged.unlink(missing_ok=True)
+        inference = {'backend': 'onnxruntime', 'onnx_file': onnx_path.name, 'opset': opset,
+                     'onnx_sha256': digest}
+        LOGGER.info('wrote the ONNX graph %s (opset %d)', onnx_path, opset)
     path = save_bundle(out, model.cpu(), model.config, scene_names,
-                       preprocessing=cfg.augmentation.preprocessing(), covariance=covariance,
-                       provenance=provenance)
+                       preprocessing=preprocessing, covariance=covariance,
+                       provenance=provenance, inference=inference)
     return path, report
 
 
@@ -273,6 +354,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--orientation-floor-deg', type=float,
                         default=math.degrees(DEFAULT_ORIENTATION_FLOOR_RAD),
                         help='covariance floor, degrees (standard deviation)')
+    parser.add_argument('--onnx', action='store_true',
+                        help='also write the inference graph as ONNX beside the bundle '
+                             '(model.safetensors -> model.onnx) and make the bundle ask for '
+                             'the onnxruntime back-end')
+    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
+                        help=f'ONNX opset of --onnx (default {DEFAULT_OPSET})')
     return parser.parse_args(argv)
 
 
@@ -286,11 +373,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.checkpoint or args.run, args.out, calibration_split=split,
             data_root=args.data_root, device=args.device,
             position_floor_m=args.position_floor,
-            orientation_floor_rad=math.radians(args.orientation_floor_deg))
-    except (ConfigError, DatasetError, ckpt.CheckpointError, ValueError) as error:
+            orientation_floor_rad=math.radians(args.orientation_floor_deg),
+            onnx=args.onnx, opset=args.opset)
+    except (BundleError, ConfigError, DatasetError, ckpt.CheckpointError, ValueError) as error:
         print(f'mspr-export: error: {error}', file=sys.stderr)
         return 2
     print(f'wrote {path}')
+    if args.onnx:
+        print(f'wrote {onnx_path_for(path)}')
     if report is not None:
         print(report.to_markdown())
     return 0
