@@ -143,7 +143,8 @@ def run(args) -> int:
         localizer = Localizer.from_file(args.weights, device=args.device)
         evaluation = evaluate_offline(
             args.bag, localizer, args.image_topic, spec, alignment_overrides(parameters),
-            str(parameters['global_frame_id']), progress=not args.quiet, weights=args.weights)
+            str(parameters['global_frame_id']), progress=not args.quiet, weights=args.weights,
+            parameters=parameters)
     report = build_report(evaluation)
     files = write_report(report, out_dir)
     counts = report.counts
@@ -156,6 +157,11 @@ def run(args) -> int:
         print(f'median error (average over scenes): '
               f'{report.metrics.average_median_position_m:.3f} m, '
               f'{report.metrics.average_median_orientation_deg:.2f} deg')
+    if evaluation.fusion is not None:
+        rows = [evaluation.fusion[name] for name in ('per_frame', 'fused')]
+        print('p95 position error per-frame / fused: ' + ' / '.join(
+            f"{row['position_m']['p95']:.3f}" for row in rows) + ' m; position jitter: '
+            + ' / '.join(f"{row['jitter']['position_m']:.3f}" for row in rows) + ' m')
     print(f'report: {files.markdown} and {files.json}')
     if args.write_bag is not None:
         folder, storage = output_bag_location(args.write_bag)

@@ -7,6 +7,8 @@ into a ``BagReport``: frame accounting, latency median/p95, the accuracy metrics
 the absolute pose error statistics ``evo_ape`` reports (RMSE, mean, median, ...), so that our
 numbers can be checked against evo's on the exported trajectories. The files (JSON, Markdown,
 plots, TUM trajectories, an estimates bag) are written by ``mspr_training.bags.report_files``.
+Offline runs also carry the per-frame vs fused comparison (``bags.offline.fusion_comparison``),
+rendered by ``fusion_markdown``.
 """
 from dataclasses import asdict, dataclass, field, replace
 import enum
@@ -102,6 +104,8 @@ class BagEvaluation:
         map_odom_frames: answered frames whose new map -> odom correction, stamped at or
             after image stamp + transform_tolerance, arrived (live).
         notes: warnings for the reader of the report.
+        fusion: offline: per-frame vs fused figures on the same frames
+            (``mspr_training.bags.offline.fusion_comparison``); None when absent, with a note.
     """
 
     mode: str
@@ -119,6 +123,7 @@ class BagEvaluation:
     node_diagnostics: dict[str, str] = field(default_factory=dict)
     map_odom_frames: int | None = None
     notes: list[str] = field(default_factory=list)
+    fusion: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +213,7 @@ class BagReport:
             'ape': self.ape(),
             'scene_accuracy_available': self.scene_accuracy_available,
             'map_odom_frames': run.map_odom_frames,
+            'per_frame_vs_fused': run.fusion,
             'node_diagnostics': dict(run.node_diagnostics),
             'notes': list(run.notes),
             'frames': [self._frame_dict(i, f) for i, f in enumerate(run.frames)],
@@ -265,6 +271,8 @@ class BagReport:
                       f'deg, median {orientation["median"]:.2f} deg.', '']
             if not self.scene_accuracy_available:
                 lines += ['The bag announces no scene: scene accuracy is not available.', '']
+        if run.fusion is not None:
+            lines += fusion_markdown(run.fusion)
         if run.node_diagnostics:
             lines += ['## Node diagnostics (last message)', '', '| key | value |',
                       '| --- | --- |']
@@ -333,3 +341,29 @@ def build_report(evaluation: BagEvaluation,
     metrics, with_scene = _accuracy(frames, thresholds)
     pos, rot = frame_errors(frames)
     return BagReport(evaluation, count_frames(frames), latency, metrics, with_scene, pos, rot)
+
+
+def fusion_markdown(comparison: dict[str, Any]) -> list[str]:
+    """Return the Markdown lines of a per-frame vs fused comparison."""
+    lines = ['## Per-frame vs fused', '',
+             f'{comparison["compared_frame"]} pose as the node publishes it with `fusion: none` '
+             'and with the fusion replayed on the same frames (no gate).', '',
+             '| estimate | frames | position median / p95 (m) | orientation median / p95 (deg) '
+             '| jitter (m / deg RMS) | inside 2σ (position) | minus nominal |',
+             '| --- | --- | --- | --- | --- | --- | --- |']
+    for name in ('per_frame', 'fused'):
+        row = comparison[name]
+        position, orientation, jitter = row['position_m'], row['orientation_deg'], row['jitter']
+        lines.append(f'| {name.replace("_", "-")} | {row["frames"]} | {position["median"]:.3f} / '
+                     f'{position["p95"]:.3f} | {orientation["median"]:.2f} / '
+                     f'{orientation["p95"]:.2f} | {jitter["position_m"]:.3f} / '
+                     f'{jitter["orientation_deg"]:.2f} | '
+                     f'{100 * row["coverage_2sigma_position"]:.1f} % | '
+                     f'{row["coverage_minus_nominal_points"]:+.1f} points |')
+    ratios = comparison['ratios_fused_over_per_frame']
+    return lines + ['', f'Fused / per-frame: p95 position {ratios["p95_position"]:.2f}, jitter '
+                    f'{ratios["jitter_position_m"]:.2f} (position), '
+                    f'{ratios["jitter_orientation_deg"]:.2f} (orientation). Nominal 2σ coverage '
+                    f'of a 3-D Gaussian: {100 * comparison["nominal_coverage_2sigma_3d"]:.1f} %; '
+                    'jitter is the RMS over consecutive compared frames of the estimated change '
+                    'minus the true change.', '']
