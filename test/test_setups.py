@@ -197,14 +197,7 @@ def test_each_setup_publishes_map_to_odom_only_when_it_owns_it(setup_nodes):
         client.wait_for_subscribers(images)
         pose = None
         for _ in range(3):
-            stamp = client.now_ns()
-            odom = TransformStamped()
-            odom.header.stamp = ns_to_stamp(stamp)
-            odom.header.frame_id, odom.child_frame_id = f'odom_{setup}', f'base_{setup}'
-            odom.transform.rotation.w = 1.0
-            tf_pub.publish(TFMessage(transforms=[odom]))
-            rgb = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
-            images.publish(rgb_to_image_msg(rgb, 'rgb8', stamp, 'camera'))
+            stamp = _send_frame(client, tf_pub, images, setup, rng)
             try:
                 pose = poses.wait_for(lambda m, s=stamp: stamp_to_ns(m.header.stamp) == s,
                                       20.0, f'the {setup} pose')
@@ -229,14 +222,27 @@ def test_each_setup_publishes_map_to_odom_only_when_it_owns_it(setup_nodes):
             seed = seeds.wait_for(lambda m: True, 10.0, f'{setup}: initialpose for AMCL')
             assert seed.header.frame_id == 'map'
             assert seed.pose.pose.position.x == pose.pose.pose.position.x
-            _amcl_lost_gets_seeded(client, tf_pub, images, poses, seeds, rng, setup)
+            _amcl_lost_gets_seeded(node, client, tf_pub, images, poses, seeds, rng, setup)
         else:
             assert not seeds.snapshot(), f'{setup}: initialpose published'
     for node in nodes.values():
         assert '[ERROR]' not in node.output(), node.output()[-3000:]
 
 
-def _amcl_lost_gets_seeded(client, tf_pub, images, poses, seeds, rng, setup):
+def _send_frame(client, tf_pub, images, setup, rng):
+    """Publish ``odom -> base`` and a random image at one stamp; return the stamp."""
+    stamp = client.now_ns()
+    odom = TransformStamped()
+    odom.header.stamp = ns_to_stamp(stamp)
+    odom.header.frame_id, odom.child_frame_id = f'odom_{setup}', f'base_{setup}'
+    odom.transform.rotation.w = 1.0
+    tf_pub.publish(TFMessage(transforms=[odom]))
+    rgb = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    images.publish(rgb_to_image_msg(rgb, 'rgb8', stamp, 'camera'))
+    return stamp
+
+
+def _amcl_lost_gets_seeded(node, client, tf_pub, images, poses, seeds, rng, setup):
     """AMCL tracking: no seed; AMCL reporting a large covariance: the next pose seeds it."""
     amcl = client.publisher(PoseWithCovarianceStamped, f'/{setup}/amcl_pose', RELIABLE_LATCHED)
 
@@ -249,28 +255,21 @@ def _amcl_lost_gets_seeded(client, tf_pub, images, poses, seeds, rng, setup):
         amcl.publish(message)
 
     def frame():
-        stamp = client.now_ns()
-        odom = TransformStamped()
-        odom.header.stamp = ns_to_stamp(stamp)
-        odom.header.frame_id, odom.child_frame_id = f'odom_{setup}', f'base_{setup}'
-        odom.transform.rotation.w = 1.0
-        tf_pub.publish(TFMessage(transforms=[odom]))
-        images.publish(rgb_to_image_msg(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8),
-                                        'rgb8', stamp, 'camera'))
+        stamp = _send_frame(client, tf_pub, images, setup, rng)
         return poses.wait_for(lambda m, s=stamp: stamp_to_ns(m.header.stamp) == s, 20.0,
                               f'{setup}: the pose')
 
     client.wait_for_subscribers(amcl)
-    seeded = len(seeds.snapshot())
     report(0.1)  # tracking: well inside seed_amcl_position_stddev (0.5 m)
-    time.sleep(0.5)  # let the report arrive before the frame
-    frame()
-    time.sleep(1.0)
-    assert len(seeds.snapshot()) == seeded, f'{setup}: seeded although AMCL was tracking'
-    report(2.0)  # lost
-    time.sleep(0.5)
+    tracking_stamp = stamp_to_ns(frame().header.stamp)
+    report(2.0)  # lost: the node says so in its log before it seeds
+    node.wait_for_output('seeding it with the next pose', 20.0)
     pose = frame()
     stamp = stamp_to_ns(pose.header.stamp)
     seed = seeds.wait_for(lambda m: stamp_to_ns(m.header.stamp) == stamp, 10.0,
                           f'{setup}: initialpose after AMCL reported it is lost')
     assert seed.pose.pose.position.x == pose.pose.pose.position.x
+    # One reliable publisher delivers in order: had the tracking frame seeded AMCL, that seed
+    # would have arrived before this one.
+    assert all(stamp_to_ns(m.header.stamp) != tracking_stamp for m in seeds.snapshot()), \
+        f'{setup}: seeded although AMCL was tracking'
