@@ -12,13 +12,14 @@ import torch
 from mspr_ros.bundle import load_bundle
 from mspr_ros.localizer import Localizer
 from mspr_training import evaluate, export
+from mspr_training.calibration import calibrate_covariance
 from mspr_training.checkpoint import latest_checkpoint, load_checkpoint
 from mspr_training.config import load_config
 from mspr_training.data import load_rgb
 from mspr_training.datasets import build_dataset, data_fingerprint, read_split
 from mspr_training.engine import Predictions
-from mspr_training.export import (calibrate_covariance, export_bundle, model_from_checkpoint,
-                                  pose_error_vectors)
+from mspr_training.export import export_bundle, model_from_checkpoint
+from mspr_training.metrics import pose_error_vectors
 from mspr_training.train import train
 from mspr_training.transforms import eval_transform
 
@@ -109,7 +110,7 @@ def test_covariance_calibration_hand_values():
     errors = pose_error_vectors(gt_position, gt_orientation, pred_position, pred_orientation)
     np.testing.assert_allclose(errors[2], [0, -2.0, 0, 0, 0, angle], atol=1e-12)
     calibration = calibrate_covariance(['a', 'b', 'c'], predictions, position_floor_m=0.1,
-                                       orientation_floor_rad=0.01, min_samples=2)
+                                       orientation_floor_rad=0.01, min_samples=2, shrinkage=0)
     floor = np.diag([0.01] * 3 + [1e-4] * 3)
     expected_a = np.zeros((6, 6))
     expected_a[0, 0] = 2 / 3  # errors -1, 1, 0 in x (second moment, not centred)

@@ -22,23 +22,13 @@ training sequences held out of training (``mspr_training.datasets.split_calibrat
 calibration split equal to the evaluation split (``data.test_split``) is refused: a covariance
 fitted to the very errors it is judged on says nothing about the next image.
 
-Covariance calibration, per scene (see :func:`calibrate_covariance`): the model localises every
-image of the calibration split with the predicted scene, as deployed. For the images of the scene
-that were classified correctly, the error vector is ``[p_gt - p_est, rotvec(R_gt R_est^T)]``:
-metres, then radians about the scene frame's fixed axes (x, y, z: the ROS covariance order of
-``mspr_ros.geometry.covariance``). The covariance is the second moment ``mean(e e^T)`` (not
-centred:
-a systematic bias is part of the error a filter sees), plus a floor on the diagonal
-(``position_floor_m^2``, ``orientation_floor_rad^2``) so that a scene the network fits perfectly
-never claims zero uncertainty. Misclassified images are left out (their pose is in another
-scene's frame; the node inflates the covariance by the scene confidence instead) and counted in
-the provenance. A scene with fewer than ``min_samples`` usable images gets the pooled second
-moment of all scenes (also recorded).
+Covariance calibration, per scene: :mod:`mspr_training.calibration` (second moment of the
+held-out errors, shrunk toward isotropic per block, plus a floor).
 """
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 import datetime
 import logging
 import math
@@ -57,87 +47,21 @@ from mspr_ros.device import resolve_device
 from mspr_ros.model.ms_transformer import build_model, MSTransformer
 from mspr_ros.onnx_backend import DEFAULT_OPSET, export_onnx, onnx_path_for, OnnxSession
 from mspr_training import checkpoint as ckpt
+from mspr_training.calibration import (calibrate_covariance, DEFAULT_ORIENTATION_FLOOR_RAD,
+                                       DEFAULT_POSITION_FLOOR_M, parse_shrinkage,
+                                       SHRINKAGE_OAS)
 from mspr_training.config import CALIBRATION_SPLIT, ConfigError, TrainConfig
 from mspr_training.data import DatasetError
 from mspr_training.datasets import build_dataset, read_split, resolve_split, training_poses
 from mspr_training.engine import evaluate, Predictions
-from mspr_training.metrics import (compute_metrics, MetricsReport, NaiveBaseline,
-                                   pose_error_vectors)
+from mspr_training.metrics import compute_metrics, MetricsReport, NaiveBaseline
 from mspr_training.transforms import eval_transform, SeededDraws
 
 LOGGER = logging.getLogger('mspr_training.export')
-DEFAULT_POSITION_FLOOR_M = 0.01
-DEFAULT_ORIENTATION_FLOOR_RAD = math.radians(0.5)
-DEFAULT_MIN_SAMPLES = 3
 EVAL_BATCH_SIZE = 32
 # Largest |onnxruntime - torch| accepted on the random check images (float32 outputs).
 ONNX_TOLERANCE = 1e-3
 ONNX_CHECK_BATCH = 3
-
-
-@dataclass
-class CovarianceCalibration:
-    """Per-scene 6x6 covariances and how they were obtained.
-
-    Attributes:
-        covariance: scene -> (6, 6) float64, order x y z rx ry rz (m^2, rad^2).
-        samples: scene -> correctly classified images used.
-        misclassified: scene -> images left out because their scene was mispredicted.
-        pooled: scenes that fell back to the pooled second moment (too few samples).
-    """
-
-    covariance: dict[str, np.ndarray]
-    samples: dict[str, int]
-    misclassified: dict[str, int]
-    pooled: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        """Return the JSON-ready description stored in the provenance."""
-        return {'samples': self.samples, 'misclassified': self.misclassified,
-                'pooled_scenes': self.pooled,
-                'position_stddev_m': {s: np.sqrt(np.diag(c)[:3]).tolist()
-                                      for s, c in self.covariance.items()},
-                'orientation_stddev_rad': {s: np.sqrt(np.diag(c)[3:]).tolist()
-                                           for s, c in self.covariance.items()}}
-
-
-def calibrate_covariance(scene_names: Sequence[str], predictions: Predictions, *,
-                         position_floor_m: float = DEFAULT_POSITION_FLOOR_M,
-                         orientation_floor_rad: float = DEFAULT_ORIENTATION_FLOOR_RAD,
-                         min_samples: int = DEFAULT_MIN_SAMPLES) -> CovarianceCalibration:
-    """Calibrate each scene's covariance from held-out predictions (see the module docstring).
-
-    Raises:
-        ValueError: no correctly classified image at all.
-    """
-    errors = pose_error_vectors(predictions.gt_position, predictions.gt_orientation,
-                                predictions.pred_position, predictions.pred_orientation)
-    correct = predictions.pred_scene == predictions.gt_scene
-    if not correct.any():
-        raise ValueError('no calibration image was assigned its true scene: the covariance '
-                         'cannot be calibrated')
-    floor = np.diag([position_floor_m ** 2] * 3 + [orientation_floor_rad ** 2] * 3)
-
-    def second_moment(rows: np.ndarray) -> np.ndarray:
-        """Return ``mean(e e^T)`` of the rows ``N x 6`` plus the floor, symmetrised."""
-        moment = rows.T @ rows / rows.shape[0] + floor
-        return 0.5 * (moment + moment.T)
-
-    pooled_moment = second_moment(errors[correct])
-    calibration = CovarianceCalibration({}, {}, {})
-    for index, name in enumerate(scene_names):
-        mask = predictions.gt_scene == index
-        usable = mask & correct
-        calibration.samples[name] = int(usable.sum())
-        calibration.misclassified[name] = int((mask & ~correct).sum())
-        if usable.sum() >= min_samples:
-            calibration.covariance[name] = second_moment(errors[usable])
-        else:
-            calibration.covariance[name] = pooled_moment
-            calibration.pooled.append(name)
-            LOGGER.warning('scene %s: %d usable calibration images (< %d); using the pooled '
-                           'covariance of all scenes', name, int(usable.sum()), min_samples)
-    return calibration
 
 
 def git_commit() -> str:
@@ -246,7 +170,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
                   calibration_split: str | None = 'default', data_root: str | Path | None = None,
                   device: str = 'auto', position_floor_m: float = DEFAULT_POSITION_FLOOR_M,
                   orientation_floor_rad: float = DEFAULT_ORIENTATION_FLOOR_RAD,
-                  num_workers: int = 0, onnx: bool = False,
+                  shrinkage: str | float = SHRINKAGE_OAS, num_workers: int = 0, onnx: bool = False,
                   opset: int = DEFAULT_OPSET) -> tuple[Path, MetricsReport | None]:
     """Write the bundle of a checkpoint (or a run folder's latest checkpoint).
 
@@ -259,6 +183,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
             evaluation split (``data.test_split``) and the training split are refused.
         data_root: dataset root; default: the root the run trained on, then ``data.root``.
         device: where calibration inference runs.
+        shrinkage: covariance shrinkage toward isotropic per block, ``'oas'`` (estimated from
+            the samples) or a number in [0, 1] (:mod:`mspr_training.calibration`).
         onnx: also write the ONNX inference graph beside the bundle
             (:func:`mspr_ros.onnx_backend.onnx_path_for`) and make the bundle ask for
             onnxruntime.
@@ -289,7 +215,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
                                     resolve_device(device), num_workers)
         calibration = calibrate_covariance(scene_names, predictions,
                                            position_floor_m=position_floor_m,
-                                           orientation_floor_rad=orientation_floor_rad)
+                                           orientation_floor_rad=orientation_floor_rad,
+                                           shrinkage=shrinkage)
         covariance = calibration.covariance
         baseline = NaiveBaseline.from_training_poses(
             training_poses(read_split(cfg.data, cfg.data.train_split, root)))
@@ -305,7 +232,10 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
             'position_floor_m': position_floor_m,
             'orientation_floor_rad': orientation_floor_rad,
             'method': 'second moment of [p_gt - p_est, rotvec(R_gt R_est^T)] over correctly '
-                      'classified images, plus the floor on the diagonal',
+                      'classified images, each 3x3 block shrunk toward isotropic, plus the floor '
+                      'on the diagonal',
+            'shrinkage_method': (shrinkage if isinstance(shrinkage, str)
+                                 else f'fixed {float(shrinkage)}'),
             **calibration.summary()}
         provenance['validation_metrics'] = report.to_dict()
     preprocessing = cfg.augmentation.preprocessing()
@@ -354,6 +284,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--orientation-floor-deg', type=float,
                         default=math.degrees(DEFAULT_ORIENTATION_FLOOR_RAD),
                         help='covariance floor, degrees (standard deviation)')
+    parser.add_argument('--covariance-shrinkage', type=parse_shrinkage, default=SHRINKAGE_OAS,
+                        help="shrinkage of each 3x3 covariance block toward isotropic: 'oas' "
+                             '(default, estimated from the calibration errors) or a number in '
+                             '[0, 1] (0: none); see mspr_training.calibration')
     parser.add_argument('--onnx', action='store_true',
                         help='also write the inference graph as ONNX beside the bundle '
                              '(model.safetensors -> model.onnx) and make the bundle ask for '
@@ -374,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_root=args.data_root, device=args.device,
             position_floor_m=args.position_floor,
             orientation_floor_rad=math.radians(args.orientation_floor_deg),
-            onnx=args.onnx, opset=args.opset)
+            shrinkage=args.covariance_shrinkage, onnx=args.onnx, opset=args.opset)
     except (BundleError, ConfigError, DatasetError, ckpt.CheckpointError, ValueError) as error:
         print(f'mspr-export: error: {error}', file=sys.stderr)
         return 2
