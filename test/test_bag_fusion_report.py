@@ -11,8 +11,8 @@ from test_bag_eval_offline import copy_bag, OracleLocalizer
 from mspr_ros.estimation.fusion import FusionConfig
 from mspr_ros.localizer import Localizer
 from mspr_training.bags.cli import main
-from mspr_training.bags.offline import (evaluate_offline, fusion_config, GroundTruthSpec,
-                                        jitter_rms, position_coverage_2sigma)
+from mspr_training.bags.fusion_replay import fusion_config, jitter_rms, position_coverage_2sigma
+from mspr_training.bags.offline import evaluate_offline, GroundTruthSpec
 from mspr_training.bags.report import build_report
 from mspr_training.synth import build_world, Intrinsics, plan_sequences, write_rosbag
 
@@ -82,12 +82,15 @@ def test_fusion_settings_follow_the_node_parameters():
 
 def test_report_compares_per_frame_and_fused_on_the_same_frames(
         drifting_bag, localizer, tmp_path, capsys):
+    # The random tiny model is never confident: let every frame through the scene gate.
     status = main([str(drifting_bag), '--weights', str(localizer.bundle.path), '--device', 'cpu',
-                   '--gt-frames', 'map', 'base_link', '--out', str(tmp_path / 'r'), '--quiet'])
+                   '--gt-frames', 'map', 'base_link', '--out', str(tmp_path / 'r'), '--quiet',
+                   '--param', 'min_scene_confidence:=0.0'])
     assert status == 0 and 'fused' in capsys.readouterr().out
     document = json.loads((tmp_path / 'r' / 'report.json').read_text())
     block = document['per_frame_vs_fused']
     assert block['compared_frame'] == 'base_link'
+    assert block['rejected_by_node'] == {}
     per_frame, fused = block['per_frame'], block['fused']
     assert per_frame['frames'] == fused['frames'] == document['counts']['matched'] == FRAMES
     for row in (per_frame, fused):
@@ -109,7 +112,7 @@ def test_report_compares_per_frame_and_fused_on_the_same_frames(
     # fusion: none, as the node would run: no fused block, and a note saying so.
     assert main([str(drifting_bag), '--weights', str(localizer.bundle.path), '--device', 'cpu',
                  '--gt-frames', 'map', 'base_link', '--out', str(tmp_path / 'none'), '--quiet',
-                 '--param', 'fusion:=none']) == 0
+                 '--param', 'fusion:=none', '--param', 'min_scene_confidence:=0.0']) == 0
     document = json.loads((tmp_path / 'none' / 'report.json').read_text())
     assert document['per_frame_vs_fused'] is None
     assert any('fusion: none' in note for note in document['notes'])
@@ -141,3 +144,40 @@ def test_bag_without_odometry_gives_no_fused_block_and_says_why(drifting_bag, lo
     notes = report.evaluation.notes
     assert len(notes) == 1 and 'odom' in notes[0] and 'base_link' in notes[0]
     assert 'absent' in report.to_markdown()
+
+
+class OutlierOracle(OracleLocalizer):
+    """The oracle, except that one frame is regressed 6 m away along x."""
+
+    def __init__(self, bag, outlier: int):
+        super().__init__(bag)
+        self.calls, self.outlier = 0, outlier
+
+    def localize(self, rgb):
+        result = super().localize(rgb)
+        if self.calls == self.outlier:
+            result.position = np.asarray(result.position) + [6.0, 0.0, 0.0]
+        self.calls += 1
+        return result
+
+
+def test_replay_runs_the_node_gates_before_the_fusion(drifting_bag):
+    fixed = {'covariance.mode': 'fixed'}
+    ungated = evaluate_offline(drifting_bag, OutlierOracle(drifting_bag, outlier=7),
+                               ground_truth=BASE_TRUTH, parameters=fixed).fusion
+    assert ungated['rejected_by_node'] == {}
+    assert ungated['per_frame']['frames'] == FRAMES
+    assert ungated['per_frame']['position_m']['p95'] > 1.0  # the outlier is published
+    gated = evaluate_offline(drifting_bag, OutlierOracle(drifting_bag, outlier=7),
+                             ground_truth=BASE_TRUTH,
+                             parameters={**fixed, 'max_jump_translation': 1.0}).fusion
+    # As the node: the jump gate keeps the outlier out of both streams, and says so.
+    assert gated['rejected_by_node'] == {'jump_translation': 1}
+    assert gated['per_frame']['frames'] == gated['fused']['frames'] == FRAMES - 1
+    assert gated['per_frame']['position_m']['p95'] < 1e-6
+    assert gated['fused']['position_m']['p95'] < 0.1
+    # The scene gate too: a confidence of 1 passes 0.99; allowing one scene drops the others.
+    only_lab = evaluate_offline(drifting_bag, OracleLocalizer(drifting_bag),
+                                ground_truth=BASE_TRUTH,
+                                parameters={**fixed, 'allowed_scenes': ['lab']}).fusion
+    assert only_lab['rejected_by_node'] == {'scene_not_allowed': 2 * FRAMES // 3}

@@ -4,7 +4,8 @@
 for ``odom -> base`` at the image stamp, while the executor keeps receiving TF. The inputs that
 feed the decisions arrive on the executor: odometry (``use_odom_topic``), initial poses,
 relocalization requests. The decisions themselves are ROS-free: ``mspr_ros.estimation``
-(frame chain and gates in ``frame_processor``, ``fusion: window`` in ``fusion``).
+(``pose_stream``: the frame chain and gates of ``frame_processor``, then ``fusion: window``), the
+same rule the offline bag replay runs.
 
 Fail closed on frames: the camera's pose in the base frame comes from TF (``base <- camera``,
 cached once found) or from the ``camera_to_base`` parameter only when it is set; without
@@ -18,7 +19,7 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
 from mspr_ros.estimation.frame_processor import FrameProcessor, NON_FINITE, NonFiniteEstimate
-from mspr_ros.estimation.fusion import MapOdomFusion
+from mspr_ros.estimation.pose_stream import PoseStream
 from mspr_ros.geometry.tf_history import TransformBuffer
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import ImageConversionError
@@ -37,13 +38,14 @@ NO_EXTRINSIC = 'no_extrinsic'
 class FramePipeline:
     """Turns image messages into published outputs; one instance per configure."""
 
-    def __init__(self, params: NodeParams, localizer, processor, tf, logger,
+    def __init__(self, params: NodeParams, localizer, stream: PoseStream, tf, logger,
                  stats: LocalizationStats, outputs: OutputPublishers,
                  map_odom: MapOdomBroadcaster, now_ns: Callable[[], int], input_topic: str):
         """Wire the pipeline; ``now_ns`` reads the node clock (sim time aware)."""
         self.params = params
         self.localizer = localizer
-        self.processor = processor
+        self.stream = stream
+        self.processor = stream.processor
         self.decoder = ImageDecoder(params.max_image_pixels)
         self.tf = tf
         self.odom_buffer: Optional[TransformBuffer] = (
@@ -53,7 +55,6 @@ class FramePipeline:
         self._stats = stats
         self.outputs = outputs
         self.map_odom = map_odom
-        self.fusion: Optional[MapOdomFusion] = _fusion(params)
         self._now_ns = now_ns
         self._input_topic = input_topic
         self._extrinsics: Dict[str, Transform] = {}
@@ -66,8 +67,9 @@ class FramePipeline:
         calibrations = {name: np.asarray(cov) for name, cov in localizer.bundle.covariance.items()}
         log = ThrottledLog(node.get_logger())
         tf = create_tf_interfaces(node, on_bad_transform=lambda text: log('bad_tf', text))
-        processor = FrameProcessor(alignments, calibrations, processor_settings(params))
-        return cls(params, localizer, processor, tf, node.get_logger(), stats,
+        stream = PoseStream(FrameProcessor(alignments, calibrations, processor_settings(params)),
+                            fusion_config(params))
+        return cls(params, localizer, stream, tf, node.get_logger(), stats,
                    OutputPublishers(node, params), MapOdomBroadcaster(tf.broadcaster, params),
                    lambda: node.get_clock().now().nanoseconds, input_topic)
 
@@ -126,59 +128,49 @@ class FramePipeline:
             self.reject('tf_unavailable', f'skipped a frame: {error}')
             return
         try:
-            estimate = self.processor.estimate(
-                result.scene_name, result.scene_confidence, result.position,
-                result.orientation, T_base_cam, T_odom_base)
+            output = self.stream.step(result.scene_name, result.scene_confidence,
+                                      result.position, result.orientation, T_base_cam,
+                                      T_odom_base, stamp_ns)
         except NonFiniteEstimate as error:
             self.reject(NON_FINITE, f'skipped a frame: {error}')
             return
         publish_start = time.perf_counter()
-        self._publish(params, estimate, stamp_ns, T_odom_base)
+        self._publish(params, output, stamp_ns)
         done = time.perf_counter()
         self._stats.stage_time('publish', (done - publish_start) * 1e3)
         self._stats.stage_time('total', (done - started) * 1e3)
 
-    def _publish(self, params: NodeParams, estimate, stamp_ns: int,
-                 T_odom_base: Transform) -> None:
+    def _publish(self, params: NodeParams, output, stamp_ns: int) -> None:
+        estimate = output.estimate
         if estimate.scene_confidence >= params.min_scene_confidence:
             self.outputs.scene(estimate)
-        if not estimate.decision.accepted:
+        if not output.published:
             self.reject(estimate.decision.reason, estimate.decision.detail, level='info')
             return
-        T_map_odom, T_map_base, covariance = (estimate.T_map_odom, estimate.T_map_base,
-                                              estimate.covariance)
-        fusion = self.fusion
-        if fusion is not None:
-            if estimate.relocalized:
-                fusion.reset()  # a new place: the window's samples describe the old one
-            fused = fusion.add(stamp_ns, T_map_odom, covariance, T_odom_base)
+        fused = output.fused
+        if fused is not None:
             if not fused.accepted:
                 self._log('fusion_gated', f'fusion kept this frame out: {fused.detail}', 'info')
-            T_map_odom, covariance = fused.T_map_odom, fused.covariance
-            T_map_base = T_map_odom @ T_odom_base
-            if params.two_d_mode:
-                T_map_base = T_map_base.flatten_2d()
             self._stats.fusion_window(fused.window_size)
         # TF first, so that a consumer of the pose can already transform with it.
-        self.map_odom.accepted(T_map_odom, stamp_ns)
-        self.outputs.pose(estimate, T_map_base, covariance, params.global_frame_id, stamp_ns)
+        self.map_odom.accepted(output.T_map_odom, stamp_ns)
+        self.outputs.pose(estimate, output.T_map_base, output.covariance,
+                          params.global_frame_id, stamp_ns)
         self._stats.pose_published(stamp_ns)
 
     def update_params(self, params: NodeParams) -> None:
         """Use new parameters; a changed fusion configuration restarts the fusion."""
-        previous, self.params = self.params, params
+        self.params = params
         self.processor.update_settings(processor_settings(params))
         self.map_odom.update_params(params)
-        if fusion_config(params) != fusion_config(previous):
-            self.fusion = _fusion(params)
+        if self.stream.reconfigure(fusion_config(params)):
             self._stats.fusion_window(0)
 
     def reset(self) -> None:
         """Forget the fix, the fusion window and the broadcast correction (activation)."""
         self.processor.reset()
         self.map_odom.reset()
-        if self.fusion is not None:
-            self.fusion.reset()
+        self.stream.restart_fusion()
         self._stats.fusion_window(0)
 
     def request_relocalization(self) -> None:
@@ -242,8 +234,7 @@ class FramePipeline:
         except ValueError as error:
             self._logger.warning(f'ignoring {source}: {error}')
             return
-        if self.fusion is not None:
-            self.fusion.reset()
+        self.stream.restart_fusion()
         self._logger.info(f'{source} prior set at '
                           f'{describe(T_map_base, self.params.global_frame_id)}')
 
@@ -301,8 +292,3 @@ class FramePipeline:
                 f'{reason}; using the camera_to_base parameter {list(fallback)} '
                 'as the camera pose in the base frame')
         return Transform.from_xyz_rpy(fallback[:3], fallback[3:])
-
-
-def _fusion(params: NodeParams) -> Optional[MapOdomFusion]:
-    config = fusion_config(params)
-    return None if config is None else MapOdomFusion(config)

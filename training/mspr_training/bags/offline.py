@@ -19,38 +19,30 @@ Ground truth, in order of preference:
 Images outside the ground-truth time range, or between two ground-truth samples more than
 ``max_gap_ns`` apart, stay unmatched and are reported as such, never silently dropped.
 
-Per-frame vs fused (``replay_fusion``, ``fusion_comparison``): every answered frame also goes
-through the node's ``map -> odom`` fusion (``mspr_ros.estimation.fusion``) with the node's
-parameters, odometry ``odom -> base`` looked up in the bag's ``/tf`` at the image stamp, and the
-covariance the node publishes; both estimates are then compared on the same matched frames.
+Per-frame vs fused (``mspr_training.bags.fusion_replay``): every answered frame also goes
+through the node's pose stream (gates, then the ``map -> odom`` fusion) with the node's
+parameters and the bag's TF; both estimates are then compared on the same matched frames.
 """
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 import logging
-import math
 from pathlib import Path
 import sys
 import time
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 import yaml
 
 import mspr_ros
-from mspr_ros.estimation.frame_processor import CovarianceSettings
-from mspr_ros.estimation.fusion import FusionConfig, MapOdomFusion
-from mspr_ros.geometry.covariance import covariance_at_offset, pose_covariance, two_d_covariance
 from mspr_ros.geometry.tf_history import TransformBuffer
-from mspr_ros.geometry.transforms import (alignment_parameter_scene, map_to_odom, SceneAlignment,
-                                          Transform)
+from mspr_ros.geometry.transforms import alignment_parameter_scene, SceneAlignment, Transform
+from mspr_training.bags.fusion_replay import fused_block
 from mspr_training.bags.report import BagEvaluation, FrameRecord, FrameStatus
 from mspr_training.data.rosbag import (DEFAULT_MAX_GAP_NS, iter_bag_images, open_bag,
                                        read_bag_trajectory, read_transforms, STRING_TYPE)
 from mspr_training.data.samples import DatasetError
 from mspr_training.data.trajectory import Trajectory
-from mspr_training.metrics import (_block_coverage, NOMINAL_COVERAGE_3D, orientation_errors_deg,
-                                   position_errors)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -321,7 +313,9 @@ def localize_images(images: Iterable, localizer, alignments, progress: bool = Fa
             index, image.stamp_ns, image.frame_id, FrameStatus.ANSWERED,
             scene=result.scene_name, scene_confidence=float(result.scene_confidence),
             camera_position=np.array(T_map_cam.translation),
-            camera_orientation=np.array(T_map_cam.rotation), latency_ms=latency_ms))
+            camera_orientation=np.array(T_map_cam.rotation),
+            scene_position=np.array(result.position, dtype=float),
+            scene_orientation=np.array(result.orientation, dtype=float), latency_ms=latency_ms))
     return records
 
 
@@ -439,201 +433,3 @@ def evaluate_offline(bag_path, localizer, image_topic: str = DEFAULT_IMAGE_TOPIC
         compared_frame=gt.child_frame or 'camera',
         latency_kind='inference', device=str(getattr(localizer, 'device', '')), notes=notes,
         fusion=fusion)
-
-
-@dataclass(frozen=True, eq=False)
-class PoseSeries:
-    """Poses of the compared frame: (N, 3) positions, (N, 4) xyzw, (N, 6, 6) covariances."""
-
-    positions: np.ndarray
-    orientations: np.ndarray
-    covariances: np.ndarray
-
-
-def fusion_config(parameters: dict) -> FusionConfig | None:
-    """Return the fusion the node runs with these parameters (None with ``fusion: none``).
-
-    The same fields as the shell's ``mspr_ros.ros.params.fusion_config`` (which tools may not
-    import); a parameter not given keeps ``FusionConfig``'s default, as the node's.
-    """
-    mode = parameters.get('fusion', 'window')
-    if mode == 'none':
-        return None
-    if mode != 'window':
-        raise ValueError(f"fusion must be 'window' or 'none', got {mode!r}")
-    default = FusionConfig()
-    return FusionConfig(
-        window_s=float(parameters.get('fusion.window_s', default.window_s)),
-        window_distance_m=float(parameters.get('fusion.window_distance_m',
-                                               default.window_distance_m)),
-        odometry_drift_per_m=float(parameters.get('fusion.odometry_drift_per_m',
-                                                  default.odometry_drift_per_m)),
-        error_correlation_s=float(parameters.get('fusion.error_correlation_s',
-                                                 default.error_correlation_s)),
-        two_d=bool(parameters.get('two_d_mode', default.two_d)))
-
-
-def covariance_settings(parameters: dict) -> CovarianceSettings:
-    """Return the node's ``covariance.*`` settings (defaults where a parameter is not given)."""
-    default = CovarianceSettings()
-    return CovarianceSettings(
-        mode=str(parameters.get('covariance.mode', default.mode)),
-        position_stddev=float(parameters.get('covariance.position_stddev',
-                                             default.position_stddev)),
-        orientation_stddev=float(parameters.get('covariance.orientation_stddev',
-                                                default.orientation_stddev)),
-        confidence_inflation=float(parameters.get('covariance.confidence_inflation',
-                                                  default.confidence_inflation)))
-
-
-def _frame_covariance(record, T_map_base, calibrations, alignments, settings, two_d):
-    """Return the (6, 6) covariance the node publishes with a frame's base pose."""
-    covariance = pose_covariance(
-        calibrations.get(record.scene), min(max(record.scene_confidence, 0.0), 1.0),
-        alignments[record.scene], settings.confidence_inflation, mode=settings.mode,
-        fixed_position_stddev=settings.position_stddev,
-        fixed_orientation_stddev=settings.orientation_stddev)
-    covariance = covariance_at_offset(covariance,
-                                      T_map_base.translation - record.camera_position)
-    return two_d_covariance(covariance) if two_d else covariance
-
-
-def _in_compared_frame(T_map_base, covariance, T_base_child):
-    """Return (pose, covariance) of the compared frame rigidly attached to the base."""
-    pose = (T_map_base @ T_base_child).canonical()
-    return pose, covariance_at_offset(covariance, pose.translation - T_map_base.translation)
-
-
-def _series(items) -> PoseSeries:
-    return PoseSeries(np.array([p.translation for p, _ in items]).reshape(-1, 3),
-                      np.array([p.rotation for p, _ in items]).reshape(-1, 4),
-                      np.array([c for _, c in items]).reshape(-1, 6, 6))
-
-
-def replay_fusion(records, transforms, localizer, alignments, parameters, config):
-    """Replay the node's fusion over the answered frames; return (frames, per-frame, fused).
-
-    Each answered frame's base pose (``T_map_cam @ T_cam_base`` at the image stamp, flattened
-    in two_d_mode) and the covariance the node gives it make a ``map -> odom`` sample with
-    ``odom -> base`` at the image stamp; the fused base pose is ``fused T_map_odom @
-    T_odom_base``. Frames lacking a transform are skipped. Only matched frames are returned,
-    as indices into ``records`` and two ``PoseSeries`` of their compared frame.
-
-    Raises:
-        LookupError: no answered frame has the ``odom -> base`` transform.
-        ValueError: the node's covariance cannot be computed (e.g. no calibration).
-    """
-    odom, base = str(parameters['odom_frame_id']), str(parameters['base_frame_id'])
-    fusion, settings = MapOdomFusion(config), covariance_settings(parameters)
-    calibrations = dict(getattr(localizer.bundle, 'covariance', None) or {})
-    kept, per_frame, fused, missing = [], [], [], []
-    for index, record in enumerate(records):
-        if record.status != FrameStatus.ANSWERED:
-            continue
-        try:
-            T_odom_base = transforms.lookup(odom, base, record.stamp_ns)
-            T_cam_base = transforms.lookup(record.frame_id, base, record.stamp_ns)
-        except LookupError as error:
-            missing.append(str(error))
-            continue
-        T_map_base = Transform(record.camera_position, record.camera_orientation) @ T_cam_base
-        covariance = _frame_covariance(record, T_map_base, calibrations, alignments, settings,
-                                       config.two_d)
-        published = T_map_base.flatten_2d() if config.two_d else T_map_base
-        result = fusion.add(record.stamp_ns, map_to_odom(published, T_odom_base), covariance,
-                            T_odom_base)
-        T_fused = result.T_map_odom @ T_odom_base
-        T_fused = T_fused.flatten_2d() if config.two_d else T_fused
-        if not record.matched:
-            continue
-        # The compared frame (camera or base) as the per-frame estimate places it on the base.
-        T_base_child = T_map_base.inverse() @ Transform(record.position, record.orientation)
-        kept.append(index)
-        per_frame.append(_in_compared_frame(published, covariance, T_base_child))
-        fused.append(_in_compared_frame(T_fused, result.covariance, T_base_child))
-    if missing and len(missing) == sum(r.status == FrameStatus.ANSWERED for r in records):
-        raise LookupError(f'no {odom} -> {base} odometry for any frame ({missing[0]})')
-    if missing:
-        LOGGER.warning('fusion replay: %d frames without a transform (%s)', len(missing),
-                       missing[0])
-    return kept, _series(per_frame), _series(fused)
-
-
-def jitter_rms(positions, orientations, gt_positions, gt_orientations) -> tuple[float, float]:
-    """Return the RMS frame-to-frame jitter (m, deg) of estimates against the truth.
-
-    Over consecutive frames k, k+1: position ``||(p_est[k+1] - p_est[k]) - (p_gt[k+1] -
-    p_gt[k])||``; orientation the angle of ``E[k+1] E[k]^-1`` with ``E = R_est R_gt^-1`` (the
-    estimated change of rotation with the true change undone). A constant offset has none.
-    NaN for fewer than two frames.
-    """
-    if len(positions) < 2:
-        return math.nan, math.nan
-    moved = np.diff(np.asarray(positions, float), axis=0) - np.diff(
-        np.asarray(gt_positions, float), axis=0)
-    error = (Rotation.from_quat(orientations)
-             * Rotation.from_quat(gt_orientations).inv()).as_quat()
-    turned = orientation_errors_deg(error[1:], error[:-1])
-    return (float(np.sqrt(np.mean(np.sum(moved ** 2, axis=1)))),
-            float(np.sqrt(np.mean(turned ** 2))))
-
-
-def position_coverage_2sigma(positions, gt_positions, covariances) -> float:
-    """Return the share of frames with ``e^T S^-1 e <= 2^2``: ``e = p_gt - p_est``, S 3x3 block."""
-    errors = np.asarray(gt_positions, float) - np.asarray(positions, float)
-    return _block_coverage(errors, np.asarray(covariances, float)[:, :3, :3]).inside[2]
-
-
-def series_row(series: PoseSeries, gt_positions, gt_orientations) -> dict:
-    """Return the comparison row of one estimate: errors, jitter and 2-sigma coverage."""
-    position = position_errors(series.positions, gt_positions)
-    orientation = orientation_errors_deg(series.orientations, gt_orientations)
-    jitter = jitter_rms(series.positions, series.orientations, gt_positions, gt_orientations)
-    coverage = position_coverage_2sigma(series.positions, gt_positions, series.covariances)
-    return {'frames': int(position.size),
-            'position_m': {'median': float(np.median(position)),
-                           'p95': float(np.percentile(position, 95))},
-            'orientation_deg': {'median': float(np.median(orientation)),
-                                'p95': float(np.percentile(orientation, 95))},
-            'jitter': {'position_m': jitter[0], 'orientation_deg': jitter[1]},
-            'coverage_2sigma_position': coverage,
-            'coverage_minus_nominal_points': 100 * (coverage - NOMINAL_COVERAGE_3D[2])}
-
-
-def _ratio(fused: float, per_frame: float) -> float:
-    return fused / per_frame if per_frame > 0 else math.nan
-
-
-def fusion_comparison(records, frames, per_frame: PoseSeries, fused: PoseSeries,
-                      config: FusionConfig, compared_frame: str) -> dict:
-    """Return the report's per-frame vs fused block: both rows and fused/per-frame ratios."""
-    gt_p = np.array([records[i].gt_position for i in frames]).reshape(-1, 3)
-    gt_q = np.array([records[i].gt_orientation for i in frames]).reshape(-1, 4)
-    first, second = series_row(per_frame, gt_p, gt_q), series_row(fused, gt_p, gt_q)
-    return {'compared_frame': compared_frame, 'config': asdict(config),
-            'per_frame': first, 'fused': second,
-            'nominal_coverage_2sigma_3d': NOMINAL_COVERAGE_3D[2],
-            'ratios_fused_over_per_frame': {
-                'p95_position': _ratio(second['position_m']['p95'], first['position_m']['p95']),
-                **{f'jitter_{key}': _ratio(second['jitter'][key], first['jitter'][key])
-                   for key in ('position_m', 'orientation_deg')}}}
-
-
-def fused_block(records, gt, transforms, localizer, alignments, parameters,
-                compared_frame) -> tuple[dict | None, list[str]]:
-    """Return (the per-frame vs fused block or None, notes saying why it is absent)."""
-    config = fusion_config(parameters)
-    if gt.trajectory is None:
-        return None, []
-    if config is None:
-        return None, ['per-frame vs fused: absent, the node parameters say fusion: none']
-    try:
-        frames, per_frame, fused = replay_fusion(records, transforms, localizer, alignments,
-                                                 parameters, config)
-    except (LookupError, ValueError) as error:
-        return None, [f'per-frame vs fused: absent, the node fusion could not be replayed: '
-                      f'{error}']
-    if not frames:
-        return None, ['per-frame vs fused: absent, no answered frame has ground truth and '
-                      'odometry']
-    return fusion_comparison(records, frames, per_frame, fused, config, compared_frame), []

@@ -7,8 +7,8 @@ into a ``BagReport``: frame accounting, latency median/p95, the accuracy metrics
 the absolute pose error statistics ``evo_ape`` reports (RMSE, mean, median, ...), so that our
 numbers can be checked against evo's on the exported trajectories. The files (JSON, Markdown,
 plots, TUM trajectories, an estimates bag) are written by ``mspr_training.bags.report_files``.
-Offline runs also carry the per-frame vs fused comparison (``bags.offline.fusion_comparison``),
-rendered by ``fusion_markdown``.
+Offline runs also carry the per-frame vs fused comparison
+(``bags.fusion_replay.fusion_comparison``), rendered by ``fusion_markdown``.
 """
 from dataclasses import asdict, dataclass, field, replace
 import enum
@@ -47,6 +47,8 @@ class FrameRecord:
         published: False when the live player could not even deserialise the message.
         scene, scene_confidence: predicted scene and its probability (None when unknown).
         camera_position, camera_orientation: estimated ``T_map_cam``, (3,) and (4,) xyzw.
+        scene_position, scene_orientation: offline only: the network's own output
+            ``T_scene_cam`` (what the node's frame chain starts from).
         base_position, base_orientation, covariance: the node's ``~/pose`` (live only).
         latency_ms: inference time (offline) or end-to-end latency (live).
         map_odom: live only: whether a new ``map -> odom`` correction stamped at or after
@@ -68,6 +70,8 @@ class FrameRecord:
     scene_confidence: float | None = None
     camera_position: np.ndarray | None = None
     camera_orientation: np.ndarray | None = None
+    scene_position: np.ndarray | None = None
+    scene_orientation: np.ndarray | None = None
     base_position: np.ndarray | None = None
     base_orientation: np.ndarray | None = None
     covariance: np.ndarray | None = None
@@ -105,7 +109,8 @@ class BagEvaluation:
             after image stamp + transform_tolerance, arrived (live).
         notes: warnings for the reader of the report.
         fusion: offline: per-frame vs fused figures on the same frames
-            (``mspr_training.bags.offline.fusion_comparison``); None when absent, with a note.
+            (``mspr_training.bags.fusion_replay.fusion_comparison``); None when absent, with a
+            note.
     """
 
     mode: str
@@ -347,7 +352,8 @@ def fusion_markdown(comparison: dict[str, Any]) -> list[str]:
     """Return the Markdown lines of a per-frame vs fused comparison."""
     lines = ['## Per-frame vs fused', '',
              f'{comparison["compared_frame"]} pose as the node publishes it with `fusion: none` '
-             'and with the fusion replayed on the same frames (no gate).', '',
+             'and with `fusion: window`, its gates and fusion replayed on the bag, on the same '
+             'frames.', '',
              '| estimate | frames | position median / p95 (m) | orientation median / p95 (deg) '
              '| jitter (m / deg RMS) | inside 2σ (position) | minus nominal |',
              '| --- | --- | --- | --- | --- | --- | --- |']
@@ -361,6 +367,10 @@ def fusion_markdown(comparison: dict[str, Any]) -> list[str]:
                      f'{100 * row["coverage_2sigma_position"]:.1f} % | '
                      f'{row["coverage_minus_nominal_points"]:+.1f} points |')
     ratios = comparison['ratios_fused_over_per_frame']
+    rejected = comparison.get('rejected_by_node') or {}
+    if rejected:
+        lines += ['', 'Frames the node would not publish: ' + ', '.join(
+            f'{count} {reason}' for reason, count in rejected.items()) + '.']
     return lines + ['', f'Fused / per-frame: p95 position {ratios["p95_position"]:.2f}, jitter '
                     f'{ratios["jitter_position_m"]:.2f} (position), '
                     f'{ratios["jitter_orientation_deg"]:.2f} (orientation). Nominal 2σ coverage '
