@@ -19,7 +19,8 @@ node's per-stage means from its ``/diagnostics`` (decode, preprocess, inference,
 and what remains (DDS both ways, serialisation, executor hand-offs). That remainder is set
 against an echo node (``benchmarks/echo_node.py``: same topics, QoS and executor, answers each
 image at once with an empty pose), the floor of any Python node with this interface. With CUDA,
-the same for fp32 and fp16 on the GPU; without, a note says it was skipped.
+the same for fp32 and fp16 on the GPU; without, a note says it was skipped
+(``benchmarks/gpu_latency.py`` times the precisions and CUDA graphs of the Localizer alone).
 
 Usage: ``python benchmarks/latency.py [--quick | --smoke] [--models tiny demo paper]``
 """
@@ -175,18 +176,18 @@ class DirectTimer:
         self.worker.shutdown()
 
 
-def measure(size: str, device: str, fp16: bool, frames: List[np.ndarray],
+def measure(size: str, device: str, precision: str, frames: List[np.ndarray],
             args: argparse.Namespace, work: str) -> LatencyResult:
     """Measure one model on one device: direct and node, frame by frame, rotating the order."""
-    precision = 'fp16' if fp16 else 'fp32'
     bundle, parameters = save_random_bundle(f'{work}/{size}.safetensors', model_config(size))
-    direct = DirectTimer(Localizer.from_file(bundle, device=device, fp16=fp16), frames)
+    direct = DirectTimer(Localizer.from_file(bundle, device=device, precision=precision),
+                         frames)
     log = WORK_DIR / 'logs' / f'latency_node_{size}_{device}_{precision}.log'
     node: List[float] = []
     try:
         direct.warmup(args.warmup)
         # A reliable image subscription: with one frame in flight a lost frame is never answered.
-        params = node_parameters(bundle, device, fp16,
+        params = node_parameters(bundle, device, precision,
                                  **{'image_qos': NODE_IMAGE_QOS, **dict(args.node_params)})
         with NodeSession(NAME, args.threads, log, params) as session:
             messages = session.image_messages(frames)
@@ -266,9 +267,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     mode, machine, notes = begin(args)
     # The node tunes its allocator at start-up; the direct reference gets the same process.
     retain_freed_memory()
-    settings = [(size, 'cpu', False) for size in args.models]
+    settings = [(size, 'cpu', 'fp32') for size in args.models]
     if torch.cuda.is_available() and not args.skip_cuda:
-        settings += [(size, 'cuda', fp16) for size in args.models for fp16 in (False, True)]
+        settings += [(size, 'cuda', precision) for size in args.models
+                     for precision in ('fp32', 'fp16')]
     else:
         notes.append('CUDA fp32/fp16 skipped: ' + ('--skip-cuda' if args.skip_cuda
                                                    else 'no CUDA device on this machine'))
@@ -281,10 +283,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     echo = measure_echo(frames, args)
     results = []
     with tempfile.TemporaryDirectory(prefix='mspr_latency_') as work:
-        for size, device, fp16 in settings:
-            print(f'measuring {size} on {device} ({"fp16" if fp16 else "fp32"}): '
+        for size, device, precision in settings:
+            print(f'measuring {size} on {device} ({precision}): '
                   f'{args.warmup} warm-up + {args.frames} frames', flush=True)
-            results.append(measure(size, device, fp16, frames, args, work))
+            results.append(measure(size, device, precision, frames, args, work))
     print_table(results, echo)
     return save_results(
         args.out, NAME, mode, machine,

@@ -19,7 +19,7 @@ from typing import List, Optional, Sequence
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 # model_speed.py belongs to the model code (forward latency per backbone, QKA step overhead).
 NAMES = ('latency', 'throughput', 'stream', 'accuracy', 'model_speed', 'fusion', 'train_speed',
-         'onnx_latency')
+         'onnx_latency', 'gpu_latency')
 
 
 @dataclass

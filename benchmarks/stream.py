@@ -33,6 +33,7 @@ from common.node_session import node_parameters, NodeSession
 from common.process_memory import gpu_memory_mib
 from common.results import save_results, WORK_DIR
 from common.stats import summarise, Summary
+from mspr_ros.precision import PRECISIONS
 
 NAME = 'stream'
 MEMORY_TOLERANCE = 0.05
@@ -99,7 +100,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='WIDTHxHEIGHT (default 640x480; smoke 160x120)')
     parser.add_argument('--device', default=None,
                         help="node device (default: 'cuda' when available, else 'cpu')")
-    parser.add_argument('--fp16', action='store_true', help='fp16 inference (CUDA only)')
+    parser.add_argument('--precision', choices=PRECISIONS, default='fp32',
+                        help='node precision parameter: fp32 (default), fp16 (CUDA), bf16')
+    parser.add_argument('--cuda-graphs', action='store_true',
+                        help='node cuda_graphs parameter (CUDA only)')
     args = parser.parse_args(argv)
     mode = run_mode(args)
     duration, warmup, frames = SIZES[mode]
@@ -184,7 +188,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         bundle, parameters = save_random_bundle(f'{work}/{args.model}.safetensors',
                                                 model_config(args.model))
         log = WORK_DIR / 'logs' / f'stream_node_{args.model}_{args.device}.log'
-        params = node_parameters(bundle, args.device, args.fp16, **dict(args.node_params))
+        params = node_parameters(bundle, args.device, args.precision,
+                                 **{'cuda_graphs': args.cuda_graphs, **dict(args.node_params)})
         with NodeSession(NAME, args.threads, log, params) as session:
             camera = CameraStream(session, frames, args.rate)
             session.first_pose(camera.messages[0])
@@ -260,7 +265,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         settings={'threads': args.threads, 'duration_s': args.duration,
                   'warmup_s': args.warmup, 'rate_hz': args.rate, 'model': args.model,
                   'parameters': parameters, 'model_config': model_config(args.model).to_dict(),
-                  'device': args.device, 'fp16': args.fp16, 'frames': args.frames,
+                  'device': args.device, 'precision': args.precision,
+                  'cuda_graphs': args.cuda_graphs, 'frames': args.frames,
                   'node_parameters': dict(args.node_params),
                   'image_size': list(args.image_size), 'encoding': 'rgb8'},
         results={'counts': counts, 'latency_ms': overall, 'window_s': window_ns / 1e9,

@@ -1,4 +1,7 @@
-"""Resolve a user-facing device string ('auto', 'cpu', 'cuda', 'cuda:N') to a torch.device."""
+"""Resolve a user-facing device string ('auto', 'cpu', 'cuda', 'cuda:N') to a torch.device.
+
+Also says what a device supports that the localizer asks about (bfloat16).
+"""
 import logging
 import re
 
@@ -43,3 +46,8 @@ def resolve_device(spec: str) -> torch.device:
         raise ValueError(f'device {spec!r} requested but only {count} CUDA device(s) exist '
                          f'(indices 0..{count - 1})')
     return torch.device('cuda', index) if index is not None else torch.device('cuda')
+
+
+def supports_bf16(device: torch.device) -> bool:
+    """Return whether ``device`` runs bfloat16 autocast: the CPU does, GPUs from sm_80 on."""
+    return device.type != 'cuda' or torch.cuda.get_device_capability(device) >= (8, 0)

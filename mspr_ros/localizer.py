@@ -3,24 +3,31 @@
 Two inference back-ends run the same graph: torch (eager, the bundle's tensors) and onnxruntime
 (the ONNX graph ``mspr-export --onnx`` writes beside the bundle, :mod:`mspr_ros.onnx_backend`).
 ``backend='auto'`` takes the one the bundle asks for (torch when it asks for none).
+With torch, ``precision`` 'fp16' or 'bf16' runs the model under autocast
+(:mod:`mspr_ros.precision` says where each runs), and ``cuda_graphs`` replays single images from
+a captured CUDA graph (:mod:`mspr_ros.cuda_graph`); batches of several images run eagerly.
 """
 from dataclasses import dataclass
 import logging
 import os
 import time
-from typing import Sequence
+from typing import Optional, Sequence
+import warnings
 
 import numpy as np
 import torch
 
 from mspr_ros.bundle import build_model_from_bundle, Bundle, load_bundle
-from mspr_ros.device import resolve_device
+from mspr_ros.cuda_graph import autocast, cuda_graph_obstacle, CudaGraphForward
+from mspr_ros.device import resolve_device, supports_bf16
 from mspr_ros.geometry.quaternions import canonical_quaternion
 from mspr_ros.onnx_backend import bundle_session, OnnxSession
+from mspr_ros.precision import check_precision, resolve_precision
 from mspr_ros.preprocess import preprocess_batch, validate_rgb_image
 
 LOGGER = logging.getLogger(__name__)
 BACKENDS = ('auto', 'torch', 'onnxruntime')
+AUTOCAST_DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,26 @@ def _model_orientation(quaternion_xyzw: np.ndarray) -> np.ndarray:
         raise ValueError(f'the model produced a degenerate orientation: {error}') from error
 
 
+def asked_precision(precision: str, fp16: Optional[bool]) -> str:
+    """Return the precision asked for by ``precision`` and the deprecated ``fp16`` flag.
+
+    ``fp16`` (None: not given) warns with a DeprecationWarning; ``fp16=True`` means 'fp16'.
+
+    Raises:
+        ValueError: ``precision`` is not one of PRECISIONS, or ``fp16=True`` contradicts it.
+    """
+    check_precision(precision)
+    if fp16 is None:
+        return precision
+    warnings.warn("Localizer's fp16 argument is deprecated: use precision='fp16'",
+                  DeprecationWarning, stacklevel=3)
+    if not fp16:
+        return precision
+    if precision == 'bf16':
+        raise ValueError("fp16=True contradicts precision='bf16'; pass precision alone")
+    return 'fp16'
+
+
 def resolve_backend(bundle: Bundle, backend: str) -> str:
     """Return 'torch' or 'onnxruntime': ``backend``, or for 'auto' what the bundle asks for."""
     if backend not in BACKENDS:
@@ -89,16 +116,26 @@ class Localizer:
     ``timings`` holds the :class:`LocalizerTimings` of the last localize call.
     """
 
-    def __init__(self, bundle: Bundle, device: str = 'auto', fp16: bool = False,
-                 backend: str = 'auto') -> None:
+    def __init__(self, bundle: Bundle, device: str = 'auto', fp16: Optional[bool] = None,
+                 backend: str = 'auto', *, precision: str = 'fp32',
+                 cuda_graphs: bool = False) -> None:
         """Prepare the bundle's model on ``device`` ('auto', 'cpu', 'cuda', 'cuda:N').
 
         ``backend``: 'torch', 'onnxruntime', or 'auto' (what the bundle asks for; torch when
         it asks for none). onnxruntime runs the bundle's ONNX graph (CUDA when ``device`` is
         CUDA and onnxruntime has it, else the CPU) with torch's intra-op thread count; any
-        problem with it raises BundleError here, never a silent fall-back to torch. ``fp16``
-        enables float16 autocast; it is only honoured by torch on CUDA (warning otherwise).
+        problem with it raises BundleError here, never a silent fall-back to torch.
+
+        ``precision``: 'fp32', 'fp16' or 'bf16' (autocast; :mod:`mspr_ros.precision` says where
+        each runs, anything else runs fp32 with one warning). ``cuda_graphs``: replay
+        single-image calls from a CUDA graph captured here (torch on CUDA only; elsewhere one
+        warning and eager runs). ``fp16`` is deprecated: ``fp16=True`` means
+        ``precision='fp16'``. :attr:`precision` and :attr:`cuda_graphs` say what runs.
+
+        Raises:
+            ValueError: unknown ``precision`` or ``backend``, or ``fp16=True`` with 'bf16'.
         """
+        asked = asked_precision(precision, fp16)
         self._bundle = bundle
         self._backend = resolve_backend(bundle, backend)
         self._device = resolve_device(device)
@@ -107,20 +144,42 @@ class Localizer:
         if self._backend == 'onnxruntime':
             self._session = bundle_session(bundle, self._device)
             self._device = self._session.device
-        self._fp16 = bool(fp16) and self._device.type == 'cuda' and self._session is None
-        if fp16 and not self._fp16:
-            LOGGER.warning('fp16 inference needs torch on CUDA; running in float32 with %s on '
-                           '%s', self._backend, self._device)
+        self._precision, warning = resolve_precision(asked, self._device.type, self._backend,
+                                                     supports_bf16(self._device))
+        if warning:
+            LOGGER.warning(warning)
+        self._autocast_dtype = AUTOCAST_DTYPES[self._precision]
         if self._session is None:
             self._model = build_model_from_bundle(bundle).to(self._device).eval()
+        self._graph: CudaGraphForward | None = None
+        if cuda_graphs:
+            obstacle = cuda_graph_obstacle(self._device, self._backend)
+            if obstacle:
+                LOGGER.warning('cuda_graphs asked for, but %s; running eagerly', obstacle)
+            else:
+                crop = bundle.preprocessing.crop
+                self._graph = CudaGraphForward(self._model, self._device, (1, 3, crop, crop),
+                                               self._autocast_dtype)
         self._covariances = [bundle.covariance[name] for name in bundle.scene_names]
         self.timings = LocalizerTimings(preprocess_ms=0.0, inference_ms=0.0)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str = 'auto',
-                  fp16: bool = False, backend: str = 'auto') -> 'Localizer':
+                  fp16: Optional[bool] = None, backend: str = 'auto', *,
+                  precision: str = 'fp32', cuda_graphs: bool = False) -> 'Localizer':
         """Load the bundle at ``path`` (raises BundleError) and build a localizer."""
-        return cls(load_bundle(path), device=device, fp16=fp16, backend=backend)
+        return cls(load_bundle(path), device=device, fp16=fp16, backend=backend,
+                   precision=precision, cuda_graphs=cuda_graphs)
+
+    @property
+    def precision(self) -> str:
+        """The precision inference runs in: 'fp32', 'fp16' or 'bf16' (after any fall-back)."""
+        return self._precision
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether single-image calls replay a captured CUDA graph."""
+        return self._graph is not None
 
     @property
     def backend(self) -> str:
@@ -196,6 +255,24 @@ class Localizer:
                                         inference_ms=1e3 * inference_s)
         return results
 
+    def run_model(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the torch model at :attr:`precision` on a preprocessed ``B x 3 x H x W`` batch.
+
+        A batch of one image replays the CUDA graph when :attr:`cuda_graphs` is on; other
+        batches run eagerly. Outputs are the model's dict, on :attr:`device`, possibly in half
+        precision; the call returns once the work is queued (CUDA runs asynchronously).
+
+        Raises:
+            RuntimeError: with the onnxruntime back-end, which has no torch model to run.
+        """
+        if self._session is not None:
+            raise RuntimeError('run_model runs the torch back-end; this localizer runs '
+                               'onnxruntime')
+        if self._graph is not None and batch.shape[0] == 1:
+            return self._graph(batch)
+        with torch.inference_mode(), autocast(self._device, self._autocast_dtype):
+            return self._model(batch.to(self._device, non_blocking=True))
+
     def _infer(self, batch: torch.Tensor) -> tuple[np.ndarray, ...]:
         """Run the model on a ``B x 3 x H x W`` batch.
 
@@ -207,10 +284,9 @@ class Localizer:
             return (outputs['scene'], *(outputs[key].astype(np.float64)
                                         for key in ('scene_log_probs', 'position',
                                                     'orientation')))
-        with torch.inference_mode(), torch.autocast(device_type=self._device.type,
-                                                    dtype=torch.float16, enabled=self._fp16):
-            outputs = self._model(batch.to(self._device, non_blocking=True))
+        outputs = self.run_model(batch)
         scenes = outputs['scene'].cpu().numpy()
+        # float() first: numpy has no bfloat16.
         return (scenes, *(outputs[key].float().cpu().numpy().astype(np.float64)
                           for key in ('scene_log_probs', 'position', 'orientation')))
 

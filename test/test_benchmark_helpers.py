@@ -114,7 +114,8 @@ def test_jsonable_gives_strict_json():
 
 
 def test_parameters_reach_the_node_as_the_yaml_they_were():
-    params = {'weights': "/w/it's.safetensors", 'fp16': False, 'device': 'cpu', 'rate': 2.5,
+    params = {'weights': "/w/it's.safetensors", 'cuda_graphs': False, 'device': 'cpu',
+              'precision': 'fp16', 'rate': 2.5,
               'count': 3, 'allowed_scenes': ['atrium', "o'hara"], 'limits': [1, 2.5]}
     args = param_args(params)
     assert args[::2] == ['-p'] * len(params)

@@ -189,3 +189,59 @@ def test_fusion_smoke(tmp_path):
             assert 0.0 <= figures['coverage_2sigma']['position'] <= 1.0
         assert set(result['goals']) >= {'p95_met', 'jitter_met', 'coverage_met'}
     assert document['settings']['frame_rate_hz'] == 5.0
+
+
+@pytest.mark.slow
+def test_gpu_latency_smoke(tmp_path):
+    """Per precision and CUDA graphs: latency, throughput, difference from fp32, the 3 ms goal.
+
+    Without CUDA, fp32 and bf16 run and every CUDA-only variant says it was skipped.
+    """
+    document = run_smoke('gpu_latency', tmp_path)
+    settings = document['settings']
+    on_cuda = settings['device_type'] == 'cuda'
+    [(size, result)] = document['results'].items()
+    assert size == 'tiny' and result['parameters'] > 0
+    variants = result['variants']
+    assert list(variants) == settings['variants'] == [
+        'fp32', 'fp16', 'bf16', 'fp32+graph', 'fp16+graph', 'bf16+graph']
+    cuda_only = {'fp16', 'fp32+graph', 'fp16+graph', 'bf16+graph'}
+    for name, record in variants.items():
+        assert record['precision'] == name.split('+')[0]
+        assert record['cuda_graphs'] == name.endswith('+graph')
+        if not on_cuda and name in cuda_only:
+            assert record == {'precision': record['precision'],
+                              'cuda_graphs': record['cuda_graphs'], 'skipped': 'needs CUDA'}
+            continue
+        if 'skipped' in record:  # bf16 on a GPU without it
+            assert on_cuda and name.startswith('bf16') and 'bfloat16' in record['skipped']
+            continue
+        assert_summary(record['localize_ms'], settings['calls'])
+        assert_summary(record['model_ms'], settings['calls'])
+        rate = record['throughput']
+        if record['cuda_graphs']:
+            assert rate is None
+        else:
+            assert (rate['batch'], rate['batches']) == (settings['batch'], settings['batches'])
+            assert rate['images_per_s'] == pytest.approx(
+                rate['batch'] * rate['batches'] / rate['seconds'])
+        diff = record['difference_vs_fp32']
+        assert diff['images'] == settings['images']
+        assert 0 <= diff['scene_disagreements'] <= diff['images']
+        assert all(math.isfinite(diff[key]) and diff[key] >= 0
+                   for key in ('position_m', 'orientation_deg', 'scene_probability'))
+        assert diff['orientation_deg'] <= 180.0 and diff['scene_probability'] <= 1.0
+        assert record['goal_met'] == (record['localize_ms']['p50'] < 3.0 if on_cuda else None)
+    reference = variants['fp32']['difference_vs_fp32']
+    assert reference['scene_disagreements'] == 0
+    assert reference['position_m'] == reference['orientation_deg'] == 0.0
+    assert reference['scene_probability'] == 0.0
+    goal = result['goal']
+    assert goal['p50_ms'] == settings['goal_p50_ms'] == 3.0 and goal['applies'] == on_cuda
+    if on_cuda:
+        ran = {name: v for name, v in variants.items() if 'skipped' not in v}
+        assert goal['best_p50_ms'] == min(v['localize_ms']['p50'] for v in ran.values())
+        assert goal['met'] == (goal['best_p50_ms'] < 3.0)
+    else:
+        assert 'CPU' in goal['reason']
+        assert any('no CUDA' in note for note in document['notes'])

@@ -96,10 +96,12 @@ def test_preprocessing_matches_the_paper_transform():
 
 
 def test_fp16_on_cpu_warns_and_runs_float32(tiny_bundle_path, caplog):
-    """fp16 is ignored with a warning on the CPU."""
+    """fp16 falls back to float32 on the CPU with one warning naming both."""
     with caplog.at_level(logging.WARNING, logger='mspr_ros.localizer'):
-        localizer = Localizer.from_file(tiny_bundle_path, device='cpu', fp16=True)
-    assert 'fp16' in caplog.text
+        localizer = Localizer.from_file(tiny_bundle_path, device='cpu', precision='fp16')
+    [warning] = [r.getMessage() for r in caplog.records if r.name == 'mspr_ros.localizer']
+    assert 'precision fp16' in warning and 'running fp32' in warning
+    assert localizer.precision == 'fp32' and not localizer.cuda_graphs
     localizer.warmup(1)
     assert localizer.localize(skimage.data.coffee()).position.dtype == np.float64
 

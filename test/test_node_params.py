@@ -1,4 +1,4 @@
-"""Parameter declaration and validation over real DDS.
+"""Parameter declaration and validation over real DDS, and the validation rules themselves.
 
 - A node started with an unavailable device and bad frame names fails configure with one error
   that lists every problem, and stays unconfigured.
@@ -6,12 +6,17 @@
   a read-only flag or the frame chain; valid ones are accepted.
 - Descriptors (read-only, ranges, descriptions) are visible through ``describe_parameters``.
 - An out-of-range override at start-up stops the process with a message naming the parameter.
+- Without a node: the enumerations and the precision parameters (``fp16`` a deprecated alias),
+  and configure loading the localizer as they say.
 """
+import logging
+
 from lifecycle_msgs.msg import Transition
 import pytest
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import DescribeParameters
 
+from mspr_ros.ros.configure import load_localizer
 from mspr_ros.ros.params import fusion_config, NodeParams, PARAM_NAMES, PARAM_SPECS
 from mspr_ros.ros.params import ParameterValidationError, parse_scene_alignment
 from ros_harness import domain_id, NodeProcess, RosClient, stop_all
@@ -28,7 +33,7 @@ def system(tiny_bundle_path, tmp_path_factory):
     domain = domain_id(4)
     bad = NodeProcess(domain, tmp / 'bad.log', name=NAME, params={
         'weights': str(tiny_bundle_path), 'device': 'cuda:7', 'base_frame_id': 'odom',
-        'camera_frame_id': '/camera'})
+        'camera_frame_id': '/camera', 'precision': 'fp8'})
     out_of_range = NodeProcess(domain, tmp / 'range.log', name='range_node',
                                params={'weights': str(tiny_bundle_path), 'max_rate': -1.0})
     client = RosClient(domain)
@@ -46,6 +51,7 @@ def test_configure_fails_listing_every_invalid_parameter(system):
     assert "global_frame_id" not in error
     assert "odom_frame_id and base_frame_id are both 'odom'" in error
     assert "camera_frame_id '/camera' is not a valid tf2 frame id" in error
+    assert "precision 'fp8' is not one of fp32, fp16, bf16" in error
     assert client.get_state(FQN) == 'unconfigured'
 
 
@@ -76,7 +82,7 @@ def test_runtime_changes_are_validated(system):
     values = client.get_parameters(FQN, ['max_rate', 'base_frame_id'])
     assert values[0].double_value == 5.0 and values[1].string_value == 'base_link'
 
-    # Frames fixed: configuring again fails for the device alone.
+    # Frames fixed: configuring again fails for the device and the (read-only) precision alone.
     assert not client.change_state(FQN, Transition.TRANSITION_CONFIGURE)
     errors = [line for line in bad.output().splitlines() if 'configure failed' in line]
     assert len(errors) == 2 and 'cuda:7' in errors[1] and 'frame' not in errors[1]
@@ -90,8 +96,11 @@ def test_descriptors_document_every_parameter(system):
     descriptors = {d.name: d for d in response.descriptors}
     assert set(descriptors) == set(PARAM_NAMES)
     assert all(d.description for d in descriptors.values())
-    for name in ('weights', 'device', 'image_transport', 'image_qos', 'autostart'):
+    for name in ('weights', 'device', 'image_transport', 'image_qos', 'autostart', 'precision',
+                 'cuda_graphs', 'fp16'):
         assert descriptors[name].read_only, name
+    assert descriptors['precision'].additional_constraints == 'fp32|fp16|bf16'
+    assert 'Deprecated' in descriptors['fp16'].description
     for name in ('min_scene_confidence', 'max_jump_translation', 'tf_broadcast'):
         assert not descriptors[name].read_only, name
     for name in ('max_rate', 'max_image_age', 'transform_tolerance', 'transform_timeout'):
@@ -151,3 +160,41 @@ def test_fusion_parameters_reach_the_fusion_and_none_turns_it_off():
     assert (config.window_s, config.window_distance_m, config.odometry_drift_per_m,
             config.error_correlation_s, config.two_d) == (4.0, 2.5, 0.05, 1.5, True)
     assert fusion_config(NodeParams.from_values(_defaults() | {'fusion': 'none'})) is None
+
+
+def test_precision_parameters_are_validated_and_fp16_is_a_deprecated_alias():
+    params = NodeParams.from_values(_defaults())
+    assert (params.precision, params.cuda_graphs, params.fp16) == ('fp32', False, False)
+    params = NodeParams.from_values(_defaults() | {'precision': 'bf16', 'cuda_graphs': True})
+    assert (params.precision, params.cuda_graphs) == ('bf16', True)
+    assert NodeParams.from_values(_defaults() | {'fp16': True}).precision == 'fp16'
+    assert NodeParams.from_values(_defaults() | {'fp16': True,
+                                                 'precision': 'fp16'}).precision == 'fp16'
+    with pytest.raises(ParameterValidationError) as caught:
+        NodeParams.from_values(_defaults() | {'precision': 'fp8'})
+    [problem] = caught.value.problems
+    assert problem.names == ('precision',)
+    assert problem.text == "precision 'fp8' is not one of fp32, fp16, bf16"
+    with pytest.raises(ParameterValidationError) as caught:
+        NodeParams.from_values(_defaults() | {'precision': 'bf16', 'fp16': True})
+    [problem] = caught.value.problems
+    assert problem.names == ('fp16', 'precision') and 'set fp16 false' in problem.text
+
+
+def test_configure_loads_the_localizer_with_the_precision_parameters(tiny_bundle_path, caplog):
+    """The model runs as the parameters say; the deprecated fp16 warns (then falls back here)."""
+    weights = {'weights': str(tiny_bundle_path)}
+    with caplog.at_level(logging.WARNING, logger='mspr_ros'):
+        localizer = load_localizer(NodeParams.from_values(
+            _defaults() | weights | {'precision': 'bf16'}), 'cpu')
+    assert (localizer.precision, localizer.cuda_graphs) == ('bf16', False)
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger='mspr_ros'):
+        localizer = load_localizer(NodeParams.from_values(
+            _defaults() | weights | {'fp16': True, 'cuda_graphs': True}), 'cpu')
+    texts = [record.getMessage() for record in caplog.records]
+    assert len(texts) == 3, texts
+    assert 'parameter fp16 is deprecated' in texts[0] and 'precision fp16' in texts[0]
+    assert 'precision fp16 needs torch on CUDA' in texts[1]
+    assert 'cuda_graphs asked for' in texts[2]
+    assert (localizer.precision, localizer.cuda_graphs) == ('fp32', False)

@@ -161,10 +161,15 @@ def test_the_backend_follows_the_bundle_unless_chosen(exported, torch_bundle, mo
     assert str(torch_bundle) in str(error.value)
     with pytest.raises(ValueError, match='tensorrt'):
         Localizer.from_file(exported, device='cpu', backend='tensorrt')
-    localizer = Localizer.from_file(exported, device='cpu', backend='onnxruntime', fp16=True)
+    localizer = Localizer.from_file(exported, device='cpu', backend='onnxruntime',
+                                    precision='bf16', cuda_graphs=True)
+    # Reduced precision and CUDA graphs are torch's: onnxruntime runs its fp32 graph eagerly.
+    assert localizer.precision == 'fp32' and not localizer.cuda_graphs
     forbid_torch_forward(monkeypatch)
     localizer.warmup(1)
     assert localizer.onnx_session.runs == 1 and localizer.device == torch.device('cpu')
+    with pytest.raises(RuntimeError, match='onnxruntime'):
+        localizer.run_model(torch.zeros(1, 3, 224, 224))
 
 
 @pytest.mark.parametrize('damage', ['missing', 'altered'])

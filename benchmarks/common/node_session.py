@@ -51,7 +51,7 @@ POSE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
 START_TIMEOUT_S = 180.0
 
 
-def node_parameters(weights: Path, device: str, fp16: bool = False,
+def node_parameters(weights: Path, device: str, precision: str = 'fp32',
                     **overrides: Any) -> Dict[str, Any]:
     """Return the node parameters of a benchmark run.
 
@@ -59,7 +59,7 @@ def node_parameters(weights: Path, device: str, fp16: bool = False,
     gate accepts any scene confidence; there is no odometry, so the node publishes
     ``map -> base_link`` directly. Everything else keeps the node's defaults.
     """
-    params = {'weights': str(weights), 'device': device, 'fp16': fp16,
+    params = {'weights': str(weights), 'device': device, 'precision': precision,
               'min_scene_confidence': 0.0, 'odom_frame_id': '', 'diagnostics_period': 0.5}
     params.update(overrides)
     return params

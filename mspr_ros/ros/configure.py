@@ -1,10 +1,14 @@
 """What the node's configure transition loads: parameters, the model, the scene alignments."""
+import logging
 from typing import Dict, Tuple
 
 from mspr_ros.geometry.transforms import SceneAlignment
 from mspr_ros.ros.params import alignment_to_param, NodeParams, ParameterValidationError
 from mspr_ros.ros.params import parse_scene_alignment, read_node_parameters
 from mspr_ros.ros.params import scene_alignment_descriptor, scene_param_name
+
+# Under mspr_ros: the node forwards these records to its ROS logger during configure.
+LOGGER = logging.getLogger(__name__)
 
 
 def validated_parameters(node) -> Tuple[NodeParams, str]:
@@ -31,8 +35,13 @@ def load_localizer(params: NodeParams, device: str):
     from mspr_ros.localizer import Localizer
     if params.cpu_threads > 0:
         torch.set_num_threads(params.cpu_threads)
+    if params.fp16:
+        LOGGER.warning('parameter fp16 is deprecated: set precision: fp16 instead (asking for '
+                       'precision %s)', params.precision)
     try:
-        localizer = Localizer.from_file(params.weights, device=device, fp16=params.fp16)
+        localizer = Localizer.from_file(params.weights, device=device,
+                                        precision=params.precision,
+                                        cuda_graphs=params.cuda_graphs)
         localizer.warmup()
     except Exception as error:
         text = str(error)

@@ -11,6 +11,8 @@ from typing import Any, Optional, Tuple
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rcl_interfaces.msg import ParameterType
 
+from mspr_ros.precision import PRECISIONS
+
 IMAGE_TRANSPORTS = ('raw', 'compressed')
 IMAGE_QOS_PROFILES = ('sensor_data', 'reliable', 'system_default')
 COVARIANCE_MODES = ('calibrated', 'fixed')
@@ -56,7 +58,16 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
               read_only=True),
     ParamSpec('device', 'auto', _S, 'Inference device: auto, cpu, cuda or cuda:N.',
               read_only=True, constraints='auto|cpu|cuda|cuda:N; auto falls back to cpu'),
-    ParamSpec('fp16', False, _B, 'Run inference in half precision (CUDA only).', read_only=True),
+    ParamSpec('precision', 'fp32', _S,
+              'Inference precision: fp32; fp16 (torch on CUDA); bf16 (torch on the CPU or a GPU '
+              'with bfloat16). Elsewhere fp32 runs, with a warning.',
+              read_only=True, constraints='|'.join(PRECISIONS)),
+    ParamSpec('cuda_graphs', False, _B,
+              'Replay each image\'s inference from a captured CUDA graph (torch on CUDA; '
+              'elsewhere ignored with a warning).', read_only=True),
+    ParamSpec('fp16', False, _B,
+              "Deprecated, use precision: fp16. True with precision 'fp32' runs fp16.",
+              read_only=True),
     ParamSpec('cpu_threads', 0, _I,
               "PyTorch intra-op threads of this process; 0 keeps PyTorch's default (one per "
               'core). Fewer leave cores to the camera driver and the rest of the robot.',

@@ -23,6 +23,7 @@ from mspr_ros.estimation.fusion import FusionConfig
 from mspr_ros.estimation.gating import GateConfig
 from mspr_ros.geometry.transforms import alignment_parameter_name, alignment_parameter_scene
 from mspr_ros.geometry.transforms import SceneAlignment
+from mspr_ros.precision import PRECISIONS
 from mspr_ros.ros.param_specs import COVARIANCE_MODES, FUSION_MODES, IMAGE_QOS_PROFILES
 from mspr_ros.ros.param_specs import IMAGE_TRANSPORTS, PARAM_NAMES, PARAM_SPECS
 
@@ -67,7 +68,9 @@ class NodeParams:
 
     weights: str
     device: str
-    fp16: bool
+    precision: str  # what to run: the deprecated ``fp16: true`` turns 'fp32' into 'fp16'
+    cuda_graphs: bool
+    fp16: bool  # deprecated; as set, for the warning
     cpu_threads: int
     image_transport: str
     image_qos: str
@@ -115,10 +118,16 @@ class NodeParams:
         for name, choices in (('image_transport', IMAGE_TRANSPORTS),
                               ('image_qos', IMAGE_QOS_PROFILES),
                               ('covariance.mode', COVARIANCE_MODES),
-                              ('fusion', FUSION_MODES)):
+                              ('fusion', FUSION_MODES), ('precision', PRECISIONS)):
             if values[name] not in choices:
                 problems.append(_problem(
                     name, f"{name} '{values[name]}' is not one of {', '.join(choices)}"))
+        precision = values['precision']
+        if values['fp16'] and precision == 'fp32':
+            precision = 'fp16'
+        elif values['fp16'] and precision == 'bf16':
+            problems.append(_problem(('fp16', 'precision'), (
+                f"fp16 (deprecated) is true but precision is '{precision}': set fp16 false")))
         camera_to_base = tuple(float(v) for v in values['camera_to_base'] or ())
         if camera_to_base and (len(camera_to_base) != 6
                                or not all(math.isfinite(v) for v in camera_to_base)):
@@ -143,6 +152,7 @@ class NodeParams:
             raise ParameterValidationError(problems)
         return cls(
             weights=str(values['weights']), device=str(values['device']),
+            precision=precision, cuda_graphs=bool(values['cuda_graphs']),
             fp16=bool(values['fp16']), cpu_threads=int(values['cpu_threads']),
             image_transport=values['image_transport'],
             image_qos=values['image_qos'], max_image_age=float(values['max_image_age']),
