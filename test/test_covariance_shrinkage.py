@@ -7,6 +7,7 @@ from sklearn.covariance import oas
 from mspr_training.calibration import (calibrate_covariance, parse_shrinkage,
                                        shrunk_second_moment)
 from mspr_training.engine import Predictions
+from mspr_training.export import parse_args
 from mspr_training.metrics import covariance_coverage, pose_error_vectors
 
 IDENTITY = [0.0, 0.0, 0.0, 1.0]
@@ -106,3 +107,12 @@ def test_parse_shrinkage_accepts(value, expected):
 def test_parse_shrinkage_refuses(value):
     with pytest.raises(ValueError, match='shrinkage'):
         parse_shrinkage(value)
+
+
+def test_export_command_line_takes_and_checks_the_shrinkage(capsys):
+    assert parse_args(['--run', 'r', '--out', 'o']).covariance_shrinkage == 'oas'
+    assert parse_args(['--run', 'r', '--out', 'o', '--covariance-shrinkage', '0'
+                       ]).covariance_shrinkage == 0.0
+    with pytest.raises(SystemExit):
+        parse_args(['--run', 'r', '--out', 'o', '--covariance-shrinkage', '2'])
+    assert 'shrinkage' in capsys.readouterr().err
