@@ -10,12 +10,21 @@ WARN_THROTTLE_S = 5.0
 
 
 class _RosLogHandler(logging.Handler):
-    """Forwards Python ``logging`` records of the core (e.g. the device fallback) to rclpy."""
+    """Forwards Python ``logging`` records of the core (e.g. the device fallback) to rclpy.
+
+    Only records logged by the thread that installed it: a node configuring in one thread must
+    not capture what another node (or a test) logs in another thread at the same time.
+    """
 
     def __init__(self, ros_logger):
-        """Forward to ``ros_logger`` (an rclpy logger)."""
+        """Forward to ``ros_logger`` (an rclpy logger) what the current thread logs."""
         super().__init__(level=logging.INFO)
         self._ros_logger = ros_logger
+        self._thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep only the installing thread's records."""
+        return record.thread == self._thread and super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         """Log ``record`` at the matching rclpy severity."""
@@ -30,19 +39,20 @@ class _RosLogHandler(logging.Handler):
 
 @contextlib.contextmanager
 def core_logs_to(ros_logger):
-    """Route ``mspr_ros.*`` Python log records to ``ros_logger`` inside the block."""
+    """Route ``mspr_ros.*`` Python log records of this thread to ``ros_logger`` inside the block.
+
+    The core logger's level and propagation stay as they are: toggling them is global, and a
+    second node or thread would lose its records for as long as the block lasts. Records below
+    the core logger's effective level (WARNING unless someone set it) are not forwarded, so
+    the node shows the core's warnings and errors.
+    """
     core_logger = logging.getLogger('mspr_ros')
     handler = _RosLogHandler(ros_logger)
-    previous_level, previous_propagate = core_logger.level, core_logger.propagate
     core_logger.addHandler(handler)
-    core_logger.setLevel(logging.INFO)
-    core_logger.propagate = False
     try:
         yield
     finally:
         core_logger.removeHandler(handler)
-        core_logger.setLevel(previous_level)
-        core_logger.propagate = previous_propagate
 
 
 class ThrottledLog:
