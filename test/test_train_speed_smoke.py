@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from mspr_ros.runtime import allocator
+
 REPO = Path(__file__).resolve().parents[1]
 # Four (or two) processes each import torch and build the model; bounds a hung run on a busy
 # 2-core machine.
@@ -78,9 +80,11 @@ def check_figures(size: dict, names: list, steps: int = 2) -> None:
                 assert size['ratios'][name][f'vs_{reference}'] == pytest.approx(
                     figures['images_per_s'] / variants[reference]['images_per_s'])
     goals = size['goals']
-    assert goals['speedup_vs_baseline'] == size['ratios']['chunked']['vs_baseline']
+    today = goals['variant']
+    assert today == ('tcmalloc' if 'tcmalloc' in variants else 'chunked')
+    assert goals['speedup_vs_baseline'] == size['ratios'][today]['vs_baseline']
     assert goals['speedup_met'] == (goals['speedup_vs_baseline'] >= 2.2)
-    assert goals['system_share'] == variants['chunked']['system_share']
+    assert goals['system_share'] == variants[today]['system_share']
     assert ('vs_ms_depth_4x4' in goals) == ('ms_depth_4x4' in variants)
 
 
@@ -93,7 +97,7 @@ def check_active(figures: dict, attention: str, tuned: bool) -> None:
     assert active['memory_efficient'] == (encoders if attention == 'chunked' else 0)
     # Counted in a warm-up step: the chunked kernel ran once per encoder layer, or never.
     assert active['chunked_calls_per_step'] == (encoders if attention == 'chunked' else 0)
-    assert active['malloc_environment'] == []
+    assert active['malloc_environment'] == [] and active['preloaded'] is None
     if tuned and TUNED:
         assert 'no mmap' in active['allocator']
     else:
@@ -135,3 +139,20 @@ def test_train_speed_smoke_demo(tmp_path):
     for figures in size['variants'].values():
         assert set(figures['input']) == {'feat_t', 'feat_rot'}
         assert figures['model']['freeze_backbone']
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(allocator.find_tcmalloc() is None, reason='libtcmalloc_minimal is not '
+                    'installed (apt install libtcmalloc-minimal4)')
+def test_train_speed_smoke_tcmalloc_variant_runs_on_tcmalloc(tmp_path):
+    """The tcmalloc variant's process has tcmalloc mapped; the baseline's has not."""
+    document = run_train_speed(tmp_path, '--size', 'demo', '--variants', 'baseline,tcmalloc')
+    size = document['results']['sizes']['demo']
+    check_figures(size, ['baseline', 'tcmalloc'])
+    baseline, preloaded = size['variants']['baseline'], size['variants']['tcmalloc']
+    check_active(baseline, 'plain', False)
+    assert preloaded['active']['preloaded'] == 'tcmalloc'
+    assert preloaded['active']['malloc_environment'] == ['LD_PRELOAD']
+    assert preloaded['active']['implementation'] == 'chunked'
+    # mallopt is glibc's: with tcmalloc serving malloc the variant does not call it.
+    assert preloaded['active']['allocator'] is None

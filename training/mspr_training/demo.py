@@ -21,7 +21,7 @@ from pathlib import Path
 import sys
 import time
 
-from mspr_ros.runtime.allocator import configure_for_training
+from mspr_ros.runtime.allocator import use_preferred_allocator
 from mspr_ros.runtime.dds_profile import with_image_profile
 
 DEFAULT_OUT = Path('artifacts') / 'demo'
@@ -63,10 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     """Run the demo; return the exit status."""
+    # The demo trains in this process (see mspr_ros.runtime.allocator); may restart it on tcmalloc.
+    use_preferred_allocator(argv)
     args = parse_args(argv)
     # Images cross Fast DDS quickly and without loss only through shared memory (see README).
     with_image_profile()
-    configure_for_training()  # the demo trains in this process (see mspr_ros.runtime.allocator)
     from mspr_training import evaluate, export, synth, train
     from mspr_training.bags import cli as bag_eval
     from mspr_training.config import load_config

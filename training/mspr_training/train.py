@@ -731,11 +731,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``mspr-train``; returns the exit status."""
+    # Before anything else: on tcmalloc this may restart the process (argv None: a real run).
+    active = allocator.use_preferred_allocator(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(message)s')
-    tuned = allocator.configure_for_training()
-    if tuned:
-        logging.info('allocator: %s', tuned)
+    if active:
+        logging.info('allocator: %s', active)
     overrides = list(args.overrides) + ([f'device={args.device}'] if args.device else [])
     config = args.config
     if config is None:
