@@ -36,6 +36,11 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _source_digest(*modules) -> str:
+    """Return a digest of the source files of ``modules``."""
+    return _fingerprint(*(Path(module.__file__).read_text(encoding='utf-8') for module in modules))
+
+
 def _fresh(target: Path, stamp: Path, key: str) -> bool:
     """Return True when ``target`` exists and was made with the same inputs (``key``)."""
     return target.exists() and stamp.exists() and stamp.read_text().strip() == key
@@ -68,7 +73,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # Images cross Fast DDS quickly and without loss only through shared memory (see README).
     with_image_profile()
-    from mspr_training import evaluate, export, synth, train
+    from mspr_training import calibration, evaluate, export, synth, train
     from mspr_training.bags import cli as bag_eval
     from mspr_training.config import load_config
 
@@ -108,14 +113,16 @@ def main(argv=None) -> int:
     _banner(3, 'export the weights bundle (mspr-export)')
     bundle = out / 'mspr_demo.safetensors'
     bundle_stamp = out / '.demo-bundle'
-    if _fresh(bundle, bundle_stamp, train_key):
+    # The exporter's code is part of the key: a new calibration must not reuse an old bundle.
+    bundle_key = _fingerprint(train_key, _source_digest(export, calibration))
+    if _fresh(bundle, bundle_stamp, bundle_key):
         print(f'reusing {bundle}')
     else:
         # The covariance comes from the training loops held out of training (the config's
         # data.calibration_split), never from the test images the demo reports on.
         export.export_bundle(run_dir, bundle, calibration_split='default',
                              data_root=world_dir / 'cambridge', device=args.device)
-        bundle_stamp.write_text(train_key + '\n')
+        bundle_stamp.write_text(bundle_key + '\n')
     print(f'bundle: {bundle}')
 
     _banner(4, 'evaluate on the test images (mspr-evaluate)')
