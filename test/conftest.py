@@ -2,6 +2,7 @@
 
 Other packages' tests (node, training) rely on ``tiny_bundle_path``: keep names and semantics.
 """
+import logging
 from pathlib import Path
 import random
 from typing import Dict, Iterator, Tuple
@@ -59,6 +60,24 @@ def tiny_world(tmp_path_factory) -> Iterator[Path]:
     if changed:
         pytest.fail(f'a test changed the shared rendered world {out}: '
                     f'{sorted({path for path, _ in changed})[:10]}')
+
+
+@pytest.fixture(autouse=True)
+def project_loggers_propagate():
+    """Keep the project's loggers propagating to the root, where caplog listens.
+
+    Importing ROS 2's ``launch`` (the launch-file tests do, in this process) sets the logger
+    class to one whose new loggers do not propagate. A module of ours imported after that, such
+    as ``mspr_ros.localizer`` in a later test, would log to nowhere that caplog sees.
+    """
+    saved_class = logging.getLoggerClass()
+    logging.setLoggerClass(logging.Logger)  # loggers first made during the test propagate
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if name.split('.')[0] in ('mspr_ros', 'mspr_training') and isinstance(
+                logger, logging.Logger):
+            logger.propagate = True
+    yield
+    logging.setLoggerClass(saved_class)
 
 
 @pytest.fixture(scope='module')
