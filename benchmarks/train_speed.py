@@ -120,8 +120,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if unknown or not args.variants:
         parser.error(f'--variants: unknown {unknown}; choose from {",".join(VARIANTS)}')
     if 'tcmalloc' in args.variants and allocator.find_tcmalloc() is None:
-        parser.error('--variants tcmalloc: libtcmalloc_minimal is not installed '
-                     '(apt install libtcmalloc-minimal4)')
+        parser.error(f'--variants tcmalloc: {allocator.TCMALLOC_MISSING}')
     size = args.size or ('both' if run_mode(args) == 'full' else 'paper')
     args.sizes = list(SIZES) if size == 'both' else [size]
     # The warm-up step is where chunked calls are counted, so there is always one.

@@ -107,10 +107,7 @@ def test_a_user_setting_is_kept(monkeypatch, variable):
     assert allocator.configure_for_training() is None
 
 
-NO_TCMALLOC = 'libtcmalloc_minimal is not installed (apt install libtcmalloc-minimal4)'
-
-
-@pytest.mark.skipif(allocator.find_tcmalloc() is None, reason=NO_TCMALLOC)
+@pytest.mark.skipif(allocator.find_tcmalloc() is None, reason=allocator.TCMALLOC_MISSING)
 def test_a_program_restarts_once_on_tcmalloc_and_keeps_freed_blocks():
     """mspr-train's first call: the same process (pid) restarts once with tcmalloc mapped."""
     pids, note, kept, refaults = _run_probe('preferred')

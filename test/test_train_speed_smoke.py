@@ -142,8 +142,7 @@ def test_train_speed_smoke_demo(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(allocator.find_tcmalloc() is None, reason='libtcmalloc_minimal is not '
-                    'installed (apt install libtcmalloc-minimal4)')
+@pytest.mark.skipif(allocator.find_tcmalloc() is None, reason=allocator.TCMALLOC_MISSING)
 def test_train_speed_smoke_tcmalloc_variant_runs_on_tcmalloc(tmp_path):
     """The tcmalloc variant's process has tcmalloc mapped; the baseline's has not."""
     document = run_train_speed(tmp_path, '--size', 'demo', '--variants', 'baseline,tcmalloc')

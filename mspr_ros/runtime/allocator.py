@@ -49,6 +49,8 @@ TCMALLOC_GLOBS = ('/usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4',
 CHOICE_VARIABLE = 'MSPR_ALLOCATOR'
 CHOICES = ('auto', 'tcmalloc', 'glibc')
 RESTART_MARKER = 'MSPR_ALLOCATOR_PRELOADED'
+TCMALLOC_MISSING = ('libtcmalloc_minimal is not installed '
+                    '(Debian/Ubuntu: apt install libtcmalloc-minimal4)')
 # glibc reads these at start-up; a user who set any of them keeps their choice.
 USER_VARIABLES = ('MALLOC_TRIM_THRESHOLD_', 'MALLOC_TOP_PAD_', 'MALLOC_MMAP_THRESHOLD_',
                   'MALLOC_MMAP_MAX_')
@@ -155,8 +157,7 @@ def use_preferred_allocator(argv: Optional[Sequence[str]] = None) -> Optional[st
     if choice != 'glibc' and argv is None:
         library = find_tcmalloc()
         if library is None and choice == 'tcmalloc':
-            raise RuntimeError(f'{CHOICE_VARIABLE}=tcmalloc, but libtcmalloc_minimal is not '
-                               'installed (Debian/Ubuntu: apt install libtcmalloc-minimal4)')
+            raise RuntimeError(f'{CHOICE_VARIABLE}=tcmalloc, but {TCMALLOC_MISSING}')
         if library is not None and RESTART_MARKER in os.environ:
             # Restarted once already and still not loaded: ld.so ignored the preload.
             if choice == 'tcmalloc':
