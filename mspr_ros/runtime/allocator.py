@@ -18,7 +18,8 @@ own script using ``Localizer``), not something the library does by itself on imp
 
 A better allocator, where installed: gperftools' tcmalloc (Debian ``libtcmalloc-minimal4``, BSD
 licence) keeps freed memory in its own caches without any of this, and measured faster still in
-a paper-size training step (``benchmarks/train_speed.py``: 1.15x the tuned glibc step). It can
+a paper-size training step (``benchmarks/train_speed.py``: 1.04x the tuned glibc step in the
+full run, 1.15x in a quick one). It can
 only take over at process start (``LD_PRELOAD``), so :func:`use_preferred_allocator` restarts
 the command line once with it preloaded. jemalloc was measured too and was slower than tuned
 glibc with its defaults (it hands freed pages back after a delay): not used.
