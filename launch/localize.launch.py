@@ -5,7 +5,12 @@ Example::
     ros2 launch mspr_ros localize.launch.py weights:=/path/model.safetensors namespace:=robot \
         image_topic:=/camera/color/image_raw rviz:=true
 
-Arguments left empty (``weights``, ``device``) keep the value of ``params_file``.
+``params_file`` takes one file or several, comma-separated (``params_file:=a.yaml,b.yaml``):
+they are loaded in order, so a later file overrides an earlier one (``setup.launch.py`` puts the
+set-up's file first and yours after it). Write the node's key as ``/**/mspr_localizer:`` so that
+it matches under any ``namespace``. Arguments left empty (``weights``, ``device``) keep the
+value of the parameter files; the others override them.
+
 ``FASTDDS_DEFAULT_PROFILES_FILE`` is set to ``config/fastdds_images.xml`` unless a profile is
 already set: with Fast DDS's default 512 KiB shared-memory segment, 640x480 images go over UDP
 and a best-effort subscription loses most frames. The camera driver needs it too (README).
@@ -31,6 +36,19 @@ def _share(*parts):
 
 def _as_bool(text):
     return text.strip().lower() in TRUE_WORDS
+
+
+def params_files(text):
+    """Return the files of a comma-separated ``params_file`` value, in order (later override).
+
+    A missing file stops the launch: launch_ros would skip it with a warning, and the node would
+    run without the parameters its user wrote.
+    """
+    files = [part.strip() for part in text.split(',') if part.strip()]
+    missing = [path for path in files if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"params_file: no such file: {', '.join(missing)}")
+    return files
 
 
 def parameter_overrides(value):
@@ -61,7 +79,8 @@ def _launch_setup(context):
     actions = [Node(
         package=PACKAGE, executable='localizer', name='mspr_localizer',
         namespace=value['namespace'], output='screen',
-        parameters=[value['params_file'], overrides], remappings=image_remappings(image_topic),
+        parameters=params_files(value['params_file']) + [overrides],
+        remappings=image_remappings(image_topic),
         arguments=['--ros-args', '--log-level', value['log_level']])]
     if _as_bool(value['rviz']):
         try:
@@ -82,7 +101,8 @@ def generate_launch_description():
     """Declare the arguments, the transport setting and the nodes."""
     arguments = [
         DeclareLaunchArgument('params_file', default_value=_share('config', 'mspr_ros.yaml'),
-                              description='YAML file with the mspr_localizer parameters'),
+                              description='mspr_localizer parameter file(s), comma-separated; '
+                                          'later files override earlier ones'),
         DeclareLaunchArgument('weights', default_value='',
                               description='weights bundle (.safetensors); empty: params_file'),
         DeclareLaunchArgument('device', default_value='',

@@ -1,14 +1,17 @@
 """Start mspr_localizer under a Nav2 lifecycle manager (``config/nav2_lifecycle.yaml``).
 
-Example::
+Example (beside Nav2's AMCL, in the robot's namespace, with your own parameters)::
 
-    ros2 launch mspr_ros nav2_managed.launch.py weights:=/path/model.safetensors \
-        params_file:=$(ros2 pkg prefix mspr_ros)/share/mspr_ros/config/setup_amcl.yaml
+    ros2 launch mspr_ros nav2_managed.launch.py setup:=amcl weights:=/path/model.safetensors \
+        namespace:=robot params_file:=/path/mine.yaml
 
-The localizer comes from ``localize.launch.py`` with ``autostart:=false``; the manager
-(``nav2_lifecycle_manager``, ``bond_timeout: 0.0``) configures and activates it, and on shutdown
-deactivates, cleans up and shuts it down. Without Nav2 installed the localizer is started alone
-and waits, unconfigured, for ``ros2 lifecycle set``.
+The localizer comes from ``setup.launch.py`` (its ``setup``, ``params_file`` and
+``ekf_params_file`` arguments: a planar set-up, then your files over it) with
+``autostart:=false``; the manager (``nav2_lifecycle_manager`` as ``lifecycle_manager_mspr``,
+``bond_timeout: 4.0``) configures and activates it, watches its bond, and on shutdown
+deactivates, cleans up and shuts it down. ``manager_params_file`` (comma-separated) is loaded
+after ``config/nav2_lifecycle.yaml`` and overrides it. Without Nav2 installed the localizer is
+started alone and waits, unconfigured, for ``ros2 lifecycle set``.
 """
 import os
 
@@ -22,12 +25,27 @@ from launch_ros.actions import Node
 
 PACKAGE = 'mspr_ros'
 MANAGER_PACKAGE = 'nav2_lifecycle_manager'
-FORWARDED = ('params_file', 'weights', 'device', 'use_sim_time', 'namespace', 'image_topic',
-             'log_level')
+MANAGER_NAME = 'lifecycle_manager_mspr'
+SETUPS = ('standalone', 'amcl', 'ekf')
+FORWARDED = ('setup', 'params_file', 'ekf_params_file', 'weights', 'device', 'use_sim_time',
+             'namespace', 'image_topic', 'log_level')
 
 
 def _share(*parts):
     return os.path.join(get_package_share_directory(PACKAGE), *parts)
+
+
+def user_params_files(argument, text):
+    """Return the files of a comma-separated launch argument, in order.
+
+    A missing file stops the launch: launch_ros would skip it with a warning, and the node would
+    run without the parameters its user wrote.
+    """
+    files = [part.strip() for part in text.split(',') if part.strip()]
+    missing = [path for path in files if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"{argument}: no such file: {', '.join(missing)}")
+    return files
 
 
 def _manager(context):
@@ -37,26 +55,35 @@ def _manager(context):
     except PackageNotFoundError:
         return [LogInfo(msg=f'{MANAGER_PACKAGE} is not installed: mspr_localizer waits, '
                             'unconfigured, for ros2 lifecycle set')]
-    return [Node(package=MANAGER_PACKAGE, executable='lifecycle_manager',
-                 name='lifecycle_manager_mspr', output='screen',
-                 namespace=LaunchConfiguration('namespace').perform(context),
-                 parameters=[LaunchConfiguration('manager_params_file').perform(context),
-                             {'use_sim_time': LaunchConfiguration('use_sim_time')
-                              .perform(context).lower() in ('true', '1')}])]
+    # The shipped file first, then the user's: later files override earlier ones.
+    files = [_share('config', 'nav2_lifecycle.yaml')] + user_params_files(
+        'manager_params_file', LaunchConfiguration('manager_params_file').perform(context))
+    use_sim_time = LaunchConfiguration('use_sim_time').perform(context)
+    # Same namespace as the localizer: node_names and the bond topic resolve in it.
+    return [Node(package=MANAGER_PACKAGE, executable='lifecycle_manager', name=MANAGER_NAME,
+                 output='screen', namespace=LaunchConfiguration('namespace').perform(context),
+                 parameters=files + [{'use_sim_time': use_sim_time.lower() in ('true', '1')}])]
 
 
 def generate_launch_description():
-    """Declare the arguments; include the localizer unstarted and add the manager."""
+    """Declare the arguments; include the set-up's localizer unstarted and add the manager."""
     arguments = [
-        DeclareLaunchArgument('params_file', default_value=_share('config', 'mspr_ros.yaml'),
-                              description='YAML file with the mspr_localizer parameters'),
-        DeclareLaunchArgument('manager_params_file',
-                              default_value=_share('config', 'nav2_lifecycle.yaml'),
-                              description='YAML file with the lifecycle manager parameters'),
+        DeclareLaunchArgument('setup', default_value='standalone',
+                              description='standalone, amcl or ekf (setup.launch.py)',
+                              choices=list(SETUPS)),
+        DeclareLaunchArgument('params_file', default_value='',
+                              description="your mspr_localizer parameter file(s), comma-"
+                                          "separated, loaded after the set-up's file"),
+        DeclareLaunchArgument('ekf_params_file', default_value='',
+                              description='your EKF parameter file(s), comma-separated, loaded '
+                                          'after config/ekf_map.yaml (setup:=ekf)'),
+        DeclareLaunchArgument('manager_params_file', default_value='',
+                              description='your lifecycle manager parameter file(s), comma-'
+                                          'separated, loaded after config/nav2_lifecycle.yaml'),
         DeclareLaunchArgument('weights', default_value='',
-                              description='weights bundle (.safetensors); empty: params_file'),
+                              description='weights bundle (.safetensors); empty: params file'),
         DeclareLaunchArgument('device', default_value='',
-                              description='auto, cpu, cuda or cuda:N; empty: from params_file'),
+                              description='auto, cpu, cuda or cuda:N; empty: from params file'),
         DeclareLaunchArgument('use_sim_time', default_value='false', description='use /clock'),
         DeclareLaunchArgument('namespace', default_value='', description='node namespace'),
         DeclareLaunchArgument('image_topic', default_value='image',
@@ -65,7 +92,7 @@ def generate_launch_description():
                               description='debug, info, warn, error or fatal'),
     ]
     localizer = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(_share('launch', 'localize.launch.py')),
+        PythonLaunchDescriptionSource(_share('launch', 'setup.launch.py')),
         launch_arguments=[(name, LaunchConfiguration(name)) for name in FORWARDED]
         + [('autostart', 'false'), ('rviz', 'false')])
     return LaunchDescription(arguments + [localizer, OpaqueFunction(function=_manager)])

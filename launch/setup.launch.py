@@ -2,7 +2,8 @@
 
 Example::
 
-    ros2 launch mspr_ros setup.launch.py setup:=ekf weights:=/path/model.safetensors
+    ros2 launch mspr_ros setup.launch.py setup:=ekf weights:=/path/model.safetensors \
+        namespace:=robot params_file:=/path/mine.yaml
 
 - ``standalone``: ``config/setup_standalone.yaml``, the node owns map -> odom;
 - ``amcl``: ``config/setup_amcl.yaml``, no TF from the node, its pose seeds AMCL through
@@ -10,7 +11,16 @@ Example::
 - ``ekf``: ``config/setup_ekf.yaml``, no TF from the node, and robot_localization's map-frame
   EKF (``config/ekf_map.yaml``, ``pose0`` = the node's pose) when it is installed.
 
-The node comes from ``localize.launch.py`` (same arguments, its ``params_file`` chosen here).
+Every set-up is planar (``two_d_mode: true``). Your own parameter files go in ``params_file``
+(the node) and ``ekf_params_file`` (the EKF), one or several comma-separated; each node loads
+them after the set-up's file, so they override it (as Nav2's bring-up merges a user's
+``params_file``): ``base_frame_id``, ``allowed_scenes``, the ``scenes.<name>.map_from_scene``
+lines ``mspr-align`` writes, ``two_d_mode: false`` for 6-DoF, without editing installed files.
+Write their keys as ``/**/mspr_localizer:`` and ``/**/ekf_filter_node_map:`` so that they match
+under any ``namespace``.
+
+The node comes from ``localize.launch.py`` (same arguments; its ``params_file`` is the set-up's
+file followed by yours).
 """
 import os
 
@@ -27,6 +37,7 @@ SETUPS = ('standalone', 'amcl', 'ekf')
 FORWARDED = ('weights', 'device', 'use_sim_time', 'namespace', 'image_topic', 'autostart',
              'rviz', 'log_level')
 EKF_PACKAGE = 'robot_localization'
+EKF_NODE_NAME = 'ekf_filter_node_map'
 
 
 def _share(*parts):
@@ -40,35 +51,59 @@ def setup_params_file(setup):
     return _share('config', f'setup_{setup}.yaml')
 
 
+def user_params_files(argument, text):
+    """Return the files of a comma-separated launch argument, in order.
+
+    A missing file stops the launch: launch_ros would skip it with a warning, and the node would
+    run without the parameters its user wrote.
+    """
+    files = [part.strip() for part in text.split(',') if part.strip()]
+    missing = [path for path in files if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"{argument}: no such file: {', '.join(missing)}")
+    return files
+
+
 def _launch_setup(context):
     """Include the localizer with the set-up's parameters; add the EKF for setup:=ekf."""
-    setup = LaunchConfiguration('setup').perform(context)
+    value = {name: LaunchConfiguration(name).perform(context)
+             for name in ('setup', 'params_file', 'ekf_params_file') + FORWARDED}
+    # The set-up's file first, then the user's: later files override earlier ones.
+    node_files = ([setup_params_file(value['setup'])]
+                  + user_params_files('params_file', value['params_file']))
     actions = [IncludeLaunchDescription(
         PythonLaunchDescriptionSource(_share('launch', 'localize.launch.py')),
-        launch_arguments=[('params_file', setup_params_file(setup))]
-        + [(name, LaunchConfiguration(name).perform(context)) for name in FORWARDED])]
-    if setup == 'ekf':
+        launch_arguments=[('params_file', ','.join(node_files))]
+        + [(name, value[name]) for name in FORWARDED])]
+    if value['setup'] == 'ekf':
+        ekf_files = ([_share('config', 'ekf_map.yaml')]
+                     + user_params_files('ekf_params_file', value['ekf_params_file']))
         try:
             get_package_share_directory(EKF_PACKAGE)
         except PackageNotFoundError:
             actions.append(LogInfo(msg=f'{EKF_PACKAGE} is not installed: start its ekf_node '
-                                       f"with {_share('config', 'ekf_map.yaml')}"))
+                                       f"as {EKF_NODE_NAME} with {' '.join(ekf_files)}"))
         else:
-            use_sim_time = LaunchConfiguration('use_sim_time').perform(context)
             actions.append(Node(
-                package=EKF_PACKAGE, executable='ekf_node', name='ekf_filter_node_map',
-                namespace=LaunchConfiguration('namespace').perform(context), output='screen',
-                parameters=[_share('config', 'ekf_map.yaml'),
-                            {'use_sim_time': use_sim_time.lower() in ('true', '1')}],
+                package=EKF_PACKAGE, executable='ekf_node', name=EKF_NODE_NAME,
+                namespace=value['namespace'], output='screen',
+                parameters=ekf_files + [
+                    {'use_sim_time': value['use_sim_time'].lower() in ('true', '1')}],
                 remappings=[('odometry/filtered', 'odometry/global')]))
     return actions
 
 
 def generate_launch_description():
-    """Declare the arguments (those of localize.launch.py plus ``setup``)."""
+    """Declare the arguments (those of localize.launch.py, ``setup`` and the user's files)."""
     return LaunchDescription([
         DeclareLaunchArgument('setup', default_value='standalone',
                               description='standalone, amcl or ekf', choices=list(SETUPS)),
+        DeclareLaunchArgument('params_file', default_value='',
+                              description="your mspr_localizer parameter file(s), comma-"
+                                          "separated, loaded after the set-up's file"),
+        DeclareLaunchArgument('ekf_params_file', default_value='',
+                              description='your EKF parameter file(s), comma-separated, loaded '
+                                          'after config/ekf_map.yaml (setup:=ekf)'),
         DeclareLaunchArgument('weights', default_value='',
                               description='weights bundle (.safetensors); empty: params file'),
         DeclareLaunchArgument('device', default_value='',

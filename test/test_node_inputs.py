@@ -215,22 +215,3 @@ def test_max_rate_caps_inference_and_keeps_only_the_newest_frame(system):
         dropped = int(values['frames superseded']) - superseded
         return got >= len(answered) and dropped == got - len(answered)
     diagnostics.wait_for(accounted, 15.0, 'received == answered + superseded for the burst')
-
-
-def test_cv_bridge_and_core_conversion_agree_for_every_encoding():
-    from mspr_ros.image_conversion import SUPPORTED_ENCODINGS
-    from mspr_ros.ros.conversions import ImageDecoder
-    try:
-        bridge = ImageDecoder(4096 * 4096, use_cv_bridge=True)
-    except ImportError as error:
-        pytest.skip(f'ROS 2 cv_bridge unavailable ({error}); PyPI cv-bridge is the ROS 1 '
-                    'package and does not work with numpy 2')
-    core = ImageDecoder(4096 * 4096, use_cv_bridge=False)
-    rng = np.random.default_rng(0)
-    for encoding in SUPPORTED_ENCODINGS:
-        channels = {'mono8': 1, '8UC1': 1, 'mono16': 1, '16UC1': 1, 'rgba8': 4,
-                    'bgra8': 4}.get(encoding, 3)
-        depth = 2 if '16' in encoding else 1
-        data = rng.integers(0, 256, 12 * 16 * channels * depth, dtype=np.uint8).tobytes()
-        msg = _raw(0, 12, 16, encoding, 16 * channels * depth, data)
-        np.testing.assert_array_equal(bridge.raw(msg), core.raw(msg), err_msg=encoding)

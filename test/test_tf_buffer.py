@@ -162,6 +162,18 @@ def test_pruning_beyond_cache_time():
     buffer.set_transform('odom', 'base', 0, pose())  # time went back: accepted after clear()
 
 
+def test_clear_keeping_static_transforms_forgets_only_the_time_line():
+    """A backwards clock jump: dynamic samples go, latched statics stay (tf2's clear)."""
+    buffer = TransformBuffer()
+    buffer.set_transform('base', 'camera', 0, pose(x=0.5), static=True)
+    buffer.set_transform('odom', 'base', 100 * S, pose(x=1.0))
+    buffer.clear(keep_static=True)
+    assert buffer.frames() == {'base', 'camera'}
+    assert buffer.lookup('base', 'camera', 5 * S).almost_equal(pose(x=0.5))
+    buffer.set_transform('odom', 'base', 5 * S, pose(x=2.0))  # the new time line
+    assert buffer.lookup('odom', 'camera', 5 * S).almost_equal(pose(x=2.5))
+
+
 def test_timeout_validation(robot):
     for timeout in (-1.0, math.nan, math.inf):
         with pytest.raises(ValueError, match='timeout'):

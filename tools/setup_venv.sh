@@ -5,6 +5,7 @@
 #   2. mspr_ros and mspr_training, editable;
 #   3. tf2_msgs, built locally with the rosidl generator wheels (no wheel exists), so /tf is real;
 #   4. ROS 2's `ros2` command line (launch, run, topic, ...) from ../shared/vendor/ros2_launch when present;
+#   4b. the real tf2_ros and bondpy from ../shared/vendor/ros2_tf2 when present;
 #   5. the ament index pieces `ros2 launch`/`ros2 run` look for (console scripts in lib/mspr_ros).
 # Idempotent: each step checks whether it is already done, so a second run takes seconds.
 set -euo pipefail
@@ -76,6 +77,20 @@ if [ -x "$vendor/install.sh" ] || [ -f "$vendor/install.sh" ]; then
   fi
 else
   step "no $vendor: skipping the ros2 command line (tests that need it are skipped with the reason)"
+fi
+
+# The real tf2_ros (C++ tf2 core, tf2_py) and bondpy, built from upstream sources; no wheel exists.
+# install.sh exits at once when they already import, and rebuilds the full upstream tf2_msgs when the
+# subset above has overwritten it (its LookupTransform action loses its type support then).
+tf2_vendor="${MSPR_TF2_VENDOR:-$root/../shared/vendor/ros2_tf2}"
+if [ -f "$tf2_vendor/install.sh" ]; then
+  if ! "$py" -c "import tf2_ros, bondpy.bondpy; from tf2_msgs.action import LookupTransform" 2>/dev/null; then
+    step "building the real tf2_ros and bondpy from $tf2_vendor (~40 s)"
+  fi
+  patch_cmake_exports
+  quiet bash "$tf2_vendor/install.sh" "$venv"
+else
+  step "no $tf2_vendor: skipping the real tf2_ros and bondpy (tests that need them are skipped with the reason)"
 fi
 
 # What `ros2 run` / `ros2 launch` need to find the package, as colcon would lay it out.

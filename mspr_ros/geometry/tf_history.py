@@ -184,11 +184,14 @@ class TransformBuffer:
             del edge.stamps[:cutoff]
             del edge.transforms[:cutoff]
 
-    def clear(self) -> None:
-        """Forget every transform (call when time jumps backwards)."""
+    def clear(self, keep_static: bool = False) -> None:
+        """Forget every transform; ``keep_static``: only the dynamic ones, as tf2 on a jump back.
+
+        Static transforms hold in any time line and are latched once per subscriber only.
+        """
         with self._changed:
-            self._edges.clear()
-            self._frames.clear()
+            self._edges = {c: e for c, e in self._edges.items() if keep_static and e.static}
+            self._frames = {f for c, e in self._edges.items() for f in (c, e.parent)}
 
     def frames(self) -> set[str]:
         """Return every frame any transform mentions."""

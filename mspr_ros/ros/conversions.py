@@ -1,12 +1,14 @@
 """Conversions between ROS messages and the ROS-free core types.
 
 Time is carried as integer nanoseconds, transforms as ``mspr_ros.geometry.transforms.Transform``,
-images as ``H x W x 3`` uint8 RGB arrays. Raw images go through ROS 2's ``cv_bridge`` when it is
-installed and works (a full ROS install), otherwise through ``mspr_ros.image_conversion``;
-compressed images always use the core decoder because it refuses oversized images from the header,
-before decoding a single pixel.
+images as ``H x W x 3`` uint8 RGB arrays. Images, raw and compressed, go through the core's
+``mspr_ros.image_conversion`` on every install. ROS 2's ``cv_bridge`` is not used: it cannot be
+installed where CI runs (no wheel; PyPI's ``cv-bridge`` is the ROS 1 package and breaks with
+numpy 2), so a cv_bridge path would run on robots untested; the core converter covers every
+encoding the node accepts, is tested here, and refuses oversized images from the header before
+copying a pixel.
 """
-from typing import Optional, Tuple
+from typing import Tuple
 
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, PoseStamped, PoseWithCovarianceStamped
@@ -19,7 +21,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from mspr_ros.geometry.covariance import flatten_row_major
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import decode_compressed, encode_compressed, image_to_rgb
-from mspr_ros.image_conversion import ImageConversionError, rgb_to_image_fields
+from mspr_ros.image_conversion import rgb_to_image_fields
 
 NANOSECONDS_PER_SECOND = 1_000_000_000
 
@@ -104,27 +106,6 @@ def odometry_transform(msg: Odometry) -> Tuple[str, str, int, Transform]:
             pose_from_msg(msg.pose.pose))
 
 
-def _load_cv_bridge():
-    """Return a working ROS 2 ``CvBridge`` or None.
-
-    PyPI's ``cv-bridge`` is the ROS 1 package and breaks with numpy 2, so a successful import is
-    not enough: the bridge must convert a small image exactly like the core converter.
-    """
-    try:
-        from cv_bridge import CvBridge
-    except ImportError:
-        return None
-    try:
-        bridge = CvBridge()
-        probe = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-        msg = rgb_to_image_msg(probe, 'bgr8', 0, 'probe')
-        if not np.array_equal(np.asarray(bridge.imgmsg_to_cv2(msg, 'rgb8')), probe):
-            return None
-    except Exception:  # noqa: BLE001 - any failure means "do not use it"
-        return None
-    return bridge
-
-
 def rgb_to_image_msg(rgb: np.ndarray, encoding: str, stamp_ns: int, frame_id: str) -> Image:
     """Return an ``H x W x 3`` uint8 RGB array as a ``sensor_msgs/Image`` in ``encoding``."""
     fields = rgb_to_image_fields(rgb, encoding)
@@ -157,39 +138,19 @@ class ImageDecoder:
     message (size, step, encoding, corrupt data).
     """
 
-    def __init__(self, max_pixels: int, use_cv_bridge: Optional[bool] = None):
-        """Use cv_bridge when ``use_cv_bridge`` is None and it works, never when False."""
+    def __init__(self, max_pixels: int):
+        """Refuse images of more than ``max_pixels`` pixels."""
         self.max_pixels = int(max_pixels)
-        self._bridge = None if use_cv_bridge is False else _load_cv_bridge()
-        if use_cv_bridge and self._bridge is None:
-            raise ImportError('cv_bridge was requested but is not installed or does not work')
 
     @property
     def backend(self) -> str:
-        """'cv_bridge' or 'mspr_ros.image_conversion'."""
-        return 'cv_bridge' if self._bridge is not None else 'mspr_ros.image_conversion'
+        """The converter's name, for diagnostics."""
+        return 'mspr_ros.image_conversion'
 
     def raw(self, msg: Image) -> np.ndarray:
         """Convert a ``sensor_msgs/Image``; the pixel limit is checked before any copy."""
-        if self._bridge is None:
-            return image_to_rgb(msg.height, msg.width, msg.encoding, msg.step, msg.data,
-                                is_bigendian=bool(msg.is_bigendian), max_pixels=self.max_pixels)
-        height, width = int(msg.height), int(msg.width)
-        if height * width > self.max_pixels:
-            raise ImageConversionError(
-                f'image of {width}x{height} pixels exceeds max_image_pixels {self.max_pixels}')
-        if height == 0 or width == 0:
-            raise ImageConversionError(f'empty image ({width}x{height})')
-        try:
-            rgb = np.ascontiguousarray(self._bridge.imgmsg_to_cv2(msg, 'rgb8'))
-        except Exception as error:  # noqa: BLE001 - CvBridgeError, TypeError, cv2.error alike
-            raise ImageConversionError(
-                f'cv_bridge could not convert the {msg.encoding} image: {error}') from error
-        if rgb.shape != (height, width, 3) or rgb.dtype != np.uint8:
-            raise ImageConversionError(
-                f'cv_bridge returned {rgb.shape} {rgb.dtype} for a {width}x{height} '
-                f'{msg.encoding} image')
-        return rgb
+        return image_to_rgb(msg.height, msg.width, msg.encoding, msg.step, msg.data,
+                            is_bigendian=bool(msg.is_bigendian), max_pixels=self.max_pixels)
 
     def compressed(self, msg: CompressedImage) -> np.ndarray:
         """Convert a ``sensor_msgs/CompressedImage`` (JPEG or PNG)."""

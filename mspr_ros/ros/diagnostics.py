@@ -13,7 +13,7 @@ from typing import Deque, Dict, List, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
-STAGES = ('decode', 'preprocess', 'inference', 'publish', 'total')
+STAGES = ('decode', 'preprocess', 'inference', 'tf', 'pose_stream', 'publish', 'total')
 # Always listed (with zeros) so that dashboards see stable keys.
 REJECT_REASONS = ('stale', 'low_confidence', 'scene_not_allowed', 'jump_translation',
                   'jump_rotation', 'initial_pose', 'tf_unavailable', 'no_extrinsic',
@@ -83,6 +83,9 @@ class StatsSnapshot:
     top_scenes: Tuple[Tuple[str, float], ...] = ()
     last_accepted_stamp_ns: Optional[int] = None
     fusion_window: int = 0
+    # The AMCL seeding state (mspr_ros.ros.amcl_seeding); empty without publish_initialpose.
+    amcl_seed: Tuple[Tuple[str, str], ...] = ()
+    amcl_seed_warning: str = ''
 
 
 @dataclass
@@ -129,6 +132,8 @@ class LocalizationStats:
             self._top_scenes: Tuple[Tuple[str, float], ...] = ()
             self._last_accepted_stamp_ns: Optional[int] = None
             self._fusion_window = 0
+            self._amcl_seed: Tuple[Tuple[str, str], ...] = ()
+            self._amcl_seed_warning = ''
 
     def image_received(self, superseded_unprocessed: bool) -> None:
         """Count one incoming image; ``superseded_unprocessed`` if it replaced a waiting one."""
@@ -169,6 +174,12 @@ class LocalizationStats:
         """Remember how many frames the fusion window holds."""
         with self._lock:
             self._fusion_window = int(size)
+
+    def amcl_seed(self, values: Tuple[Tuple[str, str], ...], warning: str = '') -> None:
+        """Remember the AMCL seeding state: its key-values and a warning (gave up) or ''."""
+        with self._lock:
+            self._amcl_seed = tuple(values)
+            self._amcl_seed_warning = warning
 
     def pose_published(self, stamp_ns: Optional[int] = None) -> None:
         """Count one published pose (the node is localized) of the image stamped ``stamp_ns``."""
@@ -212,7 +223,8 @@ class LocalizationStats:
                 last_reject_reason=self._last_reject_reason,
                 last_reject_detail=self._last_reject_detail, top_scenes=self._top_scenes,
                 last_accepted_stamp_ns=self._last_accepted_stamp_ns,
-                fusion_window=self._fusion_window)
+                fusion_window=self._fusion_window, amcl_seed=self._amcl_seed,
+                amcl_seed_warning=self._amcl_seed_warning)
 
 
 def no_image_warning(info: NodeInfo, stats: StatsSnapshot, active_for_s: float
@@ -238,8 +250,9 @@ def status_level(info: NodeInfo, stats: StatsSnapshot) -> Tuple[bytes, str]:
 
     OK when localized. WARN when inactive, without images, or not localized for a reason of the
     robot's whereabouts (outside the trained scenes, low confidence, a jump, a prior): an
-    expected state, not a fault. ERROR only when the set-up is broken (``FAULT_REASONS``: no
-    camera extrinsic, inference failing).
+    expected state, not a fault; WARN as well when localized but AMCL did not take our seed (the
+    AMCL set-up is not doing its job). ERROR only when the set-up is broken
+    (``FAULT_REASONS``: no camera extrinsic, inference failing).
     """
     if info.lifecycle_state != 'active':
         return DiagnosticStatus.WARN, f'{info.lifecycle_state}: not processing images'
@@ -252,6 +265,8 @@ def status_level(info: NodeInfo, stats: StatsSnapshot) -> Tuple[bytes, str]:
         level = (DiagnosticStatus.ERROR if stats.last_reject_reason in FAULT_REASONS
                  else DiagnosticStatus.WARN)
         return level, 'not localized' + why
+    if stats.amcl_seed_warning:
+        return DiagnosticStatus.WARN, f'localized in {stats.scene}; {stats.amcl_seed_warning}'
     return DiagnosticStatus.OK, f'localized in {stats.scene}'
 
 
@@ -263,7 +278,11 @@ def build_status(info: NodeInfo, stats: StatsSnapshot, relocalizing: bool = Fals
     three most likely scenes of the last frame, comma separated), ``last accepted stamp``
     (seconds of the last published pose's image stamp, or ``never``), ``fusion window`` (frames
     the fused pose comes from; 0 with ``fusion: none``), ``last rejection``
-    (why the last frame without a pose had none, frames named).
+    (why the last frame without a pose had none, frames named). With ``publish_initialpose``:
+    ``amcl seed`` (``idle``, ``armed``, ``waiting``, ``took``, ``gave_up``, ``declined``,
+    ``cancelled``, or ``sent`` without an ``amcl_pose_topic``), ``amcl seed attempts`` (sends of
+    the last seed / most allowed), ``amcl seed last sent`` (node clock, s), ``amcl seed
+    detail`` and ``amcl pose stddev`` (AMCL's latest).
     """
     level, message = status_level(info, stats)
     accepted = stats.last_accepted_stamp_ns
@@ -297,6 +316,7 @@ def build_status(info: NodeInfo, stats: StatsSnapshot, relocalizing: bool = Fals
         values.append((f'{stage} latency mean (ms)', f'{summary.mean_ms:.2f}'))
         values.append((f'{stage} latency max (ms)', f'{summary.max_ms:.2f}'))
     values.extend((f'rejected {reason}', str(count)) for reason, count in stats.rejected.items())
+    values.extend(stats.amcl_seed)
     values.extend(info.extra.items())
     return DiagnosticStatus(
         level=level, name=f'{info.node_name}: localization', message=message,

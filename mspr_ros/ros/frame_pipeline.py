@@ -7,13 +7,21 @@ relocalization requests. The decisions themselves are ROS-free: ``mspr_ros.estim
 (``pose_stream``: the frame chain and gates of ``frame_processor``, then ``fusion: window``), the
 same rule the offline bag replay runs.
 
-Fail closed on frames: the camera's pose in the base frame comes from TF (``base <- camera``,
-cached once found) or from the ``camera_to_base`` parameter only when it is set; without
-either the frame gives no output, and the rejection names both frames.
+Fail closed on frames: the camera's pose in the base frame comes from TF (``base <- camera`` at
+the image stamp, so a camera on a pan-tilt head or a mast is followed as it moves) or from the
+``camera_to_base`` parameter only when it is set; without either the frame gives no output, and
+the rejection names both frames.
+
+Clock jumps (``on_clock_jump``, from the node's jump callback on the executor): the TF history
+and the ``map -> odom`` stamps are cleared at once; the pose stream (gates, initial-pose guard,
+fusion window) is restarted by the worker before its next frame, so it never races a frame in
+flight. A frame that was in flight during the jump, or is stamped nearer the old time line than
+the new one, gives no output (``clock_jump``).
 """
 import re
+import threading
 import time
-from typing import Callable, Dict, Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
@@ -23,16 +31,19 @@ from mspr_ros.estimation.pose_stream import PoseStream
 from mspr_ros.geometry.tf_history import TransformBuffer
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import ImageConversionError
-from mspr_ros.ros.conversions import covariance_from_msg, ImageDecoder, odometry_transform
+from mspr_ros.ros.conversions import ImageDecoder, odometry_transform
 from mspr_ros.ros.conversions import stamp_to_ns
 from mspr_ros.ros.diagnostics import LocalizationStats
 from mspr_ros.ros.initialpose import describe, prior_from_msg
 from mspr_ros.ros.logs import ThrottledLog
-from mspr_ros.ros.outputs import MapOdomBroadcaster, OutputPublishers
+from mspr_ros.ros.map_odom import MapOdomBroadcaster
+from mspr_ros.ros.outputs import OutputPublishers
 from mspr_ros.ros.params import fusion_config, NodeParams, processor_settings
 from mspr_ros.ros.tf import create_tf_interfaces, lookup_or_raise, TransformUnavailable
+from mspr_ros.ros.tf import use_tf2_ros
 
 NO_EXTRINSIC = 'no_extrinsic'
+CLOCK_JUMP = 'clock_jump'
 
 
 class FramePipeline:
@@ -57,8 +68,12 @@ class FramePipeline:
         self.map_odom = map_odom
         self._now_ns = now_ns
         self._input_topic = input_topic
-        self._extrinsics: Dict[str, Transform] = {}
         self._fallback_logged: set = set()
+        # Clock jumps: counted on the executor, acted on by the worker (see the module doc).
+        self._jump_lock = threading.Lock()
+        self._jumps = 0
+        self._jumps_handled = 0
+        self._old_time_line_after_ns: Optional[int] = None
 
     @classmethod
     def create(cls, node, params: NodeParams, localizer, alignments, stats: LocalizationStats,
@@ -66,11 +81,18 @@ class FramePipeline:
         """Build the pipeline, its TF endpoints and its publishers on ``node`` (configure)."""
         calibrations = {name: np.asarray(cov) for name, cov in localizer.bundle.covariance.items()}
         log = ThrottledLog(node.get_logger())
-        tf = create_tf_interfaces(node, on_bad_transform=lambda text: log('bad_tf', text))
-        stream = PoseStream(FrameProcessor(alignments, calibrations, processor_settings(params)),
-                            fusion_config(params))
-        return cls(params, localizer, stream, tf, node.get_logger(), stats,
-                   OutputPublishers(node, params), MapOdomBroadcaster(tf.broadcaster, params),
+        tf = create_tf_interfaces(node, use_tf2_ros(params.tf_backend),
+                                  on_bad_transform=lambda text: log('bad_tf', text))
+        try:
+            stream = PoseStream(FrameProcessor(alignments, calibrations,
+                                               processor_settings(params)),
+                                fusion_config(params))
+            outputs = OutputPublishers(node, params, stats)
+        except BaseException:
+            tf.close()  # configure fails: leave nothing behind
+            raise
+        return cls(params, localizer, stream, tf, node.get_logger(), stats, outputs,
+                   MapOdomBroadcaster(tf.broadcaster, params),
                    lambda: node.get_clock().now().nanoseconds, input_topic)
 
     def reject(self, reason: str, text: str, level: str = 'warn') -> None:
@@ -92,6 +114,11 @@ class FramePipeline:
         started = time.perf_counter()
         self._stats.frame_processed()
         stamp_ns = stamp_to_ns(msg.header.stamp)
+        generation = self._follow_clock_jumps()
+        if self._from_old_time_line(stamp_ns):
+            self.reject(CLOCK_JUMP, f'dropped a frame stamped {stamp_ns * 1e-9:.3f} s: it belongs '
+                        'to the time line before the clock jumped back')
+            return
         age_s = (self._now_ns() - stamp_ns) * 1e-9
         if params.max_image_age > 0.0 and age_s > params.max_image_age:
             self.reject('stale', f'dropped a frame {age_s:.3f} s old (max_image_age '
@@ -119,7 +146,8 @@ class FramePipeline:
                                dict(zip(self.localizer.scene_names,
                                         result.scene_probabilities.tolist())))
         camera_frame = msg.header.frame_id or params.camera_frame_id
-        T_base_cam = self._camera_in_base(params, camera_frame)
+        tf_start = time.perf_counter()
+        T_base_cam = self._camera_in_base(params, camera_frame, stamp_ns)
         if T_base_cam is None:
             return
         try:
@@ -127,6 +155,8 @@ class FramePipeline:
         except TransformUnavailable as error:
             self.reject('tf_unavailable', f'skipped a frame: {error}')
             return
+        stream_start = time.perf_counter()
+        self._stats.stage_time('tf', (stream_start - tf_start) * 1e3)
         try:
             output = self.stream.step(result.scene_name, result.scene_confidence,
                                       result.position, result.orientation, T_base_cam,
@@ -134,16 +164,22 @@ class FramePipeline:
         except NonFiniteEstimate as error:
             self.reject(NON_FINITE, f'skipped a frame: {error}')
             return
+        self._stats.stage_time('pose_stream', (time.perf_counter() - stream_start) * 1e3)
+        if generation != self._jumps:
+            self.reject(CLOCK_JUMP, 'dropped a frame in flight while the clock jumped back')
+            return
         publish_start = time.perf_counter()
-        self._publish(params, output, stamp_ns)
+        self._publish(params, output, stamp_ns,
+                      Transform(np.asarray(result.position), np.asarray(result.orientation)))
         done = time.perf_counter()
         self._stats.stage_time('publish', (done - publish_start) * 1e3)
         self._stats.stage_time('total', (done - started) * 1e3)
 
-    def _publish(self, params: NodeParams, output, stamp_ns: int) -> None:
+    def _publish(self, params: NodeParams, output, stamp_ns: int,
+                 T_scene_cam: Transform) -> None:
         estimate = output.estimate
         if estimate.scene_confidence >= params.min_scene_confidence:
-            self.outputs.scene(estimate)
+            self.outputs.scene(estimate, T_scene_cam, stamp_ns)
         if not output.published:
             self.reject(estimate.decision.reason, estimate.decision.detail, level='info')
             return
@@ -162,21 +198,68 @@ class FramePipeline:
         """Use new parameters; a changed fusion configuration restarts the fusion."""
         self.params = params
         self.processor.update_settings(processor_settings(params))
+        self.outputs.update_params(params)
         self.map_odom.update_params(params)
         if self.stream.reconfigure(fusion_config(params)):
             self._stats.fusion_window(0)
 
-    def reset(self) -> None:
-        """Forget the fix, the fusion window and the broadcast correction (activation)."""
-        self.processor.reset()
-        self.map_odom.reset()
+    def restart_fusion(self) -> None:
+        """Empty the fusion window (activation after a pause: its samples are old).
+
+        The last fix and ``map -> odom`` are kept, as AMCL keeps its estimate: the robot's
+        odometry carried on while the node was inactive, so the correction still holds and
+        Nav2 keeps a map frame.
+        """
         self.stream.restart_fusion()
         self._stats.fusion_window(0)
+
+    def on_clock_jump(self, now_ns: int, delta_ns: int) -> None:
+        """Restart after the node clock jumped back by ``-delta_ns`` to ``now_ns`` (executor).
+
+        TF history and ``map -> odom`` stamps go now (the steady re-broadcast must not keep
+        the old stamps); the worker restarts the pose stream before its next frame.
+        """
+        old_now_ns = now_ns - delta_ns
+        with self._jump_lock:
+            self._jumps += 1
+            # Frames stamped nearer the old time line than the new one are from before it.
+            self._old_time_line_after_ns = now_ns + (old_now_ns - now_ns) // 2
+        self.map_odom.reset()
+        self.outputs.reset_time()
+        self.tf.listener.clear()
+        if self.odom_buffer is not None:
+            self.odom_buffer.clear(keep_static=True)
+        self._logger.warning(
+            f'the clock jumped back from {old_now_ns * 1e-9:.3f} s to {now_ns * 1e-9:.3f} s '
+            '(bag loop, simulator reset): cleared TF history, map -> odom, the fusion window '
+            'and the initial pose; localizing afresh in the new time line')
+
+    def _follow_clock_jumps(self) -> int:
+        """Restart the pose stream after a clock jump (worker thread); return the jump count."""
+        with self._jump_lock:
+            jumps = self._jumps
+        if jumps != self._jumps_handled:
+            self._jumps_handled = jumps
+            self.processor.reset()
+            self.stream.restart_fusion()
+            self._stats.fusion_window(0)
+        return jumps
+
+    def _from_old_time_line(self, stamp_ns: int) -> bool:
+        with self._jump_lock:
+            boundary = self._old_time_line_after_ns
+            if boundary is None:
+                return False
+            if self._now_ns() >= boundary:  # the new time line has caught up: rule done
+                self._old_time_line_after_ns = None
+                return False
+        return stamp_ns > boundary
 
     def request_relocalization(self) -> None:
         """Accept the next confident frame whatever the jumps and the initial pose; seed AMCL."""
         self.processor.request_relocalization()
-        self.outputs.arm_seed()
+        # Forced: AMCL can be confidently wrong (a kidnapped robot), which its covariance hides.
+        self.outputs.arm_seed(force=True)
         self._logger.info('relocalization requested: jump limits and initial pose skipped for '
                           'the next confident frame')
 
@@ -199,16 +282,16 @@ class FramePipeline:
             self._log('odom_bad', f'ignored odometry message: {error}')
 
     def on_amcl_pose(self, msg) -> None:
-        """Seed AMCL with the next pose when its own covariance says it is lost."""
-        try:
-            reason = self.params.seed_amcl.reason(covariance_from_msg(msg), self._now_ns(),
-                                                  self.outputs.last_seed_ns)
-        except ValueError as error:
-            self._log('amcl_pose_bad', f'ignored {self.params.amcl_pose_topic} message: {error}')
-            return
-        if reason is not None:
-            self.outputs.arm_seed(any_frame=True)
-            self._log('amcl_seed', f'{reason}: seeding it with the next pose', level='info')
+        """Hand AMCL's pose to the seeding, which sees whether AMCL is lost and our seed took.
+
+        The seed is moved along by odometry to AMCL's stamp before the two are compared; the
+        executor never waits, so ``odom -> base`` is only peeked at.
+        """
+        if self.outputs.seeding is not None:
+            params = self.params
+            self.outputs.seeding.amcl_pose(
+                msg, params.global_frame_id, params.seed_amcl,
+                lambda stamp_ns: self.odom_to_base(stamp_ns, timeout=0.0))
 
     def on_initialpose(self, msg) -> None:
         """Hold an RViz 2D Pose Estimate (or any initial pose) as the prior."""
@@ -254,37 +337,32 @@ class FramePipeline:
         return self.tf.listener.lookup(params.odom_frame_id, params.base_frame_id, stamp_ns,
                                        timeout)
 
-    def _camera_in_base(self, params: NodeParams, camera_frame: str) -> Optional[Transform]:
-        """``T_base_cam`` from TF (cached once found) or an explicit ``camera_to_base``.
+    def _camera_in_base(self, params: NodeParams, camera_frame: str,
+                        stamp_ns: int) -> Optional[Transform]:
+        """``T_base_cam`` at the image stamp from TF, or an explicit ``camera_to_base``.
 
+        Looked up for every frame, never cached: a camera on a moving joint (pan-tilt head,
+        mast) has a new extrinsic at every stamp, and a static one costs tf2 one lookup.
         Returns None (the frame is rejected, both frames named) when neither is available.
         """
         if camera_frame == params.base_frame_id:
             return Transform.identity()
-        cached = self._extrinsics.get(camera_frame)
-        if cached is not None:
-            return cached
         fallback = params.camera_to_base
         if camera_frame:
             # With an explicit fallback, wait for TF only until it is first used; then peek.
             timeout = (0.0 if fallback and camera_frame in self._fallback_logged
                        else params.transform_timeout)
             try:
-                T_base_cam = self.tf.listener.lookup(params.base_frame_id, camera_frame, None,
-                                                     timeout)
+                return self.tf.listener.lookup(params.base_frame_id, camera_frame, stamp_ns,
+                                               timeout)
             except TransformUnavailable as error:
                 reason = str(error)
-            else:
-                self._extrinsics[camera_frame] = T_base_cam
-                self._logger.info(f"camera extrinsics '{params.base_frame_id}' <- "
-                                  f"'{camera_frame}' from TF: {T_base_cam}")
-                return T_base_cam
         else:
             reason = (f"no transform '{params.base_frame_id}' <- '' : the image has no "
                       'frame_id and camera_frame_id is empty')
         if not fallback:
             self.reject(NO_EXTRINSIC, f'skipped a frame: {reason}; publish the camera '
-                        'extrinsic on /tf_static or set camera_to_base')
+                        'extrinsic on /tf or /tf_static, or set camera_to_base')
             return None
         if camera_frame not in self._fallback_logged:
             self._fallback_logged.add(camera_frame)

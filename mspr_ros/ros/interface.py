@@ -17,6 +17,10 @@ POSE_TOPIC = '~/pose'
 POSE_RAW_TOPIC = '~/pose_raw'
 CAMERA_POSE_TOPIC = '~/camera_pose'
 SCENE_TOPIC = '~/scene'
+# The camera pose as regressed, in its scene's own frame: header.frame_id names the scene (the
+# child frame of map -> <scene> on /tf_static) and the stamp is the image's, so a recording
+# pairs each ~/pose_raw with its scene by stamp (mspr-align), which the unstamped ~/scene cannot.
+SCENE_CAMERA_POSE_TOPIC = '~/scene_camera_pose'
 SCENE_CONFIDENCE_TOPIC = '~/scene_confidence'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 RELOCALIZE_SERVICE = '~/relocalize'

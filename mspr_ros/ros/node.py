@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import gc
 import sys
 import time
+import traceback
 from typing import Any, Optional
 
 from diagnostic_msgs.msg import DiagnosticArray
@@ -40,6 +41,8 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
+from rclpy.clock import ClockChange, JumpThreshold, TimeJump
+from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -48,6 +51,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_srvs.srv import Empty, Trigger
 
 from mspr_ros.ros import interface
+from mspr_ros.ros.bond import ManagerBond
 from mspr_ros.ros.configure import load_localizer, scene_alignments, torch_threads
 from mspr_ros.ros.configure import validated_parameters
 from mspr_ros.ros.conversions import ns_to_stamp
@@ -72,6 +76,7 @@ class _Configured:
     timers: list
     services: list
     diagnostics_publisher: Any
+    bond: ManagerBond
 
 
 class LocalizerNode(LifecycleNode):
@@ -90,37 +95,56 @@ class LocalizerNode(LifecycleNode):
         self._activated_at = 0.0
         self.add_on_set_parameters_callback(self._validate_parameter_change)
         self.add_post_set_parameters_callback(self._apply_parameter_change)
+        # Any jump back (bag loop, simulator reset, use_sim_time switched) starts a new time
+        # line: stamps from the old one would keep TF and the fusion frozen in the past.
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=None, min_backward=Duration(nanoseconds=-1),
+                          on_clock_change=True),
+            post_callback=self._on_clock_jump)
 
     # ------------------------------------------------------------------ lifecycle transitions
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Validate parameters, load and warm the model, create publishers/timers/services."""
+        """Validate parameters, load and warm the model, create publishers/timers/services.
+
+        Any failure logs the exception with its traceback, releases whatever configure had
+        built and returns FAILURE: the node stays unconfigured and a later configure can work.
+        """
         try:
-            with core_logs_to(self.get_logger()):
-                params, device = validated_parameters(self)
-                localizer = load_localizer(params, device)
-            alignments = scene_alignments(self, localizer)
+            self._configure()
         except Exception as error:  # noqa: BLE001 - any configure failure must leave us clean
-            self.get_logger().error(f'configure failed: {error}')
+            self.get_logger().error(
+                f'configure failed: {type(error).__name__}: {error}\n{traceback.format_exc()}')
+            self._release()
             return TransitionCallbackReturn.FAILURE
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        """Build everything, registered in ``self._configured`` as soon as it exists."""
+        with core_logs_to(self.get_logger()):
+            params, device = validated_parameters(self)
+            localizer = load_localizer(params, device)
+        alignments = scene_alignments(self, localizer)
         input_topic = self.resolve_topic_name(interface.image_topic(params.image_transport))
         pipeline = FramePipeline.create(self, params, localizer, alignments, self._stats,
                                         input_topic)
-        timers = [self.create_timer(params.diagnostics_period, self._publish_diagnostics)]
-        if params.transform_publish_period > 0.0:
-            timers.append(self.create_timer(params.transform_publish_period,
-                                            self._rebroadcast_transform))
-        self._configured = _Configured(
+        self._configured = configured = _Configured(
             pipeline=pipeline,
             worker=LatestFrameWorker(pipeline.process, lambda: pipeline.params.max_rate,
                                      pipeline.on_error),
-            timers=timers,
-            services=[self.create_service(Trigger, interface.RELOCALIZE_SERVICE,
-                                          self._on_relocalize),
-                      self.create_service(Empty, interface.REINITIALIZE_SERVICE,
-                                          self._on_reinitialize)],
-            diagnostics_publisher=self.create_publisher(
-                DiagnosticArray, interface.DIAGNOSTICS_TOPIC, interface.OUTPUT_QOS_DEPTH))
+            timers=[], services=[], diagnostics_publisher=None,
+            bond=ManagerBond(self, params.bond_heartbeat_period))
+        configured.timers.append(
+            self.create_timer(params.diagnostics_period, self._publish_diagnostics))
+        if params.transform_publish_period > 0.0:
+            configured.timers.append(self.create_timer(params.transform_publish_period,
+                                                       self._rebroadcast_transform))
+        configured.services.append(self.create_service(Trigger, interface.RELOCALIZE_SERVICE,
+                                                       self._on_relocalize))
+        configured.services.append(self.create_service(
+            Empty, interface.REINITIALIZE_SERVICE, self._on_reinitialize))
+        configured.diagnostics_publisher = self.create_publisher(
+            DiagnosticArray, interface.DIAGNOSTICS_TOPIC, interface.OUTPUT_QOS_DEPTH)
         pipeline.tf.static_broadcaster.send(scene_frame_messages(
             params, alignments, self.get_clock().now().nanoseconds))
         self._stats.reset()
@@ -144,7 +168,6 @@ class LocalizerNode(LifecycleNode):
             f'configured: weights {localizer.bundle.path} (sha256 {localizer.bundle.sha256[:12]}),'
             f' device {localizer.device}, scenes {list(localizer.scene_names)}, input '
             f'{input_topic} ({params.image_qos} QoS), tf backend {pipeline.tf.backend}')
-        return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Enable lifecycle publishers, subscribe to inputs and start the inference worker."""
@@ -152,12 +175,13 @@ class LocalizerNode(LifecycleNode):
         if result != TransitionCallbackReturn.SUCCESS:
             return result
         pipeline = self._configured.pipeline
-        pipeline.reset()
+        pipeline.restart_fusion()
         pipeline.outputs.arm_seed()
         if pipeline.params.set_initial_pose:
             pipeline.set_prior(*prior_from_parameters(pipeline.params), 'set_initial_pose')
         self._input_subscriptions = self._create_subscriptions(pipeline)
         self._configured.worker.start()
+        self._configured.bond.start()
         self._activated_at = time.monotonic()
         self._active = True
         self._info.lifecycle_state = 'active'
@@ -223,8 +247,10 @@ class LocalizerNode(LifecycleNode):
         return subscriptions
 
     def _stop_processing(self) -> None:
-        """Unsubscribe and join the worker (idempotent)."""
+        """Break the bond, unsubscribe and join the worker (idempotent)."""
         self._active = False
+        if self._configured is not None:
+            self._configured.bond.stop()
         for subscription in self._input_subscriptions:
             self.destroy_subscription(subscription)
         self._input_subscriptions = []
@@ -236,11 +262,13 @@ class LocalizerNode(LifecycleNode):
         configured, self._configured = self._configured, None
         if configured is None:
             return
+        configured.bond.stop()
         for timer in configured.timers:
             self.destroy_timer(timer)
         for service in configured.services:
             self.destroy_service(service)
-        self.destroy_publisher(configured.diagnostics_publisher)
+        if configured.diagnostics_publisher is not None:
+            self.destroy_publisher(configured.diagnostics_publisher)
         configured.pipeline.close()
         device = str(configured.pipeline.localizer.device)
         del configured
@@ -250,6 +278,17 @@ class LocalizerNode(LifecycleNode):
         self._info.lifecycle_state = 'unconfigured'
 
     # ------------------------------------------------------------------ callbacks
+
+    def _on_clock_jump(self, jump: TimeJump) -> None:
+        """Restart the time-dependent state when the node clock goes back (executor thread)."""
+        configured = self._configured
+        if configured is None:
+            return
+        now_ns = self.get_clock().now().nanoseconds
+        delta_ns = jump.delta.nanoseconds
+        if jump.clock_change in (ClockChange.ROS_TIME_ACTIVATED,
+                                 ClockChange.ROS_TIME_DEACTIVATED) or delta_ns < 0:
+            configured.pipeline.on_clock_jump(now_ns, min(delta_ns, 0))
 
     def _on_incompatible_qos(self, event) -> None:
         self.get_logger().warning(

@@ -17,6 +17,7 @@ IMAGE_TRANSPORTS = ('raw', 'compressed')
 IMAGE_QOS_PROFILES = ('sensor_data', 'reliable', 'system_default')
 COVARIANCE_MODES = ('calibrated', 'fixed')
 FUSION_MODES = ('window', 'none')
+TF_BACKENDS = ('auto', 'tf2_ros', 'mspr_ros')
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,11 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
     ParamSpec('camera_frame_id', '', _S,
               'Camera optical frame used only when an image arrives with an empty frame_id.'),
     ParamSpec('tf_broadcast', True, _B, 'Publish the map -> odom transform on /tf.'),
+    ParamSpec('tf_backend', 'auto', _S,
+              'TF implementation: auto (tf2_ros where it is installed, else mspr_ros), tf2_ros '
+              '(configure fails without it) or mspr_ros (the package\'s own /tf publisher and '
+              'listener, for installs without tf2_ros).', read_only=True,
+              constraints='auto|tf2_ros|mspr_ros'),
     ParamSpec('transform_tolerance', 0.5, _D,
               'Future-date the published TF by this much (s). AMCL uses 1.0, rtabmap 0.1.',
               float_range=(0.0, 60.0)),
@@ -100,7 +106,7 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
               'Re-broadcast period of the last map -> odom (s); 0 disables re-broadcast. '
               'Applied at configure.', float_range=(0.0, 10.0)),
     ParamSpec('transform_timeout', 0.1, _D,
-              'How long to wait for odom -> base at the image stamp (s).',
+              'How long to wait for odom -> base and base <- camera at the image stamp (s).',
               float_range=(0.0, 10.0)),
     ParamSpec('two_d_mode', False, _B,
               'Flatten the published pose and map -> odom to x, y, yaw (ground robots).'),
@@ -175,10 +181,22 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
     ParamSpec('seed_amcl_min_interval', 10.0, _D,
               'Least time (s) between two seeds: right after one, AMCL reports about the '
               'covariance it was given.', float_range=(0.0, 3600.0)),
+    ParamSpec('seed_amcl_retry_period', 1.0, _D,
+              'Re-send a seed (with the newest pose) every this many seconds until amcl_pose '
+              "shows AMCL took it: AMCL's initialpose subscription is volatile, so a seed sent "
+              'before it subscribed is lost.', float_range=(0.1, 60.0)),
+    ParamSpec('seed_amcl_max_attempts', 10, _I,
+              'Send one seed at most this many times in all (1: never re-sent), then give up '
+              'with a warning in the log and /diagnostics.', int_range=(1, 1000)),
     ParamSpec('publish_initialpose', False, _B,
-              'Publish initialpose (to seed AMCL) once after each accepted relocalization.'),
+              'Seed AMCL on initialpose after activation and relocalizations, when tighter than '
+              "AMCL's own estimate; re-sent until amcl_pose shows it took (amcl_pose_topic)."),
     ParamSpec('autostart', True, _B, 'Configure and activate at start-up (plain ros2 run).',
               read_only=True),
+    ParamSpec('bond_heartbeat_period', 0.1, _D,
+              'Heartbeat period (s) of the bond formed with a Nav2 lifecycle manager on '
+              'activate (topic bond, id = node name, 4 s timeout, as nav2_util::LifecycleNode);'
+              ' 0 forms no bond.', read_only=True, float_range=(0.0, 10.0)),
     ParamSpec('max_image_pixels', 4096 * 4096, _I,
               'Refuse images with more pixels than this before converting them.',
               int_range=(1, 2 ** 31 - 1)),

@@ -25,7 +25,7 @@ from mspr_ros.geometry.transforms import alignment_parameter_name, alignment_par
 from mspr_ros.geometry.transforms import SceneAlignment
 from mspr_ros.precision import PRECISIONS
 from mspr_ros.ros.param_specs import COVARIANCE_MODES, FUSION_MODES, IMAGE_QOS_PROFILES
-from mspr_ros.ros.param_specs import IMAGE_TRANSPORTS, PARAM_NAMES, PARAM_SPECS
+from mspr_ros.ros.param_specs import IMAGE_TRANSPORTS, PARAM_NAMES, PARAM_SPECS, TF_BACKENDS
 
 _ARRAY_TYPES = {ParameterType.PARAMETER_STRING_ARRAY: Parameter.Type.STRING_ARRAY,
                 ParameterType.PARAMETER_DOUBLE_ARRAY: Parameter.Type.DOUBLE_ARRAY}
@@ -105,6 +105,8 @@ class NodeParams:
     amcl_pose_topic: str
     seed_amcl: AmclSeedPolicy
     autostart: bool
+    bond_heartbeat_period: float
+    tf_backend: str
     max_image_pixels: int
     diagnostics_period: float
 
@@ -118,7 +120,8 @@ class NodeParams:
         for name, choices in (('image_transport', IMAGE_TRANSPORTS),
                               ('image_qos', IMAGE_QOS_PROFILES),
                               ('covariance.mode', COVARIANCE_MODES),
-                              ('fusion', FUSION_MODES), ('precision', PRECISIONS)):
+                              ('fusion', FUSION_MODES), ('precision', PRECISIONS),
+                              ('tf_backend', TF_BACKENDS)):
             if values[name] not in choices:
                 problems.append(_problem(
                     name, f"{name} '{values[name]}' is not one of {', '.join(choices)}"))
@@ -182,10 +185,15 @@ class NodeParams:
             fusion_error_correlation_s=float(values['fusion.error_correlation_s']),
             publish_initialpose=bool(values['publish_initialpose']),
             amcl_pose_topic=str(values['amcl_pose_topic']),
-            seed_amcl=AmclSeedPolicy(float(values['seed_amcl_position_stddev']),
-                                     float(values['seed_amcl_yaw_stddev']),
-                                     float(values['seed_amcl_min_interval'])),
+            seed_amcl=AmclSeedPolicy(
+                position_stddev_m=float(values['seed_amcl_position_stddev']),
+                yaw_stddev_rad=float(values['seed_amcl_yaw_stddev']),
+                min_interval_s=float(values['seed_amcl_min_interval']),
+                retry_period_s=float(values['seed_amcl_retry_period']),
+                max_attempts=int(values['seed_amcl_max_attempts'])),
             autostart=bool(values['autostart']),
+            bond_heartbeat_period=float(values['bond_heartbeat_period']),
+            tf_backend=str(values['tf_backend']),
             max_image_pixels=int(values['max_image_pixels']),
             diagnostics_period=float(values['diagnostics_period']))
 

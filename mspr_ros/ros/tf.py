@@ -14,13 +14,19 @@ subscribed transient local, so it receives transforms latched before it started)
 on new data up to their timeout.
 
 Both backends raise ``TransformUnavailable`` (a ``LookupError``) naming the frames and the
-reason when a lookup fails within its timeout.
+reason when a lookup fails within its timeout, and both ``clear()`` their history when the clock
+jumps back, keeping the static transforms (tf2's ``BufferCore::clear``).
+
+The node picks the backend with its ``tf_backend`` parameter (``auto``: tf2_ros when it imports).
+tf2_ros is used as upstream defines it: ``TransformListener(buffer, node, *, spin_thread=False,
+qos=None, static_qos=None)`` has no callback group argument (its subscriptions get their own
+reentrant group), and ``Buffer(node=node)`` adds a ``tf2_frames`` service and a clock jump
+callback to the node, both released by ``close()``.
 """
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from geometry_msgs.msg import TransformStamped
-from rclpy.callback_groups import CallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from tf2_msgs.msg import TFMessage
@@ -114,17 +120,15 @@ class TopicStaticTfBroadcaster:
 class TopicTfListener:
     """Subscribes to ``/tf`` and ``/tf_static`` and answers lookups from a buffer."""
 
-    def __init__(self, node: Node, callback_group: Optional[CallbackGroup] = None,
-                 on_bad_transform: Optional[Callable[[str], None]] = None):
+    def __init__(self, node: Node, on_bad_transform: Optional[Callable[[str], None]] = None):
         """``on_bad_transform`` receives a message for each invalid transform received."""
         self._node = node
         self._buffer = TransformBuffer()
         self._on_bad_transform = on_bad_transform
         self._subscriptions = [
-            node.create_subscription(TFMessage, TF_TOPIC, self._on_tf, TF_QOS,
-                                     callback_group=callback_group),
+            node.create_subscription(TFMessage, TF_TOPIC, self._on_tf, TF_QOS),
             node.create_subscription(TFMessage, TF_STATIC_TOPIC, self._on_tf_static,
-                                     TF_STATIC_LISTENER_QOS, callback_group=callback_group),
+                                     TF_STATIC_LISTENER_QOS),
         ]
 
     def _on_tf(self, msg: TFMessage) -> None:
@@ -151,6 +155,10 @@ class TopicTfListener:
         """Return ``T_target_source`` at ``stamp_ns`` (None: latest); see ``lookup_or_raise``."""
         return lookup_or_raise(self._buffer, target, source, stamp_ns, timeout_s)
 
+    def clear(self) -> None:
+        """Forget the time line (the clock jumped back); static transforms stay."""
+        self._buffer.clear(keep_static=True)
+
     def close(self) -> None:
         """Destroy the subscriptions."""
         for subscription in self._subscriptions:
@@ -176,23 +184,21 @@ class Tf2RosBroadcaster:
 
 
 class Tf2RosStaticBroadcaster:
-    """``tf2_ros.StaticTransformBroadcaster`` behind the ``send``/``close`` interface."""
+    """``tf2_ros.StaticTransformBroadcaster`` behind the ``send``/``close`` interface.
+
+    tf2_ros latches every child frame sent so far in one message but keeps a child's first
+    value: a second send of the same child is dropped. The node sends each scene frame once
+    per configure, on a broadcaster made by that configure, so nothing is lost.
+    """
 
     def __init__(self, node: Node, tf2_ros):
         """Wrap a new ``tf2_ros.StaticTransformBroadcaster`` of ``node``."""
         self._node = node
         self._broadcaster = tf2_ros.StaticTransformBroadcaster(node)
-        self._transforms: Dict[str, TransformStamped] = {}
 
     def send(self, transforms: Sequence[TransformStamped]) -> None:
-        """Add or replace (by child frame) and send them all.
-
-        Older tf2_ros releases replace the latched message on each call, newer ones merge;
-        sending the accumulated set is right for both.
-        """
-        for transform in transforms:
-            self._transforms[transform.child_frame_id] = transform
-        self._broadcaster.sendTransform(list(self._transforms.values()))
+        """Add the transforms to the latched message and publish it."""
+        self._broadcaster.sendTransform(list(transforms))
 
     def close(self) -> None:
         """Destroy the broadcaster's publisher."""
@@ -202,15 +208,15 @@ class Tf2RosStaticBroadcaster:
 class Tf2RosListener:
     """``tf2_ros.Buffer`` + ``TransformListener`` behind the ``lookup``/``close`` interface."""
 
-    def __init__(self, node: Node, tf2_ros, callback_group: Optional[CallbackGroup] = None):
+    def __init__(self, node: Node, tf2_ros):
         """Create a buffer and a listener spun by ``node``'s executor."""
         from rclpy.duration import Duration
         from rclpy.time import Time
         self._duration, self._time = Duration, Time
+        self._node = node
         self._tf2_ros = tf2_ros
         self._buffer = tf2_ros.Buffer(node=node)
-        self._listener = tf2_ros.TransformListener(self._buffer, node, spin_thread=False,
-                                                   callback_group=callback_group)
+        self._listener = tf2_ros.TransformListener(self._buffer, node, spin_thread=False)
 
     def lookup(self, target: str, source: str, stamp_ns: Optional[int],
                timeout_s: float) -> Transform:
@@ -225,9 +231,15 @@ class Tf2RosListener:
                 f'{timeout_s:.3f} s: {error}') from error
         return transform_from_msg(stamped.transform)
 
+    def clear(self) -> None:
+        """Forget the time line (the clock jumped back); tf2 keeps the static transforms."""
+        self._buffer.clear()
+
     def close(self) -> None:
-        """Unsubscribe from /tf and /tf_static."""
+        """Unsubscribe from /tf and /tf_static; drop the buffer's service and jump callback."""
         self._listener.unregister()
+        self._node.destroy_service(self._buffer.srv)
+        self._buffer.jump_handle.unregister()
 
 
 @dataclass
@@ -245,8 +257,7 @@ class TfInterfaces:
             endpoint.close()
 
 
-def create_tf_interfaces(node: Node, callback_group: Optional[CallbackGroup] = None,
-                         use_tf2_ros: Optional[bool] = None,
+def create_tf_interfaces(node: Node, use_tf2_ros: Optional[bool] = None,
                          on_bad_transform: Optional[Callable[[str], None]] = None
                          ) -> TfInterfaces:
     """Create broadcaster, static broadcaster and listener for ``node``.
@@ -256,15 +267,16 @@ def create_tf_interfaces(node: Node, callback_group: Optional[CallbackGroup] = N
     """
     tf2_ros = None if use_tf2_ros is False else _tf2_ros()
     if use_tf2_ros and tf2_ros is None:
-        raise ImportError('tf2_ros was requested but is not installed')
+        raise ImportError("tf_backend is 'tf2_ros' but tf2_ros does not import here: install "
+                          "ROS 2's tf2_ros, or set tf_backend to 'auto' or 'mspr_ros'")
     if tf2_ros is not None:
         return TfInterfaces(Tf2RosBroadcaster(node, tf2_ros),
                             Tf2RosStaticBroadcaster(node, tf2_ros),
-                            Tf2RosListener(node, tf2_ros, callback_group), 'tf2_ros')
+                            Tf2RosListener(node, tf2_ros), 'tf2_ros')
     return TfInterfaces(TopicTfBroadcaster(node), TopicStaticTfBroadcaster(node),
-                        TopicTfListener(node, callback_group, on_bad_transform), 'mspr_ros')
+                        TopicTfListener(node, on_bad_transform), 'mspr_ros')
 
 
-def backend_names() -> List[str]:
-    """Backends usable here: 'mspr_ros' always, 'tf2_ros' when it is installed."""
-    return ['mspr_ros'] + (['tf2_ros'] if _tf2_ros() is not None else [])
+def use_tf2_ros(tf_backend: str) -> Optional[bool]:
+    """Return the ``tf_backend`` parameter as ``create_tf_interfaces``'s ``use_tf2_ros``."""
+    return {'auto': None, 'tf2_ros': True, 'mspr_ros': False}[tf_backend]

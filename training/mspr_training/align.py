@@ -12,14 +12,20 @@ sampling and iterative trimming, residuals reported. ``--yaw-only`` keeps both f
 z axes parallel (a gravity-aligned scene on a 2D Nav2 map): a ground robot's planar trajectory
 pins roll and pitch only as well as its width allows.
 
-- ``--bag``: a recording with the node's poses (``--pose-topic``, the node's ``~/pose`` by
-  default, i.e. base_link in map under the alignment the node used) and the robot's own
-  map-frame poses of the same frame (``--reference-topic``: AMCL's ``amcl_pose``, a SLAM pose, a
-  motion-capture ``PoseStamped``), time-matched by header stamp (the reference interpolated).
-  The fit is the correction ``C: reference <- node`` and the new alignment is ``C * A0``, with
-  ``A0`` the alignment the node ran with (``--params`` overrides, else the ``--weights``
-  bundle's, else identity). The scene of each pose is the first message on ``--scene-topic``
-  recorded at or after its stamp, or ``--scene`` for the whole bag.
+- ``--bag``: a recording with the node's per-frame poses (``--pose-topic``, the node's
+  ``~/pose_raw`` by default: each accepted frame's own base_link pose in map under the alignment
+  the node used; not the fused ``~/pose``, a window average that lags the frame) and the robot's
+  own map-frame poses of the same frame (``--reference-topic``: AMCL's ``amcl_pose``, a SLAM
+  pose, a motion-capture ``PoseStamped``), time-matched by header stamp (the reference
+  interpolated). The fit is the correction ``C: reference <- node`` and the new alignment is
+  ``C * A0``, with ``A0`` the alignment the node ran with (``--params`` overrides, else the
+  ``--weights`` bundle's, else identity). The scene of each pose is the ``header.frame_id`` of
+  the ``--scene-topic`` message with exactly the pose's stamp (the node's
+  ``~/scene_camera_pose``, published for every classified image with the image's stamp): the
+  stamp ties a pose to its own image, whatever order the recorder received the topics in. A pose
+  without such a message is left out and counted. ``--scene`` gives one scene to the whole bag
+  instead. A ``std_msgs/String`` scene topic (the node's ``~/scene`` in older recordings) is
+  refused: it has no stamp, and matching it by arrival time mis-assigns poses near scene changes.
 - ``--correspondences``: at least three named points per scene measured in both frames, YAML
   (``{scene: {name: {scene: [x, y, z], map: [x, y, z]}}}``) or CSV (header
   ``scene,name,scene_x,scene_y,scene_z,map_x,map_y,map_z``).
@@ -29,6 +35,8 @@ comments kept) and printed as a table; ``--report`` also writes it as JSON.
 
 Examples::
 
+    ros2 bag record /mspr_localizer/pose_raw /mspr_localizer/scene_camera_pose /amcl_pose \
+        -o robot_run
     mspr-align --bag robot_run --weights model.safetensors --params config/mspr_ros.yaml \
         --write config/mspr_ros.yaml
     mspr-align --correspondences points.yaml --write my_params.yaml --scale
@@ -51,6 +59,8 @@ from mspr_ros.bundle import BundleError
 from mspr_ros.geometry.transforms import alignment_parameter_name, alignment_parameter_scene
 from mspr_ros.geometry.transforms import SceneAlignment
 from mspr_ros.runtime.atomic_file import atomic_write
+from mspr_training.data.rosbag import open_bag, read_bag_trajectory, read_header_frames
+from mspr_training.data.rosbag import STRING_TYPE
 from mspr_training.data.samples import DatasetError
 
 LOGGER = logging.getLogger('mspr-align')
@@ -58,6 +68,10 @@ CSV_COLUMNS = ('scene', 'name', 'scene_x', 'scene_y', 'scene_z', 'map_x', 'map_y
 MIN_PAIRS = 3
 # Below this many pairs a sampled consensus cannot tell outliers from the model.
 MIN_PAIRS_FOR_OUTLIERS = 6
+# The node's per-frame base pose in map (not the fused ~/pose, which lags the frame), and its
+# scene-frame camera pose, whose frame_id names the scene of the image of that stamp.
+DEFAULT_POSE_TOPIC = '/mspr_localizer/pose_raw'
+DEFAULT_SCENE_TOPIC = '/mspr_localizer/scene_camera_pose'
 # sigma = 1.4826 * median absolute residual for Gaussian noise (Rousseeuw's LMedS scale).
 MAD_TO_SIGMA = 1.4826
 
@@ -265,14 +279,37 @@ def read_correspondences(path: Path) -> Dict[str, ScenePairs]:
     return {scene: ScenePairs(np.array(s), np.array(t)) for scene, (s, t) in grouped.items()}
 
 
+@dataclass(frozen=True)
+class BagPairs:
+    """The pairs of a bag per scene, and how many of the node's poses were left out and why."""
+
+    pairs: Dict[str, ScenePairs]
+    pose_topic: str
+    poses: int
+    # Poses with no single scene for their stamp (no --scene-topic message of that stamp).
+    without_scene: int
+    # Poses with a scene but no reference pose within --max-gap.
+    without_reference: int
+    scene_topic: Optional[str] = None
+
+    def summary(self) -> str:
+        """Return one line: how many poses were used, and how many were left out for what."""
+        used = sum(len(p.source) for p in self.pairs.values())
+        text = f'{used} of {self.poses} poses on {self.pose_topic} paired'
+        if self.scene_topic is not None:
+            text += (f'; {self.without_scene} left out without a scene on {self.scene_topic} '
+                     'of their stamp')
+        return text + f'; {self.without_reference} left out without a reference pose'
+
+
 def read_bag_pairs(bag_path: Path, pose_topic: str, reference_topic: str,
                    scene_topic: Optional[str], scene: Optional[str],
-                   max_gap_s: float = 0.2, scene_window_s: float = 1.0
-                   ) -> Dict[str, ScenePairs]:
-    """Time-match the node's poses with reference poses in a bag; group them by scene."""
-    from mspr_training.bags.offline import read_scene_timeline
-    from mspr_training.data.rosbag import read_bag_trajectory
+                   max_gap_s: float = 0.2) -> BagPairs:
+    """Time-match the node's poses with reference poses in a bag; group them by scene.
 
+    The scene of a pose is ``scene`` when given, else that of the ``scene_topic`` message of
+    exactly its stamp (``scenes_by_stamp``).
+    """
     estimates = read_bag_trajectory(bag_path, pose_topic=pose_topic)
     reference = read_bag_trajectory(bag_path, pose_topic=reference_topic)
     if estimates.frame_id != reference.frame_id:
@@ -282,13 +319,13 @@ def read_bag_pairs(bag_path: Path, pose_topic: str, reference_topic: str,
     if scene is not None:
         names = np.array([scene] * len(estimates), dtype=object)
     elif scene_topic is not None:
-        timeline = read_scene_timeline(bag_path, scene_topic)
-        names = _scene_after(timeline.times_ns, timeline.names, estimates.stamps_ns,
-                             int(scene_window_s * 1e9))
+        names = scenes_by_stamp(*read_stamped_scenes(bag_path, scene_topic),
+                                estimates.stamps_ns)
     else:
         raise AlignmentError('give --scene-topic or --scene')
+    has_scene = np.array([name is not None for name in names], dtype=bool)
     pairs = {}
-    for name in sorted({n for n in names if n is not None}):
+    for name in sorted(set(names[has_scene])):
         keep = valid & (names == name)
         if keep.any():
             pairs[name] = ScenePairs(estimates.positions[keep], positions[keep],
@@ -296,19 +333,47 @@ def read_bag_pairs(bag_path: Path, pose_topic: str, reference_topic: str,
     if not pairs:
         raise AlignmentError(f'{bag_path}: no pose on {pose_topic} has a reference pose on '
                              f'{reference_topic} within {max_gap_s} s and a scene')
-    return pairs
+    return BagPairs(pairs, pose_topic, len(estimates), int((~has_scene).sum()),
+                    int((has_scene & ~valid).sum()), None if scene is not None else scene_topic)
 
 
-def _scene_after(times_ns, names, stamps_ns, window_ns) -> np.ndarray:
-    """Scene of each stamp: the first scene message recorded at or after it, within a window.
+def read_stamped_scenes(bag_path: Path, topic: str) -> Tuple[np.ndarray, List[str]]:
+    """Return (stamps, scene names) of a scene topic: the header stamps and frame ids.
 
-    The node publishes ``~/scene`` after the pose of the same image, whose stamp is the image's.
+    Raises:
+        AlignmentError: the topic is a ``std_msgs/String`` (the node's unstamped ``~/scene``).
+        DatasetError: the topic is absent or not a pose topic.
     """
-    index = np.searchsorted(times_ns, stamps_ns, side='left')
+    with open_bag(bag_path) as reader:
+        types = {c.msgtype for c in reader.connections if c.topic == topic}
+    if STRING_TYPE in types:
+        raise AlignmentError(
+            f'{bag_path}: the scene topic {topic} is a std_msgs/String, which has no stamp: a '
+            'pose cannot be tied to the scene of its own image, and matching by arrival time '
+            'mis-assigns poses near scene changes. Record the node\'s '
+            f'{DEFAULT_SCENE_TOPIC} (geometry_msgs/PoseStamped, frame_id = the scene) with '
+            f'{DEFAULT_POSE_TOPIC}, or give --scene NAME for a bag of one scene')
+    return read_header_frames(bag_path, topic)
+
+
+def scenes_by_stamp(scene_stamps_ns: np.ndarray, scene_names: Sequence[str],
+                    stamps_ns: np.ndarray) -> np.ndarray:
+    """Scene of each stamp: the name of the scene message of exactly that stamp, else None.
+
+    The node stamps a pose and its scene message with their image's stamp, while the recorder
+    logs each topic with its own delay, so only the stamp says which image a scene belongs to.
+    A stamp whose messages name two scenes (e.g. a bag recorded over a looped replay) is None:
+    nothing tells which is right.
+    """
+    by_stamp: Dict[int, set] = {}
+    for stamp, name in zip(scene_stamps_ns, scene_names):
+        # The node writes the bare scene name; a ROS 1 conversion may add a leading '/'.
+        by_stamp.setdefault(int(stamp), set()).add(name.lstrip('/'))
     result = np.full(len(stamps_ns), None, dtype=object)
-    for i, (j, stamp) in enumerate(zip(index, stamps_ns)):
-        if j < len(times_ns) and times_ns[j] - stamp <= window_ns:
-            result[i] = names[j]
+    for i, stamp in enumerate(stamps_ns):
+        names = by_stamp.get(int(stamp), set())
+        if len(names) == 1 and '' not in names:
+            result[i] = next(iter(names))
     return result
 
 
@@ -455,14 +520,19 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument('--bag', type=Path, help='rosbag2 recording with both pose streams')
     source.add_argument('--correspondences', type=Path,
                         help='YAML or CSV of named points measured in scene and map frames')
-    parser.add_argument('--pose-topic', default='/mspr_localizer/pose',
+    parser.add_argument('--pose-topic', default=DEFAULT_POSE_TOPIC,
                         help="the node's poses in the bag (PoseWithCovarianceStamped, "
-                             'PoseStamped or Odometry)')
+                             "PoseStamped or Odometry); default %(default)s, the node's "
+                             'per-frame estimate (the fused ~/pose lags the frame)')
     parser.add_argument('--reference-topic', default='/amcl_pose',
                         help="the robot's own map-frame poses of the same frame")
-    parser.add_argument('--scene-topic', default='/mspr_localizer/scene',
-                        help="the node's std_msgs/String scene topic")
-    parser.add_argument('--scene', help='treat every pose of the bag as this scene')
+    parser.add_argument('--scene-topic', default=DEFAULT_SCENE_TOPIC,
+                        help="the node's ~/scene_camera_pose (PoseStamped, frame_id = the "
+                             'scene; default %(default)s): each pose takes the scene of the '
+                             'message of its exact stamp; poses without one are left out and '
+                             'counted. Not the unstamped std_msgs/String ~/scene')
+    parser.add_argument('--scene', help='treat every pose of the bag as this scene '
+                        '(no scene topic needed)')
     parser.add_argument('--max-gap', type=float, default=0.2,
                         help='largest reference gap to interpolate across (s)')
     parser.add_argument('--weights', type=Path,
@@ -488,10 +558,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
     args = build_parser().parse_args(argv)
     try:
+        summary = None
         if args.bag is not None:
-            pairs = read_bag_pairs(args.bag, args.pose_topic, args.reference_topic,
-                                   None if args.scene else args.scene_topic, args.scene,
-                                   args.max_gap)
+            bag = read_bag_pairs(args.bag, args.pose_topic, args.reference_topic,
+                                 None if args.scene else args.scene_topic, args.scene,
+                                 args.max_gap)
+            pairs, summary = bag.pairs, bag.summary()
             base = current_alignments(args.weights, args.params)
         else:
             pairs, base = read_correspondences(args.correspondences), None
@@ -502,6 +574,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             yaml.YAMLError) as error:
         print(f'mspr-align: {error}', file=sys.stderr)
         return 2
+    if summary is not None:
+        print(summary)
     print(format_table(results))
     if args.write is not None:
         print(f'wrote {len(results)} scene alignment(s) to {args.write}; the node publishes them '

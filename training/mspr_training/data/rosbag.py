@@ -225,6 +225,26 @@ def _pose_topic_trajectory(bag_path, topic):
     return trajectory
 
 
+def read_header_frames(bag_path, topic) -> tuple[np.ndarray, list[str]]:
+    """Return the header stamps (int64 ns) and frame ids of a pose topic's messages, in bag order.
+
+    For topics whose frame id is the information, e.g. the node's ``~/scene_camera_pose``, whose
+    frame id names the scene of the image of that stamp. A zero stamp reads as the log time, as
+    everywhere in this module.
+
+    Raises:
+        DatasetError: the bag cannot be opened, the topic is absent or not a pose topic
+            (``POSE_TYPES``), or a message is corrupt.
+    """
+    stamps, frame_ids = [], []
+    with open_bag(bag_path) as reader:
+        connections = _connections(reader, bag_path, topic, POSE_TYPES)
+        for _connection, log_time, message in _messages(reader, bag_path, connections):
+            stamps.append(_stamp_ns(message.header, log_time))
+            frame_ids.append(str(message.header.frame_id))
+    return np.asarray(stamps, dtype=np.int64), frame_ids
+
+
 def _tf_trajectory(bag_path, frames, max_gap_ns, tf_topics, static_tf_topics):
     """Return the trajectory of ``frames[1]`` in ``frames[0]`` from the recorded TF tree.
 
