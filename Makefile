@@ -20,7 +20,7 @@ export PYTHONUNBUFFERED := 1
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: all venv test demo lint benchmarks clean distclean
+.PHONY: all venv test demo lint benchmarks figures clean distclean
 
 all: test
 
@@ -41,6 +41,12 @@ lint: $(STAMP)
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# The tables of benchmarks/README.md and README.md from benchmarks/results/*.json (standard library
+# only, so no .venv needed); FIGURES_ARGS=--check compares without writing.
+FIGURES_ARGS ?=
+figures:
+	python3 benchmarks/figures.py $(FIGURES_ARGS)
 
 clean:
 	rm -rf build install log .pytest_cache artifacts/demo

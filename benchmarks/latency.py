@@ -14,23 +14,32 @@ machine hit all alike, and never at the same time:
   so this is latency, not queueing; the node subscribes reliably, ``image_qos: reliable``,
   because a lost frame would never be answered).
 
-Printed and written: both distributions, the ratio node/direct (target < 1.15 on the CPU), the
-node's per-stage means from its ``/diagnostics`` (decode, preprocess, inference, publish, total)
-and what remains (DDS both ways, serialisation, executor hand-offs). That remainder is set
-against an echo node (``benchmarks/echo_node.py``: same topics, QoS and executor, answers each
+Each model is measured with the fusion on and off side by side (node parameter ``fusion:
+window``, the default, and ``none``): two nodes run at once, each answering its own frames, and
+the frames rotate over the direct call and both nodes.
+
+Printed and written: the distributions, the ratios node/direct for both fusion settings (target
+< 1.15 on the CPU; issue 24: at most 1.05 with the fusion on, demo and paper models), the nodes'
+per-stage means from their ``/diagnostics`` (decode, preprocess, inference, tf lookups,
+pose_stream = gates + fusion, publish, total) and the fusion's share of the node's time
+(pose_stream with the fusion on minus without it, over the node's mean round trip), and what
+remains outside the worker (DDS both ways, serialisation, executor hand-offs). That remainder is
+set against an echo node (``benchmarks/echo_node.py``: same topics, QoS and executor, answers each
 image at once with an empty pose), the floor of any Python node with this interface. With CUDA,
 the same for fp32 and fp16 on the GPU; without, a note says it was skipped
 (``benchmarks/gpu_latency.py`` times the precisions and CUDA graphs of the Localizer alone).
 
-Usage: ``python benchmarks/latency.py [--quick | --smoke] [--models tiny demo paper]``
+Usage: ``python benchmarks/latency.py [--quick | --smoke] [--models tiny demo paper]
+[--fusion window none]``
 """
 import argparse
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 import sys
 import tempfile
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -38,18 +47,52 @@ import torch
 from common.cli import add_common_arguments, add_node_arguments, begin, parse_size, run_mode
 from common.frames import rendered_frames
 from common.models import model_config, MODEL_SIZES, save_random_bundle
-from common.node_session import ECHO_PROGRAM, node_parameters, NodeSession, stage_means
+from common.node_session import ECHO_PROGRAM, node_parameters, NodeSession
+from common.node_session import stage_means_of_measured
 from common.results import save_results, WORK_DIR
 from common.stats import summarise, Summary
 from mspr_ros.localizer import Localizer
-from mspr_ros.ros.diagnostics import LATENCY_WINDOW
+from mspr_ros.ros.param_specs import FUSION_MODES
 from mspr_ros.runtime.allocator import retain_freed_memory
 
 NAME = 'latency'
 TARGET_RATIO = 1.15
+# Issue 24: the node keeps up with its model, fusion on, on these models.
+GOAL_RATIO = 1.05
+GOAL_MODELS = ('demo', 'paper')
 NODE_IMAGE_QOS = 'reliable'
 # (frames, warm-up frames) per mode.
 SIZES = {'full': (50, 5), 'quick': (20, 3), 'smoke': (3, 2)}
+# The node session of each fusion setting (common.node_session.DOMAIN_OFFSETS).
+SESSION_NAMES = {'window': 'latency', 'none': 'latency_fusion_none'}
+
+
+@dataclass
+class NodeFigures:
+    """The node's latency with one fusion setting (milliseconds).
+
+    Attributes:
+        fusion: the node's ``fusion`` parameter ('window' or 'none').
+        node_ms: image publish -> pose received.
+        ratio_p50, ratio_mean: node over direct, of medians and of means.
+        node_stages_ms: the node's decode/preprocess/inference/tf/pose_stream/publish/total
+            means.
+        node_stages_frames: how many frames those means cover (the measured ones when the
+            node's diagnostics window holds them all, else its last window).
+        outside_worker_ms: node mean minus the worker's total: DDS both ways, (de)serialisation
+            and executor hand-offs.
+        pose_stream_share: the pose_stream stage (gates, and the fusion when on) over the node's
+            mean round trip.
+    """
+
+    fusion: str
+    node_ms: Summary
+    ratio_p50: float
+    ratio_mean: float
+    node_stages_ms: Dict[str, float]
+    node_stages_frames: int
+    outside_worker_ms: float
+    pose_stream_share: float
 
 
 @dataclass
@@ -61,14 +104,12 @@ class LatencyResult:
         device, precision: 'cpu'/'cuda' and 'fp32'/'fp16'.
         direct_ms: ``Localizer.localize`` wall clock in a worker thread, as the node calls
             it (the reference of the ratios); ``direct_main_thread_ms`` the same call in the
-            main thread; ``node_ms`` image publish -> pose.
-        ratio_p50, ratio_mean: node over direct, of medians and of means.
+            main thread.
         direct_stages_ms: the Localizer's own preprocess/inference means.
-        node_stages_ms: the node's decode/preprocess/inference/publish/total means.
-        node_stages_frames: how many frames those means cover (the measured ones when the
-            node's diagnostics window holds them all, else its last window).
-        outside_worker_ms: node mean minus the worker's total: DDS both ways, (de)serialisation
-            and executor hand-offs.
+        nodes: per fusion setting, the node's figures.
+        fusion_cost: with both settings measured: ``fusion_ms`` (pose_stream with the fusion
+            minus without: the fusion's own time per frame), ``share_of_node`` (that over the
+            node's mean round trip with the fusion on) and ``node_p50_difference_ms``; else None.
     """
 
     model: str
@@ -77,13 +118,9 @@ class LatencyResult:
     precision: str
     direct_ms: Summary
     direct_main_thread_ms: Summary
-    node_ms: Summary
-    ratio_p50: float
-    ratio_mean: float
     direct_stages_ms: Dict[str, float]
-    node_stages_ms: Dict[str, float]
-    node_stages_frames: int
-    outside_worker_ms: float
+    nodes: Dict[str, NodeFigures]
+    fusion_cost: Optional[Dict[str, float]]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -93,6 +130,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_node_arguments(parser)
     parser.add_argument('--models', nargs='+', choices=MODEL_SIZES, default=None,
                         help='model sizes (default: all; smoke: tiny)')
+    parser.add_argument('--fusion', nargs='+', choices=FUSION_MODES, default=list(FUSION_MODES),
+                        help='node fusion settings measured side by side (default: both)')
     parser.add_argument('--frames', type=int, default=None, help='measured frames per model')
     parser.add_argument('--warmup', type=int, default=None, help='warm-up frames per model')
     parser.add_argument('--image-size', type=parse_size, default=None,
@@ -107,29 +146,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else warmup
     args.models = args.models or (['tiny'] if mode == 'smoke' else list(MODEL_SIZES))
     args.image_size = args.image_size or ((160, 120) if mode == 'smoke' else (640, 480))
+    args.fusion = list(dict.fromkeys(args.fusion))
     if args.frames < 1 or args.warmup < 1:
         parser.error('--frames and --warmup must be at least 1')
+    if any(name == 'fusion' for name, _ in args.node_params):
+        parser.error('set the fusion with --fusion, not --node-param fusion:=...')
     return args
-
-
-def stage_means_of_measured(before: Dict[str, str], after: Dict[str, str],
-                            measured: int) -> tuple:
-    """Return the node's stage means over the measured frames and how many frames they cover.
-
-    The node reports means over its last ``LATENCY_WINDOW`` frames. When warm-up and measured
-    frames fit in that window, the warm-up part is subtracted out exactly; otherwise the last
-    window is reported as is.
-    """
-    done_before = int(before['frames processed'])
-    done_after = int(after['frames processed'])
-    means_before, means_after = stage_means(before), stage_means(after)
-    if done_after != done_before + measured:
-        raise RuntimeError(f'the node processed {done_after - done_before} frames while '
-                           f'{measured} were measured')
-    if done_after > LATENCY_WINDOW:
-        return means_after, min(done_after, LATENCY_WINDOW)
-    return {stage: (means_after[stage] * done_after - means_before[stage] * done_before)
-            / measured for stage in means_after}, measured
 
 
 class DirectTimer:
@@ -176,45 +198,83 @@ class DirectTimer:
         self.worker.shutdown()
 
 
+def node_figures(fusion: str, samples: List[float], before: Dict[str, str],
+                 after: Dict[str, str], measured: int, direct_ms: Summary) -> NodeFigures:
+    """Return one node's figures from its round trips and its diagnostics around them."""
+    stages, covered = stage_means_of_measured(before, after, measured)
+    node_ms = summarise(samples)
+    return NodeFigures(
+        fusion=fusion, node_ms=node_ms, ratio_p50=node_ms.p50 / direct_ms.p50,
+        ratio_mean=node_ms.mean / direct_ms.mean, node_stages_ms=stages,
+        node_stages_frames=covered, outside_worker_ms=node_ms.mean - stages['total'],
+        pose_stream_share=stages['pose_stream'] / node_ms.mean)
+
+
+def fusion_cost(nodes: Dict[str, NodeFigures]) -> Optional[Dict[str, float]]:
+    """Return the fusion's own time per frame and its share of the node's, None without both."""
+    if not {'window', 'none'} <= set(nodes):
+        return None
+    on, off = nodes['window'], nodes['none']
+    fusion_ms = on.node_stages_ms['pose_stream'] - off.node_stages_ms['pose_stream']
+    return {'pose_stream_window_ms': on.node_stages_ms['pose_stream'],
+            'pose_stream_none_ms': off.node_stages_ms['pose_stream'],
+            'fusion_ms': fusion_ms, 'share_of_node': fusion_ms / on.node_ms.mean,
+            'node_p50_difference_ms': on.node_ms.p50 - off.node_ms.p50}
+
+
 def measure(size: str, device: str, precision: str, frames: List[np.ndarray],
             args: argparse.Namespace, work: str) -> LatencyResult:
-    """Measure one model on one device: direct and node, frame by frame, rotating the order."""
+    """Measure one model on one device: direct and each node, frame by frame, rotating."""
     bundle, parameters = save_random_bundle(f'{work}/{size}.safetensors', model_config(size))
     direct = DirectTimer(Localizer.from_file(bundle, device=device, precision=precision),
                          frames)
-    log = WORK_DIR / 'logs' / f'latency_node_{size}_{device}_{precision}.log'
-    node: List[float] = []
+    samples: Dict[str, List[float]] = {fusion: [] for fusion in args.fusion}
+    before: Dict[str, Dict[str, str]] = {}
+    after: Dict[str, Dict[str, str]] = {}
     try:
         direct.warmup(args.warmup)
-        # A reliable image subscription: with one frame in flight a lost frame is never answered.
-        params = node_parameters(bundle, device, precision,
-                                 **{'image_qos': NODE_IMAGE_QOS, **dict(args.node_params)})
-        with NodeSession(NAME, args.threads, log, params) as session:
-            messages = session.image_messages(frames)
-            session.first_pose(messages[0])
-            for index in range(1, args.warmup):
-                session.round_trip_ms(messages[index % len(messages)], args.timeout)
-            before = session.diagnostics_after(time.time_ns())
+        with ExitStack() as stack:
+            sessions = {}
+            for fusion in args.fusion:
+                # A reliable image subscription: one frame in flight, a lost one is never
+                # answered.
+                params = node_parameters(bundle, device, precision, **{
+                    'image_qos': NODE_IMAGE_QOS, 'fusion': fusion, **dict(args.node_params)})
+                log = WORK_DIR / 'logs' / f'latency_node_{size}_{device}_{precision}_{fusion}.log'
+                sessions[fusion] = stack.enter_context(
+                    NodeSession(SESSION_NAMES[fusion], args.threads, log, params))
+            messages = {fusion: session.image_messages(frames)
+                        for fusion, session in sessions.items()}
+            for fusion, session in sessions.items():
+                session.first_pose(messages[fusion][0])
+                for index in range(1, args.warmup):
+                    session.round_trip_ms(messages[fusion][index % len(frames)], args.timeout)
+                before[fusion] = session.diagnostics_after(time.time_ns())
+
+            def node_run(fusion: str, frame: int) -> Callable[[], None]:
+                return lambda: samples[fusion].append(sessions[fusion].round_trip_ms(
+                    messages[fusion][frame], args.timeout))
+
             for index in range(args.frames):
                 frame = index % len(frames)
-                runs = [lambda: direct.in_worker(frame), lambda: direct.in_main(frame),
-                        lambda: node.append(session.round_trip_ms(messages[frame],
-                                                                  args.timeout))]
-                for run in runs[index % 3:] + runs[:index % 3]:
+                runs = [lambda: direct.in_worker(frame), lambda: direct.in_main(frame)]
+                runs += [node_run(fusion, frame) for fusion in sessions]
+                shift = index % len(runs)
+                for run in runs[shift:] + runs[:shift]:
                     run()
-            after = session.diagnostics_after(time.time_ns())
+            for fusion, session in sessions.items():
+                after[fusion] = session.diagnostics_after(time.time_ns())
     finally:
         direct.close()
-    node_stages, covered = stage_means_of_measured(before, after, args.frames)
-    direct_ms, node_ms = summarise(direct.worker_ms), summarise(node)
+    direct_ms = summarise(direct.worker_ms)
+    nodes = {fusion: node_figures(fusion, samples[fusion], before[fusion], after[fusion],
+                                  args.frames, direct_ms) for fusion in args.fusion}
     return LatencyResult(
         model=size, parameters=parameters, device=device, precision=precision,
-        direct_ms=direct_ms, direct_main_thread_ms=summarise(direct.main_ms), node_ms=node_ms,
-        ratio_p50=node_ms.p50 / direct_ms.p50, ratio_mean=node_ms.mean / direct_ms.mean,
+        direct_ms=direct_ms, direct_main_thread_ms=summarise(direct.main_ms),
         direct_stages_ms={'preprocess': float(np.mean(direct.preprocess_ms)),
                           'inference': float(np.mean(direct.inference_ms))},
-        node_stages_ms=node_stages, node_stages_frames=covered,
-        outside_worker_ms=node_ms.mean - node_stages['total'])
+        nodes=nodes, fusion_cost=fusion_cost(nodes))
 
 
 def measure_echo(frames: List[np.ndarray], args: argparse.Namespace) -> Summary:
@@ -233,32 +293,56 @@ def measure_echo(frames: List[np.ndarray], args: argparse.Namespace) -> Summary:
                          for index in range(args.frames))
 
 
+def goals(results: Sequence[LatencyResult]) -> Dict[str, object]:
+    """Return issue 24's goal per measured CPU model of ``GOAL_MODELS`` (fusion on)."""
+    verdicts = {r.model: {'ratio_p50': r.nodes['window'].ratio_p50,
+                          'met': r.nodes['window'].ratio_p50 <= GOAL_RATIO}
+                for r in results if r.device == 'cpu' and r.model in GOAL_MODELS
+                and 'window' in r.nodes}
+    return {'ratio_p50_at_most': GOAL_RATIO, 'fusion': 'window', 'models': verdicts}
+
+
 def print_table(results: Sequence[LatencyResult], echo: Summary) -> None:
-    """Print the side-by-side table and the stage breakdown."""
-    print(f"\n{'model':<7}{'device':<7}{'prec':<6}{'params':>12}{'direct p50':>12}"
-          f"{'node p50':>10}{'ratio':>7}{'direct p95':>12}{'node p95':>10}  target"
-          f"{'main-thread p50':>17}")
+    """Print the side-by-side table, the stage breakdown and the fusion's share."""
+    print(f"\n{'model':<7}{'device':<7}{'prec':<6}{'fusion':<8}{'params':>12}"
+          f"{'direct p50':>12}{'node p50':>10}{'ratio':>7}{'direct p95':>12}{'node p95':>10}"
+          f"  target{'main-thread p50':>17}")
     for r in results:
-        verdict = 'ok' if r.ratio_p50 < TARGET_RATIO else f'ABOVE {TARGET_RATIO}'
-        print(f'{r.model:<7}{r.device:<7}{r.precision:<6}{r.parameters:>12,}'
-              f'{r.direct_ms.p50:>12.1f}{r.node_ms.p50:>10.1f}{r.ratio_p50:>7.3f}'
-              f'{r.direct_ms.p95:>12.1f}{r.node_ms.p95:>10.1f}  {verdict:<8}'
-              f'{r.direct_main_thread_ms.p50:>15.1f}')
+        for fusion, n in r.nodes.items():
+            verdict = 'ok' if n.ratio_p50 < TARGET_RATIO else f'ABOVE {TARGET_RATIO}'
+            print(f'{r.model:<7}{r.device:<7}{r.precision:<6}{fusion:<8}{r.parameters:>12,}'
+                  f'{r.direct_ms.p50:>12.1f}{n.node_ms.p50:>10.1f}{n.ratio_p50:>7.3f}'
+                  f'{r.direct_ms.p95:>12.1f}{n.node_ms.p95:>10.1f}  {verdict:<8}'
+                  f'{r.direct_main_thread_ms.p50:>15.1f}')
     print(f'\nEcho node (image in, empty pose out, no work): p50 {echo.p50:.1f} ms, p95 '
           f'{echo.p95:.1f} ms: the floor of a Python node with this interface.')
     print('Node overhead p50 (node - direct) and what is left after the echo floor:')
     for r in results:
-        overhead = r.node_ms.p50 - r.direct_ms.p50
-        print(f'{r.model:<7}{r.device:<7}{r.precision:<6}{overhead:>8.1f} ms, beyond the '
-              f'floor {overhead - echo.p50:.1f} ms')
-    print('\nNode stages (mean ms): decode, preprocess, inference, publish, total worker; '
-          'outside the worker (DDS, executor); direct Localizer preprocess / inference')
+        for fusion, n in r.nodes.items():
+            overhead = n.node_ms.p50 - r.direct_ms.p50
+            print(f'{r.model:<7}{r.device:<7}{r.precision:<6}{fusion:<8}{overhead:>8.1f} ms, '
+                  f'beyond the floor {overhead - echo.p50:.1f} ms')
+    print('\nNode stages (mean ms): decode, preprocess, inference, tf, pose_stream, publish, '
+          'total worker; outside the worker (DDS, executor); direct Localizer preprocess / '
+          'inference')
     for r in results:
-        s = r.node_stages_ms
-        print(f'{r.model:<7}{r.device:<7}{r.precision:<6}{s["decode"]:>8.2f}'
-              f'{s["preprocess"]:>8.2f}{s["inference"]:>9.2f}{s["publish"]:>8.2f}'
-              f'{s["total"]:>9.2f}{r.outside_worker_ms:>9.2f}   '
-              f'{r.direct_stages_ms["preprocess"]:.2f} / {r.direct_stages_ms["inference"]:.2f}')
+        for fusion, n in r.nodes.items():
+            s = n.node_stages_ms
+            print(f'{r.model:<7}{r.device:<7}{r.precision:<6}{fusion:<8}'
+                  + ''.join(f'{s[stage]:>8.2f}' for stage in (
+                      'decode', 'preprocess', 'inference', 'tf', 'pose_stream', 'publish',
+                      'total'))
+                  + f'{n.outside_worker_ms:>9.2f}   {r.direct_stages_ms["preprocess"]:.2f} / '
+                  f'{r.direct_stages_ms["inference"]:.2f}')
+    for r in results:
+        cost = r.fusion_cost
+        if cost is not None:
+            print(f"{r.model} {r.device} {r.precision}: the fusion takes "
+                  f"{cost['fusion_ms']:.2f} ms per frame (pose_stream "
+                  f"{cost['pose_stream_window_ms']:.2f} vs {cost['pose_stream_none_ms']:.2f} "
+                  f"ms), {100 * cost['share_of_node']:.1f} % of the node's mean round trip; "
+                  f"node/core p50 {r.nodes['window'].ratio_p50:.3f} with it, "
+                  f"{r.nodes['none'].ratio_p50:.3f} without")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -284,18 +368,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix='mspr_latency_') as work:
         for size, device, precision in settings:
-            print(f'measuring {size} on {device} ({precision}): '
-                  f'{args.warmup} warm-up + {args.frames} frames', flush=True)
+            print(f'measuring {size} on {device} ({precision}), fusion '
+                  f"{' and '.join(args.fusion)}: {args.warmup} warm-up + {args.frames} frames",
+                  flush=True)
             results.append(measure(size, device, precision, frames, args, work))
     print_table(results, echo)
+    verdicts = goals(results)
+    for model, verdict in verdicts['models'].items():
+        print(f"issue 24 goal, {model} with the fusion on: node/core p50 "
+              f"{verdict['ratio_p50']:.3f} (<= {GOAL_RATIO}: "
+              f"{'met' if verdict['met'] else 'NOT met'})")
     return save_results(
         args.out, NAME, mode, machine,
         settings={'threads': args.threads, 'frames': args.frames, 'warmup': args.warmup,
                   'image_size': list(args.image_size), 'encoding': 'rgb8',
-                  'target_ratio': TARGET_RATIO, 'models': args.models,
+                  'target_ratio': TARGET_RATIO, 'goal_ratio': GOAL_RATIO,
+                  'goal_models': list(GOAL_MODELS), 'models': args.models,
+                  'fusion': args.fusion,
                   'node_parameters': {'image_qos': NODE_IMAGE_QOS, **dict(args.node_params)},
                   'model_configs': {size: model_config(size).to_dict() for size in args.models}},
-        results={'measurements': results, 'echo_node_ms': echo}, notes=notes)
+        results={'measurements': results, 'echo_node_ms': echo, 'goals': verdicts},
+        notes=notes)
 
 
 if __name__ == '__main__':

@@ -11,42 +11,52 @@ machine hit both variants alike):
 
 Both variants share every other setting (6/6 layers per branch, d 256, 8 heads), so the ratios
 isolate the fixes. Expected: inference ratio ~1.0; QKA adds at most ~10 % to a training step.
+Every figure is a median over interleaved iterations, of wall time and of this process's CPU
+time. Writes ``results/model_speed.json`` (``model_speed.quick.json`` with ``--quick``; a smoke
+run, tiny widths at 64x64, writes to the work folder).
 
-Usage: ``python benchmarks/model_speed.py [--quick] [--out results.json]``
+Usage: ``python benchmarks/model_speed.py [--quick | --smoke] [--threads N] [--out FILE]``
 """
 import argparse
 from dataclasses import replace
-import json
-import platform
 import statistics
+import sys
 import time
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 
+from common.cli import add_common_arguments, begin, run_mode
 from common.models import parameter_count
+from common.results import save_results
 from mspr_ros.model.config import ModelConfig
 from mspr_ros.model.losses import MultiScenePoseCriterion, PoseLoss
 from mspr_ros.model.ms_transformer import build_model
 
+NAME = 'model_speed'
 NUM_SCENES = 7
-IMAGE_SIZE = 224
+IMAGE_SIZE = {'full': 224, 'quick': 224, 'smoke': 64}
+# (inference iterations, warm-up), (training iterations, warm-up) per mode.
+ITERATIONS = {'full': ((30, 5), (10, 2)), 'quick': ((5, 2), (2, 1)), 'smoke': ((1, 1), (1, 1))}
+# A smoke run proves the script works: tiny widths, one layer per stage, batch 2.
+SMOKE_MODEL = {'hidden_dim': 32, 'nheads': 4, 'dim_feedforward': 32, 'head_hidden': 32,
+               'enc_layers_t': 1, 'dec_layers_t': 1, 'enc_layers_rot': 1, 'dec_layers_rot': 1}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true',
-                        help='few iterations (a smoke run; numbers are noisier)')
-    parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
-    parser.add_argument('--batch', type=int, default=8, help='training batch size (default 8)')
+    add_common_arguments(parser)
+    parser.add_argument('--batch', type=int, default=None,
+                        help='training batch size (default 8; smoke 2)')
     parser.add_argument('--skip-cuda', action='store_true', help='CPU only')
     parser.add_argument('--skip-train', action='store_true', help='inference only')
     parser.add_argument('--train-device', choices=('cpu', 'cuda'), default=None,
                         help='device of the training-step comparison (default: cuda when '
                              'available, else cpu)')
-    parser.add_argument('--out', default=None, help='write the results as JSON to this file')
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    args.batch = args.batch or (2 if run_mode(args) == 'smoke' else 8)
+    return args
 
 
 def synchronise(device: torch.device) -> None:
@@ -79,18 +89,20 @@ def interleaved_medians(runs: dict[str, Callable[[], None]], device: torch.devic
             for name, clocks in samples.items()}
 
 
-def paper_config(backbone: str, position_encoding: str) -> ModelConfig:
+def paper_config(backbone: str, position_encoding: str, mode: str = 'full') -> ModelConfig:
     """Return the full paper configuration (weights irrelevant for timing: random init)."""
-    return ModelConfig(num_scenes=NUM_SCENES, backbone=backbone, backbone_weights=None,
-                       position_encoding=position_encoding)
+    config = ModelConfig(num_scenes=NUM_SCENES, backbone=backbone, backbone_weights=None,
+                         position_encoding=position_encoding)
+    return replace(config, **SMOKE_MODEL) if mode == 'smoke' else config
 
 
 def inference_comparison(backbone: str, device: torch.device, fp16: bool, warmup: int,
-                         iterations: int) -> dict:
+                         iterations: int, mode: str) -> dict:
     """Return baseline vs ours forward latency (batch 1) and parameter counts."""
-    models = {name: build_model(paper_config(backbone, pe)).to(device).eval()
+    models = {name: build_model(paper_config(backbone, pe, mode)).to(device).eval()
               for name, pe in (('baseline_learned_pe', 'learned'), ('ours_sine_pe', 'sine'))}
-    image = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    size = IMAGE_SIZE[mode]
+    image = torch.randn(1, 3, size, size, device=device)
 
     def forward(model: torch.nn.Module) -> Callable[[], None]:
         def run() -> None:
@@ -114,14 +126,15 @@ def inference_comparison(backbone: str, device: torch.device, fp16: bool, warmup
 
 
 def training_comparison(device: torch.device, batch: int, warmup: int,
-                        iterations: int) -> dict:
+                        iterations: int, mode: str) -> dict:
     """Return the median training-step time without and with the QKA loss."""
     torch.manual_seed(0)
-    images = torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, device=device)
+    size = IMAGE_SIZE[mode]
+    images = torch.randn(batch, 3, size, size, device=device)
     targets = {'position': torch.randn(batch, 3, device=device),
                'orientation': torch.randn(batch, 4, device=device),
                'scene': torch.randint(0, NUM_SCENES, (batch,), device=device)}
-    cfg = paper_config('efficientnet_b0', 'sine')
+    cfg = paper_config('efficientnet_b0', 'sine', mode)
 
     def step_function(lambda_aux: float) -> Callable[[], None]:
         model = build_model(replace(cfg)).to(device).train()
@@ -171,23 +184,27 @@ def print_training(training: dict) -> None:
               f"{100 * training['qka_overhead'][clock]:+.1f} %", flush=True)
 
 
-def main() -> None:
-    """Run the benchmark and print/write its results."""
-    args = parse_args()
-    torch.set_num_threads(args.threads)
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the benchmark, print and write its results; return the exit status."""
+    args = parse_args(argv)
+    mode, machine, notes = begin(args)
     # Random-init B0 activations underflow to denormal floats, which the CPU handles ~10x
     # slower; trained weights do not do this, so flushing keeps timings representative.
     torch.set_flush_denormal(True)
     cuda = torch.cuda.is_available() and not args.skip_cuda
-    inference_iterations, inference_warmup = (5, 2) if args.quick else (30, 5)
-    train_iterations, train_warmup = (2, 1) if args.quick else (10, 2)
-    results: dict = {'torch': torch.__version__, 'cpu_threads': args.threads,
-                     'platform': platform.platform(), 'quick': args.quick,
-                     'cuda_device': torch.cuda.get_device_name() if cuda else None,
-                     'inference': []}
-    print(f"torch {results['torch']}, CPU threads {args.threads}, "
-          f"{'quick' if args.quick else 'full'} run")
-    print('\nInference, batch 1, 224x224 (median ms; cpu = process CPU time, all threads)')
+    (inference_iterations, inference_warmup), (train_iterations, train_warmup) = \
+        ITERATIONS[mode]
+    notes.append('random initialisation with denormals flushed: timing does not depend on the '
+                 'weights')
+    if mode == 'smoke':
+        notes.append('smoke run: tiny widths at 64x64; the figures mean nothing')
+    if not cuda:
+        notes.append('CUDA skipped: ' + ('--skip-cuda' if args.skip_cuda
+                                         else 'no CUDA device on this machine'))
+    for note in notes:
+        print(f'note: {note}')
+    results: dict = {'inference': []}
+    print('\nInference, batch 1 (median ms; cpu = process CPU time, all threads)')
     print(INFERENCE_HEADER)
     settings = [(torch.device('cpu'), False)]
     if cuda:
@@ -195,17 +212,24 @@ def main() -> None:
     for device, fp16 in settings:
         for backbone in ('efficientnet_b0', 'efficientnet_lite0'):
             results['inference'].append(inference_comparison(
-                backbone, device, fp16, inference_warmup, inference_iterations))
+                backbone, device, fp16, inference_warmup, inference_iterations, mode))
+    train_device = None
     if not args.skip_train:
         train_device = torch.device(args.train_device or ('cuda' if cuda else 'cpu'))
         results['training'] = training_comparison(train_device, args.batch, train_warmup,
-                                                  train_iterations)
+                                                  train_iterations, mode)
         print_training(results['training'])
-    if args.out:
-        with open(args.out, 'w', encoding='utf-8') as handle:
-            json.dump(results, handle, indent=2)
-        print(f'\nwrote {args.out}')
+    return save_results(
+        args.out, NAME, mode, machine,
+        settings={'threads': args.threads, 'image_size': IMAGE_SIZE[mode],
+                  'inference_iterations': inference_iterations,
+                  'inference_warmup': inference_warmup, 'train_iterations': train_iterations,
+                  'train_warmup': train_warmup, 'batch': args.batch,
+                  'train_device': str(train_device) if train_device else None,
+                  'num_scenes': NUM_SCENES, 'smoke_model': SMOKE_MODEL if mode == 'smoke' else {},
+                  'cuda': cuda},
+        results=results, notes=notes)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -3,13 +3,14 @@
 Each benchmark runs in its own process (so thread settings and the node processes of one never
 touch the next) and writes its JSON under ``benchmarks/results/`` (``<name>.quick.json`` for
 quick runs, ``<name>.json`` with ``--full``). Benchmarks run one at a time because they measure
-the same CPU cores. The exit status is non-zero when any of them failed.
+the same CPU cores. The exit status is non-zero when any of them failed. Each results file
+records its commit and whether the tree was dirty: run on a committed tree, then ``make
+figures`` to render the tables of benchmarks/README.md and README.md from the new files.
 
 Usage: ``python benchmarks/run_all.py [--full | --smoke] [--only latency stream ...]``
 """
 import argparse
 from dataclasses import dataclass
-import os
 from pathlib import Path
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from typing import List, Optional, Sequence
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 # model_speed.py belongs to the model code (forward latency per backbone, QKA step overhead).
 NAMES = ('latency', 'throughput', 'stream', 'accuracy', 'model_speed', 'fusion', 'train_speed',
-         'onnx_latency', 'gpu_latency')
+         'onnx_latency', 'gpu_latency', 'feature_views')
 
 
 @dataclass
@@ -46,16 +47,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def command(name: str, args: argparse.Namespace) -> Optional[List[str]]:
-    """Return the command line of benchmark ``name``, or None when it has no such mode."""
+def command(name: str, args: argparse.Namespace) -> List[str]:
+    """Return the command line of benchmark ``name``."""
     script = [sys.executable, str(BENCHMARKS_DIR / f'{name}.py')]
-    if name == 'model_speed':
-        if args.smoke:
-            return None
-        out = BENCHMARKS_DIR / 'results' / ('model_speed.json' if args.full
-                                            else 'model_speed.quick.json')
-        return script + ([] if args.full else ['--quick']) + [
-            '--threads', str(args.threads), '--out', str(out)]
     mode = ['--smoke'] if args.smoke else [] if args.full else ['--quick']
     return script + mode + ['--threads', str(args.threads),
                             '--omp-wait-policy', args.omp_wait_policy]
@@ -64,15 +58,9 @@ def command(name: str, args: argparse.Namespace) -> Optional[List[str]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the selected benchmarks; return 1 when any failed."""
     args = parse_args(argv)
-    if args.omp_wait_policy != 'inherit' and 'model_speed' in args.only:
-        # model_speed.py has no such option: give it the same environment.
-        os.environ['OMP_WAIT_POLICY'] = args.omp_wait_policy.upper()
     outcomes: List[Outcome] = []
     for name in args.only:
         cmd = command(name, args)
-        if cmd is None:
-            print(f'== {name}: skipped (no smoke mode)', flush=True)
-            continue
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         started = time.perf_counter()
         returncode = subprocess.run(cmd, check=False).returncode
@@ -80,7 +68,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print('\n== summary')
     for outcome in outcomes:
         status = 'ok' if outcome.returncode == 0 else f'FAILED (exit {outcome.returncode})'
-        print(f'{outcome.name:<12}{outcome.seconds:>8.0f} s  {status}')
+        print(f'{outcome.name:<14}{outcome.seconds:>8.0f} s  {status}')
+    if not args.smoke:
+        print('\nthen: make figures (renders the READMEs\' tables from benchmarks/results/)')
     return 1 if any(outcome.returncode for outcome in outcomes) else 0
 
 

@@ -14,7 +14,11 @@ latest-frame policy superseded, frames it rejected and frames DDS never delivere
 growth: the median latency of the last minute over that of the first (windows of a third of
 the run when it is shorter than three minutes).
 
-Usage: ``python benchmarks/stream.py [--quick | --smoke] [--duration S] [--model demo]``
+The node runs with its fusion on (``fusion: window``, the default; ``results/stream.json``) or,
+with ``--fusion none``, off (``results/stream.fusion_none.json``), to set the two side by side.
+
+Usage: ``python benchmarks/stream.py [--quick | --smoke] [--duration S] [--model demo]
+[--fusion window|none]``
 """
 import argparse
 from dataclasses import dataclass
@@ -31,9 +35,10 @@ from common.frames import rendered_frames
 from common.models import model_config, MODEL_SIZES, save_random_bundle
 from common.node_session import node_parameters, NodeSession
 from common.process_memory import gpu_memory_mib
-from common.results import save_results, WORK_DIR
+from common.results import default_out, save_results, WORK_DIR
 from common.stats import summarise, Summary
 from mspr_ros.precision import PRECISIONS
+from mspr_ros.ros.param_specs import FUSION_MODES
 
 NAME = 'stream'
 MEMORY_TOLERANCE = 0.05
@@ -104,8 +109,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='node precision parameter: fp32 (default), fp16 (CUDA), bf16')
     parser.add_argument('--cuda-graphs', action='store_true',
                         help='node cuda_graphs parameter (CUDA only)')
+    parser.add_argument('--fusion', choices=FUSION_MODES, default='window',
+                        help="node fusion parameter (default window); 'none' writes "
+                             '<name>.fusion_none.json by default')
     args = parser.parse_args(argv)
     mode = run_mode(args)
+    if any(name == 'fusion' for name, _ in args.node_params):
+        parser.error('set the fusion with --fusion, not --node-param fusion:=...')
+    if args.out is None and args.fusion != 'window':
+        args.out = default_out(f'{NAME}.fusion_{args.fusion}', mode)
     duration, warmup, frames = SIZES[mode]
     args.duration = args.duration if args.duration is not None else duration
     args.warmup = args.warmup if args.warmup is not None else warmup
@@ -187,14 +199,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix='mspr_stream_') as work:
         bundle, parameters = save_random_bundle(f'{work}/{args.model}.safetensors',
                                                 model_config(args.model))
-        log = WORK_DIR / 'logs' / f'stream_node_{args.model}_{args.device}.log'
+        log = WORK_DIR / 'logs' / f'stream_node_{args.model}_{args.device}_{args.fusion}.log'
         params = node_parameters(bundle, args.device, args.precision,
-                                 **{'cuda_graphs': args.cuda_graphs, **dict(args.node_params)})
+                                 **{'cuda_graphs': args.cuda_graphs, 'fusion': args.fusion,
+                                    **dict(args.node_params)})
         with NodeSession(NAME, args.threads, log, params) as session:
             camera = CameraStream(session, frames, args.rate)
             session.first_pose(camera.messages[0])
             print(f'warm-up {args.warmup:.0f} s, then {args.duration:.0f} s at '
-                  f'{args.rate:g} Hz ({args.model} model on {args.device})', flush=True)
+                  f'{args.rate:g} Hz ({args.model} model on {args.device}, fusion '
+                  f'{args.fusion})', flush=True)
             camera.run(args.warmup, record=False)
             before = session.diagnostics_after(time.time_ns())
             rss_start = session.resident_bytes() / MIB
@@ -266,7 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   'warmup_s': args.warmup, 'rate_hz': args.rate, 'model': args.model,
                   'parameters': parameters, 'model_config': model_config(args.model).to_dict(),
                   'device': args.device, 'precision': args.precision,
-                  'cuda_graphs': args.cuda_graphs, 'frames': args.frames,
+                  'cuda_graphs': args.cuda_graphs, 'fusion': args.fusion, 'frames': args.frames,
                   'node_parameters': dict(args.node_params),
                   'image_size': list(args.image_size), 'encoding': 'rgb8'},
         results={'counts': counts, 'latency_ms': overall, 'window_s': window_ns / 1e9,

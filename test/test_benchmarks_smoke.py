@@ -3,6 +3,8 @@
 Smoke runs use tiny sizes, so their figures say nothing about speed; these tests check the
 structure and the internal consistency of what is written (counts match the requested sizes,
 durations finite and positive, ratios equal to their parts, stage times adding up), never speed.
+Every document carries its provenance (commit, tree state, command line, versions, threads,
+load), and ``benchmarks/figures.py`` renders its tables from it (the README's blocks).
 """
 import json
 import math
@@ -14,6 +16,7 @@ import sys
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGES = {'torch', 'numpy', 'onnxruntime', 'rclpy'}
 # A smoke run imports torch (and rclpy), renders a few frames and, for two of them, starts the
 # node; this bounds a hung run on a busy 2-core machine.
 SMOKE_TIMEOUT_S = 300
@@ -39,7 +42,36 @@ def run_smoke(name: str, tmp_path: Path) -> dict:
     assert len(machine['load_average_start']) == 3
     assert document['settings']['threads'] == 1
     assert isinstance(document['notes'], list)
+    record = document['provenance']
+    assert record['git']['commit'] == machine['git_commit']
+    assert record['git']['dirty'] in (True, False, None)
+    assert record['git']['dirty'] is not True or record['git']['changes']
+    assert record['command'].startswith(f'python benchmarks/{name}.py --smoke')
+    assert set(record['packages']) == PACKAGES and record['packages']['torch']
+    assert record['threads']['OMP_NUM_THREADS'] == '1'
+    assert record['date_utc_start'] == machine['date_utc'] <= record['date_utc_end']
+    assert record['duration_s'] >= 0 and len(record['load_average_end']) == 3
     return document
+
+
+def rendered(tmp_path: Path, document: dict, filename: str, *blocks: str) -> str:
+    """Return ``blocks`` as ``benchmarks/figures.py`` renders them from ``document``.
+
+    The document is saved as ``filename`` in a results folder of its own; the caption names it.
+    """
+    folder = tmp_path / 'rendered_results'
+    folder.mkdir(exist_ok=True)
+    (folder / filename).write_text(json.dumps(document))
+    markdown = tmp_path / f'{filename}.md'
+    markdown.write_text(''.join(f'<!-- figures:{b} -->\n<!-- /figures:{b} -->\n' for b in blocks))
+    result = subprocess.run([sys.executable, str(REPO / 'benchmarks' / 'figures.py'),
+                             '--results-dir', str(folder), str(markdown)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    text = markdown.read_text()
+    assert text.count(f'`benchmarks/results/{filename}`') >= len(blocks)
+    assert f"commit `{document['machine']['git_commit'][:7]}`" in text and 'smoke mode' in text
+    return text
 
 
 def positive(value) -> bool:
@@ -57,10 +89,11 @@ def assert_summary(summary: dict, count: int) -> None:
 @pytest.mark.slow
 @pytest.mark.ros
 def test_latency_smoke(tmp_path):
-    """Node vs Localizer: both distributions, their ratio, the node's stage breakdown."""
+    """Node vs Localizer with the fusion on and off: ratios, stage breakdown, fusion share."""
     document = run_smoke('latency', tmp_path)
     settings = document['settings']
     assert settings['models'] == ['tiny'] and settings['frames'] == 3
+    assert settings['fusion'] == ['window', 'none']
     assert_summary(document['results']['echo_node_ms'], 3)
     [measurement] = document['results']['measurements']
     assert (measurement['model'], measurement['device'], measurement['precision']) == (
@@ -68,24 +101,42 @@ def test_latency_smoke(tmp_path):
     assert measurement['parameters'] > 0
     assert_summary(measurement['direct_ms'], 3)
     assert_summary(measurement['direct_main_thread_ms'], 3)
-    assert_summary(measurement['node_ms'], 3)
-    assert measurement['ratio_p50'] == pytest.approx(
-        measurement['node_ms']['p50'] / measurement['direct_ms']['p50'])
-    stages = measurement['node_stages_ms']
-    assert set(stages) == {'decode', 'preprocess', 'inference', 'publish', 'total'}
-    assert all(value >= 0 for value in stages.values())
-    assert positive(stages['inference']) and positive(stages['total'])
-    # Means over the same 3 frames; the node prints them with 2 decimals.
-    parts = stages['decode'] + stages['preprocess'] + stages['inference'] + stages['publish']
-    assert stages['total'] >= parts - 0.05
-    assert measurement['node_stages_frames'] == 3
-    # The round trip contains the worker's whole processing of the frame.
-    assert measurement['node_ms']['mean'] >= stages['total'] - 0.05
-    assert measurement['outside_worker_ms'] == pytest.approx(
-        measurement['node_ms']['mean'] - stages['total'])
     direct = measurement['direct_stages_ms']
     assert positive(direct['preprocess']) and positive(direct['inference'])
     assert direct['preprocess'] + direct['inference'] <= measurement['direct_ms']['mean']
+    assert set(measurement['nodes']) == {'window', 'none'}
+    for fusion, node in measurement['nodes'].items():
+        assert node['fusion'] == fusion
+        assert_summary(node['node_ms'], 3)
+        assert node['ratio_p50'] == pytest.approx(
+            node['node_ms']['p50'] / measurement['direct_ms']['p50'])
+        stages = node['node_stages_ms']
+        assert set(stages) == {'decode', 'preprocess', 'inference', 'tf', 'pose_stream',
+                               'publish', 'total'}
+        assert all(value >= 0 for value in stages.values())
+        assert positive(stages['inference']) and positive(stages['total'])
+        # Means over the same 3 frames; the node prints them with 2 decimals.
+        parts = sum(stages[name] for name in ('decode', 'preprocess', 'inference', 'tf',
+                                              'pose_stream', 'publish'))
+        assert stages['total'] >= parts - 0.05
+        assert node['node_stages_frames'] == 3
+        # The round trip contains the worker's whole processing of the frame.
+        assert node['node_ms']['mean'] >= stages['total'] - 0.05
+        assert node['outside_worker_ms'] == pytest.approx(
+            node['node_ms']['mean'] - stages['total'])
+        assert node['pose_stream_share'] == pytest.approx(
+            stages['pose_stream'] / node['node_ms']['mean'])
+    on, off = measurement['nodes']['window'], measurement['nodes']['none']
+    cost = measurement['fusion_cost']
+    assert cost['fusion_ms'] == pytest.approx(
+        on['node_stages_ms']['pose_stream'] - off['node_stages_ms']['pose_stream'])
+    assert cost['share_of_node'] == pytest.approx(cost['fusion_ms'] / on['node_ms']['mean'])
+    assert cost['node_p50_difference_ms'] == pytest.approx(
+        on['node_ms']['p50'] - off['node_ms']['p50'])
+    # The goal of issue 24 is judged on the demo and paper models only.
+    assert document['results']['goals']['models'] == {}
+    text = rendered(tmp_path, document, 'latency.json', 'latency')
+    assert "The fusion's share" in text and '| tiny |' in text
 
 
 @pytest.mark.slow
@@ -108,6 +159,7 @@ def test_throughput_smoke(tmp_path):
     assert device['images_per_s'] <= 2 / fastest * (1 + 1e-9)
     assert isinstance(device['loader_keeps_up'], bool)
     assert document['settings']['parameters'] > 0
+    rendered(tmp_path, document, 'throughput.json', 'throughput')
 
 
 @pytest.mark.slow
@@ -135,6 +187,8 @@ def test_stream_smoke(tmp_path):
     assert memory['gpu_start_mib'] is None  # the smoke node runs on the CPU
     assert set(results['checks']) >= {'memory_flat_within_5_percent', 'no_backlog_growth'}
     assert results['answer_rate_hz'] <= results['publish_rate_hz']
+    assert settings['fusion'] == 'window'
+    assert '| window |' in rendered(tmp_path, document, 'stream.json', 'stream')
 
 
 @pytest.mark.slow
@@ -175,6 +229,8 @@ def test_accuracy_smoke(tmp_path):
         summary = results['summary'][label]
         assert summary['seeds'] == [0]
         assert set(summary['per_scene']) == {'atrium', 'corridor', 'lab'}
+    rendered(tmp_path, document, 'accuracy.json', 'accuracy-settings', 'accuracy-errors',
+             'accuracy-coverage', 'accuracy-goals', 'accuracy-attention')
 
 
 def test_fusion_smoke(tmp_path):
@@ -189,6 +245,7 @@ def test_fusion_smoke(tmp_path):
             assert 0.0 <= figures['coverage_2sigma']['position'] <= 1.0
         assert set(result['goals']) >= {'p95_met', 'jitter_met', 'coverage_met'}
     assert document['settings']['frame_rate_hz'] == 5.0
+    rendered(tmp_path, document, 'fusion.json', 'fusion')
 
 
 @pytest.mark.slow
@@ -245,3 +302,40 @@ def test_gpu_latency_smoke(tmp_path):
     else:
         assert 'CPU' in goal['reason']
         assert any('no CUDA' in note for note in document['notes'])
+    rendered(tmp_path, document, 'gpu_latency.json', 'gpu-latency')
+
+
+def test_model_speed_smoke(tmp_path):
+    """Baseline vs ours at inference on both backbones, and the QKA step cost: medians."""
+    document = run_smoke('model_speed', tmp_path)
+    results = document['results']
+    rows = results['inference']
+    assert [row['backbone'] for row in rows if row['device'] == 'cpu'] == [
+        'efficientnet_b0', 'efficientnet_lite0']
+    for row in rows:
+        latency = row['latency_ms']
+        for clock in ('wall', 'cpu'):
+            assert positive(latency['baseline_learned_pe'][clock])
+            assert row['ratio_ours_over_baseline'][clock] == pytest.approx(
+                latency['ours_sine_pe'][clock] / latency['baseline_learned_pe'][clock])
+    step = results['training']['step_ms']
+    assert results['training']['qka_overhead']['wall'] == pytest.approx(
+        step['with_qka']['wall'] / step['without_qka']['wall'] - 1.0)
+    assert document['settings']['image_size'] == 64 and document['settings']['batch'] == 2
+    rendered(tmp_path, document, 'model_speed.json', 'model-speed')
+
+
+@pytest.mark.slow
+def test_feature_views_smoke(tmp_path):
+    """K views per image: cache size, epoch time, per-scene errors and coverage for each K."""
+    document = run_smoke('feature_views', tmp_path)
+    rows = document['results']['views']
+    assert [row['views'] for row in rows] == document['settings']['views'] == [1, 2]
+    for row in rows:
+        assert set(row['scenes']) == {'atrium', 'corridor', 'lab'}
+        assert row['cache_mb'] > 0 and row['cache_set_up_s'] > 0
+        assert row['average_median_position_m'] == pytest.approx(
+            sum(s['median_position_m'] for s in row['scenes'].values()) / 3)
+    # The second view of every image is cached beside the first.
+    assert rows[1]['cache_mb'] > rows[0]['cache_mb']
+    rendered(tmp_path, document, 'feature_views.json', 'feature-views')

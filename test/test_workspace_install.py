@@ -37,7 +37,7 @@ ROSDEP_MODULES = {
     'std_msgs': 'std_msgs', 'std_srvs': 'std_srvs', 'sensor_msgs': 'sensor_msgs',
     'geometry_msgs': 'geometry_msgs', 'nav_msgs': 'nav_msgs',
     'diagnostic_msgs': 'diagnostic_msgs', 'lifecycle_msgs': 'lifecycle_msgs',
-    'tf2_msgs': 'tf2_msgs', 'tf2_ros': 'tf2_ros_py', 'bondpy': 'bondpy',
+    'tf2_msgs': 'tf2_msgs', 'tf2_ros': 'tf2_ros_py', 'bondpy': 'bondpy', 'bond': 'bond',
     'launch': 'launch', 'launch_ros': 'launch_ros', 'numpy': 'python3-numpy',
     'scipy': 'python3-scipy', 'cv2': 'python3-opencv', 'PIL': 'python3-pil',
     'yaml': 'python3-yaml',

@@ -1,15 +1,19 @@
 """Helpers of the benchmark scripts, one module per idea.
 
-- ``machine``: where a figure was measured (CPU, cores, torch, load), threads, contention note;
+- ``machine``: where a figure was measured (CPU, cores, torch, load, commit and dirty tree via
+  ``mspr_training.provenance``), threads, contention note;
 - ``cli``: the shared command line (``--smoke``/``--quick``, ``--threads``, ``--out``, OpenMP
   wait policy, ``--node-param``) and ``begin``, the first step of every benchmark;
 - ``stats``: ``Summary`` / ``summarise`` of measured samples;
-- ``results``: the JSON document of a run and where it goes (``save_results``), the work folder;
+- ``results``: the JSON document of a run with its provenance, and where it goes
+  (``save_results``), the work folder;
 - ``models``: model sizes and configurations, parameter counts, seeded random bundles;
 - ``frames``: rendered camera frames of the synthetic world;
 - ``node_session``: the node under measurement in its own process on a free ROS domain, and
   this process's client (images out, poses and diagnostics in);
-- ``arrivals``: pose arrival times by stamp; ``process_memory``: resident and GPU memory.
+- ``arrivals``: pose arrival times by stamp; ``process_memory``: resident and GPU memory;
+- ``markdown``, ``tables_speed``, ``tables_training``: the rendered tables of the READMEs
+  (``benchmarks/figures.py``, ``make figures``): markers, captions, one table per results file.
 
 Benchmarks import nothing from ``test/``: what they share with the node tests lives in
 ``mspr_training.node_process`` and ``mspr_training.ros_client``. The names the flat

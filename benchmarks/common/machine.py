@@ -1,15 +1,11 @@
 """Where a figure was measured: the machine, its load, and the thread settings of the run."""
-from dataclasses import dataclass
-import datetime
+from dataclasses import dataclass, field
 import os
-from pathlib import Path
-import platform
 from typing import List, Optional, Tuple
 
-import psutil
 import torch
 
-from mspr_training.export import git_commit
+from mspr_training import provenance
 
 
 @dataclass
@@ -26,6 +22,9 @@ class MachineInfo:
         git_commit: the checkout's commit ('unknown' outside git).
         date_utc: ISO time of the measurement start.
         load_average_start: 1/5/15-minute load averages when the benchmark started.
+        git_dirty: whether ``git status --porcelain`` listed anything but results files at the
+            start (None outside git); ``git_changes`` those lines
+            (``mspr_training.provenance.git_state``).
     """
 
     cpu_model: str
@@ -39,36 +38,18 @@ class MachineInfo:
     git_commit: str
     date_utc: str
     load_average_start: List[float]
+    git_dirty: Optional[bool] = None
+    git_changes: List[str] = field(default_factory=list)
 
 
-def cpu_model() -> str:
-    """Return the CPU model name."""
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.lower().startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
+# Shared with make demo's results file (mspr_training.provenance).
+cpu_model = provenance.cpu_model
+load_average = provenance.load_average
 
 
 def machine_info() -> MachineInfo:
-    """Return the facts of this machine now."""
-    return MachineInfo(
-        cpu_model=cpu_model(), logical_cores=os.cpu_count() or 0,
-        usable_cores=len(os.sched_getaffinity(0)),
-        memory_gib=round(psutil.virtual_memory().total / 2 ** 30, 1),
-        torch_version=torch.__version__, python_version=platform.python_version(),
-        platform=platform.platform(),
-        cuda_device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        git_commit=git_commit(),
-        date_utc=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-        load_average_start=load_average())
-
-
-def load_average() -> List[float]:
-    """Return the 1/5/15-minute load averages, rounded to hundredths."""
-    return [round(v, 2) for v in os.getloadavg()]
+    """Return the facts of this machine and of the checkout now."""
+    return MachineInfo(**provenance.machine_facts())
 
 
 def omp_wait_policy() -> str:
@@ -97,14 +78,20 @@ def contention_note(machine: MachineInfo, threads: int) -> Optional[str]:
 def print_machine(machine: MachineInfo, threads: int) -> None:
     """Print the one-line machine description every benchmark starts with."""
     cuda = machine.cuda_device or 'no CUDA'
+    tree = {True: 'DIRTY tree', False: 'clean tree', None: 'not a git checkout'}[
+        machine.git_dirty]
     print(f'{machine.cpu_model}, {machine.usable_cores}/{machine.logical_cores} cores, '
           f'torch {machine.torch_version}, {cuda}, {threads} threads, OpenMP wait policy '
           f'{omp_wait_policy()}, load {machine.load_average_start[0]:.2f} '
-          f'({machine.date_utc})', flush=True)
+          f'({machine.date_utc}; commit {machine.git_commit[:7]}, {tree})', flush=True)
 
 
 def start_report(threads: int) -> Tuple[MachineInfo, List[str]]:
     """Print the machine line; return it and the run's notes (a contention warning, if any)."""
     machine = machine_info()
     print_machine(machine, threads)
-    return machine, [note for note in [contention_note(machine, threads)] if note]
+    notes = [note for note in [contention_note(machine, threads)] if note]
+    if machine.git_dirty:
+        notes.append('dirty tree: the checkout had uncommitted changes (results files aside), '
+                     'so commit ' + machine.git_commit[:7] + ' is not the whole code that ran')
+    return machine, notes

@@ -23,7 +23,7 @@ from common.process_memory import resident_bytes
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.ros.conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
 from mspr_ros.ros.conversions import transform_to_msg
-from mspr_ros.ros.diagnostics import STAGES
+from mspr_ros.ros.diagnostics import LATENCY_WINDOW, STAGES
 from mspr_ros.ros.node import IMAGE_QOS, NODE_NAME
 from mspr_ros.ros.tf import TF_STATIC_PUBLISHER_QOS
 from mspr_training.node_process import domain_id, NodeProcess, prepare_environment
@@ -36,7 +36,7 @@ ECHO_PROGRAM = (sys.executable, str(Path(__file__).resolve().parents[1] / 'echo_
 CAMERA_FRAME = 'camera_optical'
 # First domain offsets of the benchmarks (node_process.domain_id: pid-based ids in 1..101, as
 # the tests draw theirs); a domain where another node is already visible is skipped.
-DOMAIN_OFFSETS = {'latency': 85, 'echo': 90, 'stream': 95}
+DOMAIN_OFFSETS = {'latency_fusion_none': 80, 'latency': 85, 'echo': 90, 'stream': 95}
 DOMAIN_ATTEMPTS = 5
 # Long enough for localhost discovery to show a node already on the domain.
 DOMAIN_PROBE_S = 1.5
@@ -74,6 +74,26 @@ def stage_means(values: Dict[str, str]) -> Dict[str, float]:
             raise KeyError(f'the node diagnostics lack {key!r} (keys: {sorted(values)})')
         stages[stage] = float(values[key])
     return stages
+
+
+def stage_means_of_measured(before: Dict[str, str], after: Dict[str, str],
+                            measured: int) -> Tuple[Dict[str, float], int]:
+    """Return the node's stage means over the measured frames and how many frames they cover.
+
+    The node reports means over its last ``LATENCY_WINDOW`` frames. When warm-up and measured
+    frames fit in that window, the warm-up part is subtracted out exactly; otherwise the last
+    window is reported as is.
+    """
+    done_before = int(before['frames processed'])
+    done_after = int(after['frames processed'])
+    means_before, means_after = stage_means(before), stage_means(after)
+    if done_after != done_before + measured:
+        raise RuntimeError(f'the node processed {done_after - done_before} frames while '
+                           f'{measured} were measured')
+    if done_after > LATENCY_WINDOW:
+        return means_after, min(done_after, LATENCY_WINDOW)
+    return {stage: (means_after[stage] * done_after - means_before[stage] * done_before)
+            / measured for stage in means_after}, measured
 
 
 def settled_part(values: Dict[str, str]) -> Dict[str, str]:

@@ -2,16 +2,20 @@
 
 Every benchmark writes one JSON document (``--out``; default ``benchmarks/results/<name>.json``,
 ``<name>.quick.json`` with ``--quick``, the work folder with ``--smoke``) holding the figures
-together with the machine they were measured on and the settings used. Intermediate files
-(rendered worlds, bundles, training runs, node logs) go under ``artifacts/benchmarks/`` (ignored
-by git) or ``$MSPR_BENCHMARK_WORK``.
+together with the machine they were measured on, the settings used and the run's provenance
+(commit, dirty tree, command line, package versions, threads, load at start and end:
+``mspr_training.provenance``), which ``benchmarks/figures.py`` puts in every table's caption.
+Intermediate files (rendered worlds, bundles, training runs, node logs) go under
+``artifacts/benchmarks/`` (ignored by git) or ``$MSPR_BENCHMARK_WORK``.
 """
+from dataclasses import asdict
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from common.machine import load_average, MachineInfo, omp_wait_policy
+from mspr_training import provenance
 from mspr_training.plain_json import jsonable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,13 +39,16 @@ def write_results(path: Path, name: str, mode: str, machine: MachineInfo,
                   notes: Sequence[str] = ()) -> Path:
     """Write one benchmark's JSON document and return its path.
 
-    Layout: ``benchmark``, ``mode``, ``machine``, ``load_average_end``, ``settings`` (with the
-    OpenMP wait policy in force), ``results`` (benchmark-specific) and ``notes`` (caveats
-    printed during the run).
+    Layout: ``benchmark``, ``mode``, ``machine``, ``load_average_end``, ``provenance``
+    (``mspr_training.provenance.run_record``: git commit and dirty state, command line,
+    package versions, threads, start and end dates and loads), ``settings`` (with the OpenMP
+    wait policy in force), ``results`` (benchmark-specific) and ``notes`` (caveats printed
+    during the run).
     """
     document = {
         'benchmark': name, 'mode': mode, 'machine': machine,
         'load_average_end': load_average(),
+        'provenance': provenance.run_record(asdict(machine)),
         'settings': {**settings, 'omp_wait_policy': omp_wait_policy()},
         'results': results, 'notes': list(notes),
     }

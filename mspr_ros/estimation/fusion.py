@@ -34,21 +34,28 @@ then count 3 degrees of freedom.
 The result's covariance is that of the fused base pose at the newest sample's odometry
 (``T_map_odom @ T_odom_base_new``), i.e. what ``~/pose`` publishes for that frame, not that of
 ``map -> odom`` itself (which grows with the distance of the odom origin). Thread-safe.
+
+Speed (issue 24): this runs on every frame of the node, within its budget. The window is kept as
+stacked arrays and carried in one go (``mspr_ros.estimation.fusion_window``); the gate's mean
+without the new sample and the mean with it are solved together (``solve_means``); poses are
+composed in plain floats, and a ``Transform`` is built only for what is returned. The results are
+those of the scalar code this replaced, to rounding (``test/test_fusion_equivalence.py``).
 """
-from collections import deque
 from dataclasses import dataclass
+from functools import cached_property
 import math
 import threading
-from typing import Deque, List, Optional
+from typing import List, NamedTuple, Optional
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 from scipy.stats import chi2
 
 from mspr_ros.estimation.fusion_robust import (
-    LOSSES, robust_mean, RobustMean, squared_mahalanobis, stacked_residuals)
-from mspr_ros.geometry.covariance import (
-    two_d_covariance, UNESTIMATED_VARIANCE, validate_covariance)
+    ALL_AXES, informations, irls_covariance, LOSSES, Means, medoid_index, PLANAR_AXES,
+    solve_means, squared_mahalanobis)
+from mspr_ros.estimation.fusion_window import (
+    Carried, carry, compose_poses, flatten_pose, invert_pose, PoseArrays, SampleWindow)
+from mspr_ros.geometry.covariance import UNESTIMATED_VARIANCE, validate_covariance
 from mspr_ros.geometry.transforms import Transform
 
 # Reasons in FusionResult.reason.
@@ -58,8 +65,6 @@ GATED = 'gated'              # rejected by the Mahalanobis gate (kept aside for 
 REVOTED = 'revoted'          # the window's majority re-decided which samples are accepted
 STALE = 'stale_stamp'        # older than the newest sample: ignored, window unchanged
 ESTIMATE = 'estimate'        # returned by estimate(), no sample involved
-
-_PLANAR_AXES = np.array([0, 1, 5])
 
 
 def _dof(two_d: bool) -> int:
@@ -151,31 +156,27 @@ class FusionResult:
     detail: str = ''
 
 
-@dataclass(frozen=True)
-class _Estimate:
-    T_map_odom: Transform
-    pose: Transform              # base pose at the odometry of the newest sample when fused
-    covariance: np.ndarray       # of ``pose``
-
-
 @dataclass
-class _Sample:
+class _Estimate:
+    """A fused base pose at the newest sample's odometry, with its (6, 6) covariance."""
+
+    pose_t: np.ndarray
+    pose_q: np.ndarray
+    covariance: np.ndarray
+    odometry: PoseArrays         # odom <- base of the newest sample
+    two_d: bool
+
+    @cached_property
+    def T_map_odom(self) -> Transform:
+        # Built when asked: the gate's estimate without the new sample is seldom kept.
+        map_odom = compose_poses(self.pose_t, self.pose_q, *invert_pose(*self.odometry))
+        return Transform(*(flatten_pose(*map_odom) if self.two_d else map_odom))
+
+
+class _Newest(NamedTuple):
     stamp_ns: int
-    T_map_odom: Transform
-    covariance: np.ndarray       # of the frame's base pose
-    T_odom_base: Transform
+    odometry: PoseArrays         # odom <- base
     odometry_m: float            # odometry path length travelled up to this sample
-    accepted: bool
-
-
-@dataclass(frozen=True)
-class _Carried:
-    """Samples moved to the newest odometry: predicted base poses and their covariances."""
-
-    translations: np.ndarray     # (N, 3)
-    rotations: Rotation          # N
-    covariances: np.ndarray      # (N, 6, 6)
-    stamps_ns: np.ndarray        # (N,)
 
 
 class MapOdomFusion:
@@ -185,15 +186,19 @@ class MapOdomFusion:
         """Create an empty fusion with ``config``."""
         self.config = config
         self._scale = loss_scale(config.two_d)
+        self._gate2 = config.gate_mahalanobis ** 2
+        # two_d samples err only in x, y, yaw (z, roll, pitch are exactly 0 and unestimated),
+        # so the robust mean and the gate work on those three axes.
+        self._axes = PLANAR_AXES if config.two_d else ALL_AXES
         self._lock = threading.Lock()
-        self._samples: Deque[_Sample] = deque()
-        self._newest: Optional[_Sample] = None
+        self._window = SampleWindow.empty()
+        self._newest: Optional[_Newest] = None
         self._state: Optional[_Estimate] = None
 
     def reset(self) -> None:
         """Empty the window (relocalization, time jump)."""
         with self._lock:
-            self._samples.clear()
+            self._window = SampleWindow.empty()
             self._newest = None
             self._state = None
 
@@ -216,124 +221,129 @@ class MapOdomFusion:
         """
         cov = validate_covariance(covariance, 'fusion sample covariance')
         stamp = int(stamp_ns)
+        map_odom = T_map_odom.translation, T_map_odom.rotation
+        odometry = T_odom_base.translation, T_odom_base.rotation
         if self.config.two_d:
             # Flatten the frame's base pose, not map <- odom: a tilt of map <- odom swings the
             # odom origin, far away, through metres of x, y that flattening would keep.
-            planar_odometry = T_odom_base.flatten_2d()
-            T_map_odom = (T_map_odom @ T_odom_base).flatten_2d() @ planar_odometry.inverse()
-            T_odom_base = planar_odometry
-            cov = two_d_covariance(cov)
+            base = flatten_pose(*compose_poses(*map_odom, *odometry))
+            odometry = flatten_pose(*odometry)
+            map_odom = compose_poses(*base, *invert_pose(*odometry))
+            cov = _planar(cov[PLANAR_AXES[:, None], PLANAR_AXES])
         with self._lock:
-            if self._newest is not None and stamp < self._newest.stamp_ns:
-                detail = (f'stamp {stamp} ns is older than the newest sample '
-                          f'({self._newest.stamp_ns} ns)')
+            newest = self._newest
+            if newest is not None and stamp < newest.stamp_ns:
+                detail = f'stamp {stamp} ns is older than the newest sample ({newest.stamp_ns} ns)'
                 return self._result(False, False, STALE, detail)
-            travelled = 0.0 if self._newest is None else self._newest.odometry_m + float(
-                np.linalg.norm(T_odom_base.translation - self._newest.T_odom_base.translation))
-            sample = _Sample(stamp, T_map_odom, cov, T_odom_base, travelled, True)
-            self._newest = sample
+            travelled = 0.0 if newest is None else newest.odometry_m + float(
+                np.linalg.norm(odometry[0] - newest.odometry[0]))
+            self._newest = _Newest(stamp, odometry, travelled)
             self._prune()
-            return self._admit(sample)
+            return self._admit(SampleWindow.row(stamp, map_odom, cov, odometry, travelled))
 
-    def _admit(self, sample: _Sample) -> FusionResult:
-        accepted = [kept for kept in self._samples if kept.accepted]
-        if not accepted:
-            self._samples.append(sample)
-            self._state = self._fuse([sample])
+    def _admit(self, row: SampleWindow) -> FusionResult:
+        before = self._window.accepted
+        self._window = window = self._window.append(row)
+        carried = carry(window, self._newest.odometry, self._newest.odometry_m,
+                        self.config.odometry_drift_per_m, self._axes)
+        new = len(before)
+        if not before.any():
+            self._state = self._fuse(carried, np.arange(new + 1) == new)
             return self._result(True, True, SEEDED, 'first sample of an empty window')
-        previous = self._fuse(accepted)
-        new = self._carry([sample])
-        residual = stacked_residuals(new.translations, new.rotations,
-                                     previous.pose.translation, previous.pose.rotation_object)[0]
-        distance = math.sqrt(squared_mahalanobis(
-            residual, self._gated(new.covariances[0] + previous.covariance)))
+        # The gate needs the mean of the accepted samples; the mean with the new one is what a
+        # passing sample gives: both are solved in the same numpy calls.
+        masks = np.stack([window.accepted, window.accepted])
+        masks[0, new] = False
+        means = self._solve(carried, masks)
+        previous, fused = self._estimates(carried, means, masks)
+        gate_covariance = carried.covariances[new] + previous.covariance[
+            self._axes[:, None], self._axes]
+        distance = math.sqrt(squared_mahalanobis(means.residuals[0, new], gate_covariance))
         if distance <= self.config.gate_mahalanobis:
-            self._samples.append(sample)
-            self._state = self._fuse(accepted + [sample])
-            return self._result(True, self._inlier(sample), FUSED,
-                                f'Mahalanobis {distance:.2f} to the estimate <= gate '
+            self._state = fused
+            # The final distances are at the fused pose: the new sample's own one is its test.
+            return self._result(True, bool(means.squared_distances[1, new] <= self._gate2),
+                                FUSED, f'Mahalanobis {distance:.2f} to the estimate <= gate '
                                 f'{self.config.gate_mahalanobis:.2f}')
-        sample.accepted = False
-        self._samples.append(sample)
+        window.accepted[new] = False
         self._state = previous
-        rejected = sum(1 for kept in self._samples if not kept.accepted)
-        if rejected <= len(accepted):
+        rejected, accepted = new + 1 - np.count_nonzero(masks[0]), np.count_nonzero(masks[0])
+        if rejected <= accepted:
             return self._result(False, False, GATED, f'Mahalanobis {distance:.2f} to the '
                                 f'estimate > gate {self.config.gate_mahalanobis:.2f}')
-        self._revote()
-        return self._result(sample.accepted, sample.accepted and self._inlier(sample), REVOTED,
-                            f'{rejected} gated samples outnumbered {len(accepted)} accepted '
+        inlier = self._revote(carried) and window.accepted[new]
+        return self._result(bool(window.accepted[new]), bool(inlier), REVOTED,
+                            f'{rejected} gated samples outnumbered {accepted} accepted '
                             'ones: the window was fused again from its most central sample')
 
-    def _revote(self) -> None:
-        samples = list(self._samples)
-        carried = self._carry(samples)
-        fused = robust_mean(carried.translations, carried.rotations, carried.covariances,
-                            self.config.robust_loss, self._scale)
-        distances = self._distances(carried, fused.pose)
-        for sample, distance in zip(samples, distances):
-            sample.accepted = bool(distance <= self.config.gate_mahalanobis)
-        accepted = [sample for sample in samples if sample.accepted]
-        self._state = (self._fuse(accepted) if accepted
-                       else self._estimate_from(fused.pose, fused.covariance))
+    def _revote(self, carried: Carried) -> bool:
+        """Fuse the window from its medoid and gate every sample again.
+
+        Return whether the newest sample is within the gate of the new estimate.
+        """
+        means = self._solve(carried, np.ones((1, len(carried.quats)), dtype=bool), medoid=True)
+        s2 = means.squared_distances[0]
+        self._window.accepted[:] = accepted = s2 <= self._gate2
+        if accepted.any():
+            means = self._solve(carried, accepted[None])
+            self._state = self._estimates(carried, means, accepted[None])[0]
+        else:
+            self._state = self._estimate_from(means.translations[0], means.quats[0],
+                                              irls_covariance(carried.infos, s2,
+                                                              self.config.robust_loss,
+                                                              self._scale))
+        # The final distances are at the fused pose: the newest sample's is its inlier test.
+        return bool(means.squared_distances[0, -1] <= self._gate2)
 
     def _prune(self) -> None:
-        newest = self._newest
-        window_ns = self.config.window_s * 1e9
-        kept = [sample for sample in self._samples
-                if newest.stamp_ns - sample.stamp_ns <= window_ns
-                and newest.odometry_m - sample.odometry_m <= self.config.window_distance_m]
-        # The new sample is appended after pruning, so leave room for it.
-        self._samples = deque(kept[len(kept) - self.config.max_samples + 1:]
-                              if len(kept) >= self.config.max_samples else kept)
+        newest, window = self._newest, self._window
+        kept = np.count_nonzero(
+            (newest.stamp_ns - window.stamps_ns <= self.config.window_s * 1e9)
+            & (newest.odometry_m - window.odometry_m <= self.config.window_distance_m))
+        # Stamps and odometry only grow, so the samples that leave are the oldest ones. The new
+        # sample is appended after pruning, so leave room for it.
+        kept = min(kept, self.config.max_samples - 1)
+        self._window = window.from_row(len(window) - kept)
 
-    def _carry(self, samples: List[_Sample]) -> _Carried:
-        """Return the base poses now as ``samples`` predict them, with their covariances."""
-        newest = self._newest.T_odom_base
-        map_odom_t = np.stack([sample.T_map_odom.translation for sample in samples])
-        map_odom_r = Rotation.from_quat(np.stack([sample.T_map_odom.rotation
-                                                  for sample in samples]))
-        odom_base_t = np.stack([sample.T_odom_base.translation for sample in samples])
-        translations = map_odom_t + map_odom_r.apply(np.array(newest.translation))
-        rotations = map_odom_r * newest.rotation_object
-        # Lever arm: the base's travel since each frame, in the map frame; an orientation error
-        # d of that frame moves the predicted base by d x lever (covariance_at_offset).
-        lever = map_odom_r.apply(newest.translation - odom_base_t)
-        jacobians = np.tile(np.eye(6), (len(samples), 1, 1))
-        jacobians[:, :3, 3:] = -_skew(lever)
-        covariances = jacobians @ np.stack([sample.covariance for sample in samples]) \
-            @ np.transpose(jacobians, (0, 2, 1))
-        travelled = self._newest.odometry_m - np.array([sample.odometry_m for sample in samples])
-        drift = (self.config.odometry_drift_per_m * travelled) ** 2
-        covariances = covariances + drift[:, None, None] * np.eye(6)
-        if self.config.two_d:
-            covariances = _planar(covariances)
-        stamps = np.array([sample.stamp_ns for sample in samples], dtype=np.int64)
-        return _Carried(translations, rotations, covariances, stamps)
+    def _solve(self, carried: Carried, masks: np.ndarray, medoid: bool = False) -> Means:
+        if medoid or self._state is None:   # from the most central sample
+            rows = np.flatnonzero(masks[0])
+            start = rows[medoid_index(carried.translations[rows], carried.quats[rows],
+                                      carried.infos[rows], self.config.robust_loss,
+                                      self._scale, self._axes)]
+            initial = carried.translations[start], carried.quats[start]
+        else:   # from the previous estimate moved to the newest odometry
+            state = self._state.T_map_odom
+            initial = compose_poses(state.translation, state.rotation, *self._newest.odometry)
+        return solve_means(carried.translations, carried.quats, carried.infos, masks,
+                           self.config.robust_loss, self._scale, *initial, self._axes)
 
-    def _fuse(self, samples: List[_Sample]) -> _Estimate:
-        carried = self._carry(samples)
-        # Start from the previous estimate moved to the newest odometry (no medoid search).
-        initial = None if self._state is None else (
-            self._state.T_map_odom @ self._newest.T_odom_base)
-        fused = robust_mean(carried.translations, carried.rotations, carried.covariances,
-                            self.config.robust_loss, self._scale, initial=initial)
-        return self._estimate_from(fused.pose, self._inlier_covariance(carried, fused))
+    def _fuse(self, carried: Carried, mask: np.ndarray) -> _Estimate:
+        return self._estimates(carried, self._solve(carried, mask[None]), mask[None])[0]
 
-    def _inlier_covariance(self, carried: _Carried, fused: RobustMean) -> np.ndarray:
-        """Return ``(sum of C_k^-1 over the samples within the gate)^-1``.
+    def _estimates(self, carried: Carried, means: Means, masks: np.ndarray) -> List[_Estimate]:
+        """Return each mean with ``(sum of C_k^-1 over its samples within the gate)^-1``.
 
         Not the IRLS ``(sum w_k C_k^-1)^-1``: the Cauchy weights of ordinary inliers are below
         1 (0.65 on average for a 6-D Gaussian sample), which would overstate the spread of the
         mean of samples that are what their covariance says.
         """
-        inside = fused.squared_distances <= self.config.gate_mahalanobis ** 2
-        if not np.any(inside):
-            return fused.covariance
-        infos = np.linalg.pinv(carried.covariances[inside], hermitian=True)
-        covariance = np.linalg.pinv(np.sum(infos, axis=0), hermitian=True)
-        covariance = covariance * self._correlation_factor(carried.stamps_ns[inside])
-        return 0.5 * (covariance + covariance.T)
+        inside = masks & (means.squared_distances <= self._gate2)
+        dimension = len(self._axes)
+        sums = inside @ carried.infos.reshape(-1, dimension * dimension)
+        covariances = informations(sums.reshape(-1, dimension, dimension))   # all at once
+        estimates = []
+        for index, (mask, rows) in enumerate(zip(masks, inside)):
+            if rows.any():
+                covariance = covariances[index] * self._correlation_factor(carried.stamps_ns[rows])
+                covariance = 0.5 * (covariance + covariance.T)
+            else:
+                covariance = irls_covariance(carried.infos[mask],
+                                             means.squared_distances[index, mask],
+                                             self.config.robust_loss, self._scale)
+            estimates.append(self._estimate_from(means.translations[index], means.quats[index],
+                                                 covariance))
+        return estimates
 
     def _correlation_factor(self, stamps_ns: np.ndarray) -> float:
         """Return ``(1 + rho) / (1 - rho)`` for AR(1)-correlated frames, capped at N."""
@@ -346,52 +356,23 @@ class MapOdomFusion:
             return float(count)
         return min((1.0 + rho) / (1.0 - rho), float(count))
 
-    def _estimate_from(self, pose: Transform, covariance: np.ndarray) -> _Estimate:
+    def _estimate_from(self, pose_t: np.ndarray, pose_q: np.ndarray,
+                       covariance: np.ndarray) -> _Estimate:
+        """Return the estimate of a fused pose, its covariance given on the fusion's axes."""
         if self.config.two_d:
-            pose, covariance = pose.flatten_2d(), _planar(covariance[None])[0]
-        T_map_odom = pose @ self._newest.T_odom_base.inverse()
-        if self.config.two_d:
-            T_map_odom = T_map_odom.flatten_2d()
-        return _Estimate(T_map_odom, pose, covariance)
-
-    def _gated(self, cov: np.ndarray) -> np.ndarray:
-        """Return ``cov`` with only the axes the gate counts (x, y, yaw in two_d) informative."""
-        if not self.config.two_d:
-            return cov
-        masked = np.zeros((6, 6))
-        masked[np.ix_(_PLANAR_AXES, _PLANAR_AXES)] = cov[np.ix_(_PLANAR_AXES, _PLANAR_AXES)]
-        return masked
-
-    def _distances(self, carried: _Carried, pose: Transform) -> np.ndarray:
-        """Mahalanobis distance of each carried sample to ``pose`` under its own covariance."""
-        residuals = stacked_residuals(carried.translations, carried.rotations,
-                                      pose.translation, pose.rotation_object)
-        return np.array([math.sqrt(squared_mahalanobis(residual, self._gated(cov)))
-                         for residual, cov in zip(residuals, carried.covariances)])
-
-    def _inlier(self, sample: _Sample) -> bool:
-        distance = self._distances(self._carry([sample]), self._state.pose)[0]
-        return bool(distance <= self.config.gate_mahalanobis)
+            pose_t, pose_q = flatten_pose(pose_t, pose_q)
+            covariance = _planar(covariance)
+        return _Estimate(pose_t, pose_q, covariance, self._newest.odometry, self.config.two_d)
 
     def _result(self, accepted: bool, inlier: bool, reason: str, detail: str) -> FusionResult:
-        size = sum(1 for sample in self._samples if sample.accepted)
         return FusionResult(accepted, inlier, self._state.T_map_odom, self._state.covariance,
-                            size, reason, detail)
+                            np.count_nonzero(self._window.accepted), reason, detail)
 
 
-def _skew(vectors: np.ndarray) -> np.ndarray:
-    """Return the (N, 3, 3) cross-product matrices of (N, 3) vectors."""
-    x, y, z = vectors[:, 0], vectors[:, 1], vectors[:, 2]
-    zero = np.zeros_like(x)
-    return np.stack([np.stack([zero, -z, y], -1), np.stack([z, zero, -x], -1),
-                     np.stack([-y, x, zero], -1)], -2)
-
-
-def _planar(covariances: np.ndarray) -> np.ndarray:
-    """Vectorised ``two_d_covariance``: keep x, y, yaw; z, roll, pitch unestimated."""
-    planar = np.zeros_like(covariances)
-    planar[:, _PLANAR_AXES[:, None], _PLANAR_AXES] = \
-        covariances[:, _PLANAR_AXES[:, None], _PLANAR_AXES]
+def _planar(block: np.ndarray) -> np.ndarray:
+    """Return ``two_d_covariance`` given the x, y, yaw block (no second validation)."""
+    planar = np.zeros((6, 6))
+    planar[PLANAR_AXES[:, None], PLANAR_AXES] = block
     for axis in (2, 3, 4):
-        planar[:, axis, axis] = UNESTIMATED_VARIANCE
+        planar[axis, axis] = UNESTIMATED_VARIANCE
     return planar

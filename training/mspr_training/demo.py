@@ -13,6 +13,11 @@
 Every step caches its output under ``--out`` (default ``artifacts/demo``): a second run reuses the
 rendered world, the finished training run and the bundle, and an interrupted training resumes from
 its last checkpoint.
+
+The figures it prints are also written as a results file (``--results``; default
+``benchmarks/results/demo.json`` in a checkout of the repository, else ``<out>/results.json``)
+with the run's provenance (commit, dirty tree, command line, versions, machine, load:
+``mspr_training.provenance``); ``make figures`` renders the README's demo table from it.
 """
 import argparse
 import hashlib
@@ -23,9 +28,15 @@ import time
 
 from mspr_ros.runtime.allocator import use_preferred_allocator
 from mspr_ros.runtime.dds_profile import with_image_profile
+from mspr_training import provenance
+from mspr_training.plain_json import jsonable
 
 DEFAULT_OUT = Path('artifacts') / 'demo'
 CONFIG = 'synth_demo'
+# The committed results file the README's demo table is rendered from (benchmarks/figures.py).
+REPO_RESULTS = Path(__file__).resolve().parents[2] / 'benchmarks' / 'results'
+# What the command line of a results file says for this program.
+PROGRAM = 'python -m mspr_training.demo'
 
 
 def _banner(step: int, text: str) -> None:
@@ -63,7 +74,57 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--skip-live', action='store_true',
                         help='stop after the offline evaluation (no DDS replay)')
     parser.add_argument('--seed', type=int, default=0, help='world seed')
+    parser.add_argument('--results', type=Path, default=None,
+                        help='results file of the run (default: benchmarks/results/demo.json in '
+                             'a checkout of the repository, else <out>/results.json)')
     return parser.parse_args(argv)
+
+
+def default_results(out: Path) -> Path:
+    """Return where the results file goes when ``--results`` is not given."""
+    return REPO_RESULTS / 'demo.json' if REPO_RESULTS.is_dir() else out / 'results.json'
+
+
+def write_results(path: Path, machine: dict, settings: dict, results: dict, argv=None) -> Path:
+    """Write the demo's results file (the layout of ``benchmarks/common/results.py``).
+
+    ``machine`` is ``provenance.machine_facts()`` from the start of the run; ``argv`` the
+    arguments ``main`` got (None: this process's command line).
+    """
+    command = None if argv is None else [PROGRAM, *argv]
+    document = {'benchmark': 'demo', 'mode': 'full', 'machine': machine,
+                'load_average_end': provenance.load_average(),
+                'provenance': provenance.run_record(machine, command, PROGRAM),
+                'settings': settings, 'results': results, 'notes': []}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(document), indent=2, allow_nan=False) + '\n')
+    return path
+
+
+def report_figures(report, coverage) -> dict:
+    """Return the evaluation's per-scene and average figures, and the covariance coverage."""
+    return {
+        'scenes': [{'scene': s.scene, 'images': s.images,
+                    'median_position_m': s.median_position_m,
+                    'median_orientation_deg': s.median_orientation_deg,
+                    'scene_accuracy': s.scene_accuracy,
+                    'naive_median_position_m': s.baseline_median_position_m}
+                   for s in report.scenes],
+        'average_median_position_m': report.average_median_position_m,
+        'average_median_orientation_deg': report.average_median_orientation_deg,
+        'scene_accuracy': report.scene_accuracy,
+        'naive_average_median_position_m': report.baseline_average_median_position_m,
+        'coverage': coverage.to_dict() if coverage is not None else None}
+
+
+def live_figures(report_json: Path) -> dict:
+    """Return frames answered / dropped and the latency of the live replay's report."""
+    report = json.loads(report_json.read_text())
+    counts, latency = report.get('counts') or {}, report.get('latency') or {}
+    return {'images': counts.get('images'), 'answered': counts.get('answered'),
+            'dropped': counts.get('dropped'), 'latency_kind': latency.get('kind'),
+            'latency_median_ms': latency.get('median_ms'),
+            'latency_p95_ms': latency.get('p95_ms')}
 
 
 def main(argv=None) -> int:
@@ -71,6 +132,7 @@ def main(argv=None) -> int:
     # The demo trains in this process (see mspr_ros.runtime.allocator); may restart it on tcmalloc.
     use_preferred_allocator(argv)
     args = parse_args(argv)
+    machine = provenance.machine_facts()
     # Images cross Fast DDS quickly and without loss only through shared memory (see README).
     with_image_profile()
     from mspr_training import calibration, evaluate, export, synth, train
@@ -89,6 +151,7 @@ def main(argv=None) -> int:
         train_frames=args.train_frames, test_frames=args.test_frames, size=(width, height),
         train_sequences=args.train_sequences,
         seed=args.seed, bag_rate_hz=args.bag_rate, preview=True, progress=True)
+    made_fresh = {'world': not manifest.cached}
     state = 'reused' if manifest.cached else f'rendered in {manifest.seconds:.0f} s'
     print(f'world {state}: {", ".join(f"{s} {c}" for s, c in manifest.counts.items())}')
     print(f'contact sheet: {world_dir / "preview.png"}')
@@ -103,7 +166,8 @@ def main(argv=None) -> int:
     # the same settings resumes from its last checkpoint.
     run_dir = out / f'run-{train_key}'
     train_stamp = run_dir / '.demo-trained'
-    if _fresh(run_dir, train_stamp, train_key):
+    made_fresh['training'] = not _fresh(run_dir, train_stamp, train_key)
+    if not made_fresh['training']:
         print(f'reusing the finished run in {run_dir}')
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +179,8 @@ def main(argv=None) -> int:
     bundle_stamp = out / '.demo-bundle'
     # The exporter's code is part of the key: a new calibration must not reuse an old bundle.
     bundle_key = _fingerprint(train_key, _source_digest(export, calibration))
-    if _fresh(bundle, bundle_stamp, bundle_key):
+    made_fresh['bundle'] = not _fresh(bundle, bundle_stamp, bundle_key)
+    if not made_fresh['bundle']:
         print(f'reusing {bundle}')
     else:
         # The covariance comes from the training loops held out of training (the config's
@@ -136,9 +201,23 @@ def main(argv=None) -> int:
     _print_targets(report)
     for name in ('error_cdf', 'trajectories'):
         print(f'plot: {result.files[name]}')
+    settings = {'config': CONFIG, 'scenes': args.scenes, 'world_seed': args.seed,
+                'train_frames': args.train_frames, 'test_frames': args.test_frames,
+                'train_sequences': args.train_sequences, 'size': f'{width}x{height}',
+                'epochs': cfg.schedule.epochs, 'bag_rate_hz': args.bag_rate,
+                'device': args.device, 'backbone': cfg.model.backbone,
+                'augmented_views': cfg.feature_cache.augmented_views,
+                'covariance_calibration': 'held-out training loop per scene',
+                'covariance_shrinkage': calibration.SHRINKAGE_OAS,
+                'live_replay': not args.skip_live}
+    figures = {**report_figures(report, result.coverage), 'made_fresh': made_fresh}
 
     if args.skip_live:
-        print(f'\ndemo finished in {time.perf_counter() - started:.0f} s (live replay skipped)')
+        figures['seconds'] = time.perf_counter() - started
+        path = write_results(args.results or default_results(out), machine, settings,
+                             {**figures, 'live': None}, argv)
+        print(f'\ndemo finished in {figures["seconds"]:.0f} s (live replay skipped); '
+              f'results: {path}')
         return 0
     _banner(5, 'replay the recording through the node over DDS (mspr-bag-eval --live)')
     status = bag_eval.main([str(world_dir / 'bag'), '--weights', str(bundle), '--live',
@@ -150,7 +229,10 @@ def main(argv=None) -> int:
         print(live_md.read_text())
     for png in sorted((out / 'live').glob('*.png')):
         print(f'plot: {png}')
-    print(f'\ndemo finished in {time.perf_counter() - started:.0f} s; artifacts in {out}')
+    figures['live'] = live_figures(out / 'live' / 'report.json')
+    figures['seconds'] = time.perf_counter() - started
+    path = write_results(args.results or default_results(out), machine, settings, figures, argv)
+    print(f'\ndemo finished in {figures["seconds"]:.0f} s; artifacts in {out}; results: {path}')
     return 0
 
 

@@ -1,0 +1,185 @@
+"""Render the figures of benchmarks/README.md and README.md from the results files (make figures).
+
+Every table of measured figures in those two files sits between ``<!-- figures:NAME -->`` and
+``<!-- /figures:NAME -->`` and is made here from the committed ``benchmarks/results/*.json``
+(``common.tables_speed``, ``common.tables_training``), each with a caption naming the file, the
+commit of its run, its date and mode, and "dirty tree" when the checkout had uncommitted
+changes. ``NOTES`` adds what a file cannot say about itself (a stamp older than the code it ran,
+a run older than the code it describes); a note belongs to one file at one commit, so a rerun
+drops it. Prose outside the blocks quotes no measured number.
+
+``python benchmarks/figures.py`` rewrites the blocks; ``--check`` changes nothing and exits 1
+(printing a diff) when a block differs from what the results files give: a hand-edited number
+or a results file committed without ``make figures`` (``test/test_figures.py`` runs it).
+"""
+import argparse
+import difflib
+from pathlib import Path
+import sys
+from typing import Callable, Dict, List, Optional, Sequence
+
+from common import tables_speed, tables_training
+from common.markdown import load_source, missing, num, render_blocks, RESULTS_DIR, Source
+from common.markdown import table, tree_state
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = (REPO / 'benchmarks' / 'README.md', REPO / 'README.md')
+# Where the results files are read from (``--results-dir``; tests point it elsewhere).
+results_dir = RESULTS_DIR
+
+_STALE_NODE = ('Stale: measured on {date} at {commit}, before the node fused every frame '
+               '(`fusion: window`, the default since 6b93ebf) and before its `tf` and '
+               '`pose_stream` stages were timed{what}. Refresh on an idle machine: `{command}`.')
+# (results file, full commit of its run) -> what the file cannot say about itself.
+NOTES = {
+    ('accuracy.json', 'a14a6418c7723c23c395b6e134c3ea4379ed6bf9'): (
+        'This run is stamped with commit a14a641, which is older than the code it ran: it used '
+        'the covariance shrinkage toward isotropic (OAS) of b709b75, then uncommitted (committed '
+        'a minute after the run started), and the file predates the record of a dirty tree. A '
+        'rerun on a clean tree takes about 4 hours on 2 cores '
+        '(`python benchmarks/accuracy.py --world-seeds 0 1`).'),
+    ('latency.json', '664483cf297ca9b0149af23e643cb07fbdff7d60'): _STALE_NODE.format(
+        date='2026-11-26', commit='664483c',
+        what=", so this run has no fusion-on / fusion-off pair",
+        command='python benchmarks/latency.py'),
+    ('stream.json', '664483cf297ca9b0149af23e643cb07fbdff7d60'): _STALE_NODE.format(
+        date='2026-11-26', commit='664483c', what='',
+        command='python benchmarks/stream.py'),
+    ('throughput.json', '4995affa2d6bb39ce44e840fecbe54424fbd2c7d'): (
+        "Stale: measured on 2026-11-26 at 4995aff, before issue 18 changed mspr-train's step "
+        '(allocator tuning, chunked attention: 7873719; tcmalloc: e01ae9e), so its step time is '
+        'not today\'s (train_speed.py below measures today\'s step). Refresh on an idle machine: '
+        '`python benchmarks/throughput.py`.'),
+}
+
+
+def source(*names: str) -> Optional[Source]:
+    """Return the first of the results files ``names`` that exists, with its note."""
+    for name in names:
+        found = load_source(name, NOTES, results_dir)
+        if found is not None:
+            return found
+    return None
+
+
+def from_file(names: Sequence[str], command: str,
+              render: Callable[[Source], str]) -> Callable[[], str]:
+    """Return a renderer of the first existing file of ``names`` (a placeholder without one)."""
+    def block() -> str:
+        found = source(*names)
+        return render(found) if found is not None else missing(names[0], command)
+    return block
+
+
+def from_files(names: Sequence[str], command: str,
+               render: Callable[[List[Source]], str]) -> Callable[[], str]:
+    """Return a renderer of every existing file of ``names`` (the first one is required)."""
+    def block() -> str:
+        found = [s for s in (source(name) for name in names) if s is not None]
+        if not found or found[0].name != names[0]:
+            return missing(names[0], command)
+        return render(found)
+    return block
+
+
+def sources_table() -> str:
+    """Every committed results file: what ran, where, when, at which commit, tree state, load."""
+    rows = []
+    for path in sorted(results_dir.glob('*.json')):
+        found = source(path.name)
+        document = found.document
+        machine = document.get('machine', {})
+        load_start = (machine.get('load_average_start') or [None])[0]
+        load_end = (document.get('load_average_end') or [None])[0]
+        duration = found.provenance.get('duration_s')
+        rows.append([f'`{path.name}`', document.get('mode', '?'), found.date,
+                     f'`{found.commit[:7]}`', tree_state(found.dirty) + (' (note)' if found.note
+                                                                         else ''),
+                     f"{machine.get('cpu_model', '?')}, {machine.get('usable_cores', '?')} cores, "
+                     f"{machine.get('cuda_device') or 'no GPU'}",
+                     machine.get('torch_version', '?'), found.settings.get('threads', '?'),
+                     f'{num(load_start, 2)} -> {num(load_end, 2)}',
+                     num(duration / 60, 1, ' min') if duration is not None else 'not recorded'])
+    return table(['results file', 'mode', 'date', 'commit', 'tree', 'machine', 'torch',
+                  'threads', 'load start -> end', 'run time'], rows)
+
+
+def renderers() -> Dict[str, Callable[[], str]]:
+    """Return the renderer of every block name."""
+    speed, training = tables_speed, tables_training
+    accuracy = ('accuracy.json',)
+    accuracy_command = 'python benchmarks/accuracy.py --world-seeds 0 1'
+    train = ('train_speed.json',)
+    train_command = ('python benchmarks/train_speed.py --variants '
+                     'baseline,allocator,chunked,tcmalloc,ms_depth_4x4')
+    return {
+        'sources': sources_table,
+        'accuracy-settings': from_file(accuracy, accuracy_command, training.accuracy_settings),
+        'accuracy-errors': from_file(accuracy, accuracy_command, training.accuracy_errors),
+        'accuracy-coverage': from_file(accuracy, accuracy_command, training.accuracy_coverage),
+        'accuracy-goals': from_file(accuracy, accuracy_command, training.accuracy_goals),
+        'accuracy-attention': from_file(accuracy, accuracy_command,
+                                        training.accuracy_attention),
+        'latency': from_file(('latency.json',), 'python benchmarks/latency.py', speed.latency),
+        'model-speed': from_file(('model_speed.json', 'model_speed.quick.json'),
+                                 'python benchmarks/model_speed.py', speed.model_speed),
+        'stream': from_files(('stream.json', 'stream.fusion_none.json'),
+                             'python benchmarks/stream.py', speed.stream),
+        'throughput': from_file(('throughput.json',), 'python benchmarks/throughput.py',
+                                speed.throughput),
+        'fusion': from_file(('fusion.json',), 'python benchmarks/fusion.py', speed.fusion),
+        'train-speed-paper': from_file(train, train_command,
+                                       lambda s: training.train_speed(s, 'paper')),
+        'train-speed-demo': from_file(train, train_command,
+                                      lambda s: training.train_speed(s, 'demo')),
+        'train-speed-goals': from_file(train, train_command, training.train_speed_goals),
+        'onnx-latency': from_files(('onnx_latency.json', 'onnx_latency.quick.json'),
+                                   'python benchmarks/onnx_latency.py', speed.onnx_latency),
+        'gpu-latency': from_file(('gpu_latency.json', 'gpu_latency.quick.json'),
+                                 'python benchmarks/gpu_latency.py', speed.gpu_latency),
+        'feature-views': from_file(('feature_views.json',),
+                                   'python benchmarks/feature_views.py --views 1 4 8',
+                                   training.feature_views),
+        'demo': from_file(('demo.json',), 'make demo', training.demo),
+    }
+
+
+def render(path: Path) -> str:
+    """Return the text of ``path`` with its blocks rendered from the results files."""
+    return render_blocks(path.read_text(encoding='utf-8'), renderers())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Rewrite (or, with --check, compare) the rendered blocks; return the exit status."""
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--check', action='store_true',
+                        help='change nothing; exit 1 with a diff when a block is not what the '
+                             'results files give')
+    parser.add_argument('--results-dir', type=Path, default=RESULTS_DIR,
+                        help='folder of the results files (default benchmarks/results)')
+    parser.add_argument('files', nargs='*', type=Path, default=list(TARGETS),
+                        help='Markdown files (default: benchmarks/README.md and README.md)')
+    args = parser.parse_args(argv)
+    global results_dir
+    results_dir = args.results_dir
+    status = 0
+    for path in args.files:
+        current = path.read_text(encoding='utf-8')
+        rendered = render(path)
+        if rendered == current:
+            print(f'{path}: up to date')
+            continue
+        if args.check:
+            status = 1
+            sys.stdout.writelines(difflib.unified_diff(
+                current.splitlines(keepends=True), rendered.splitlines(keepends=True),
+                f'{path} (as committed)', f'{path} (rendered from benchmarks/results)'))
+            print(f'{path}: differs from the results files; run `make figures`')
+        else:
+            path.write_text(rendered, encoding='utf-8')
+            print(f'{path}: rendered')
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())
