@@ -24,6 +24,7 @@ from rclpy.parameter import parameter_value_to_python
 import yaml
 
 from mspr_ros.ros.params import PARAM_SPECS
+from mspr_training.ros_client import READ_ONLY_RESEND_S
 from ros_harness import domain_id, NODE_NAME, NodeProcess, REPO, RosClient, stop_all
 
 pytestmark = pytest.mark.ros
@@ -139,7 +140,8 @@ def _values(client, fqn, names):
 
 def _names(client, fqn):
     request = ListParameters.Request(depth=ListParameters.Request.DEPTH_RECURSIVE)
-    return set(client.call(ListParameters, f'{fqn}/list_parameters', request).result.names)
+    return set(client.call(ListParameters, f'{fqn}/list_parameters', request,
+                           resend_s=READ_ONLY_RESEND_S).result.names)
 
 
 def test_every_shipped_parameter_file_keys_its_nodes_for_any_namespace():

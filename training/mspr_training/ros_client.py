@@ -18,6 +18,9 @@ from rclpy.parameter import Parameter
 
 from mspr_training.node_process import NODE_NAME, prepare_environment
 
+# Read-only services are asked again after this long without an answer (see RosClient.call).
+READ_ONLY_RESEND_S = 5.0
+
 POLL_S = 0.05
 
 
@@ -124,25 +127,40 @@ class RosClient:
         wait_until(lambda: publisher.get_subscription_count() > 0, timeout,
                    f'a subscriber on {publisher.topic_name}')
 
-    def call(self, srv_type, name: str, request: Any = None, timeout: float = 20.0) -> Any:
-        """Call a service (waiting for it to appear) and return the response."""
+    def call(self, srv_type, name: str, request: Any = None, timeout: float = 20.0,
+             resend_s: Optional[float] = None) -> Any:
+        """Call a service (waiting for it to appear) and return the response.
+
+        ``resend_s``: for a read-only service, send the request again when no answer came
+        within this long. The service can see a new client before its reply writer has matched
+        the client's reader, and Fast DDS then drops the reply: seen under load with a fresh
+        client per call. Never for a service that changes state (a transition twice).
+        """
         client = self.node.create_client(srv_type, name)
         try:
             if not client.wait_for_service(timeout_sec=timeout):
                 raise AssertionError(f'service {name} did not appear within {timeout:.0f} s')
-            future = client.call_async(request if request is not None else srv_type.Request())
             done = threading.Event()
-            future.add_done_callback(lambda _: done.set())
-            if not done.wait(timeout):
-                raise AssertionError(f'service {name} did not answer within {timeout:.0f} s')
-            return future.result()
+            deadline = time.monotonic() + timeout
+            futures = []
+            while True:
+                futures.append(client.call_async(request if request is not None
+                                                 else srv_type.Request()))
+                futures[-1].add_done_callback(lambda _: done.set())
+                left = deadline - time.monotonic()
+                if done.wait(left if resend_s is None else min(resend_s, max(left, 0.0))):
+                    return next(f for f in futures if f.done()).result()
+                if time.monotonic() >= deadline:
+                    raise AssertionError(
+                        f'service {name} did not answer within {timeout:.0f} s')
         finally:
             self.node.destroy_client(client)
 
     def get_state(self, node_fqn: str) -> str:
         """Lifecycle state label of ``node_fqn`` (GetState service)."""
         from lifecycle_msgs.srv import GetState
-        return self.call(GetState, f'{node_fqn}/get_state').current_state.label
+        return self.call(GetState, f'{node_fqn}/get_state',
+                         resend_s=READ_ONLY_RESEND_S).current_state.label
 
     def change_state(self, node_fqn: str, transition_id: int, timeout: float = 60.0) -> bool:
         """Trigger a lifecycle transition (ChangeState service); return its success."""
@@ -168,7 +186,8 @@ class RosClient:
         """Get parameter values remotely (``ParameterValue`` messages)."""
         from rcl_interfaces.srv import GetParameters
         request = GetParameters.Request(names=list(names))
-        return self.call(GetParameters, f'{node_fqn}/get_parameters', request).values
+        return self.call(GetParameters, f'{node_fqn}/get_parameters', request,
+                         resend_s=READ_ONLY_RESEND_S).values
 
     def close(self) -> None:
         """Stop spinning, join the thread, destroy the node and the context."""
