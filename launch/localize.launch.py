@@ -23,6 +23,8 @@ from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, SetEn
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 
+from mspr_ros.ros.launch_arguments import params_files
+
 PACKAGE = 'mspr_ros'
 # Fast DDS reads the first; a user who set the older name keeps that profile.
 PROFILE_VARIABLE = 'FASTDDS_DEFAULT_PROFILES_FILE'
@@ -36,19 +38,6 @@ def _share(*parts):
 
 def _as_bool(text):
     return text.strip().lower() in TRUE_WORDS
-
-
-def params_files(text):
-    """Return the files of a comma-separated ``params_file`` value, in order (later override).
-
-    A missing file stops the launch: launch_ros would skip it with a warning, and the node would
-    run without the parameters its user wrote.
-    """
-    files = [part.strip() for part in text.split(',') if part.strip()]
-    missing = [path for path in files if not os.path.isfile(path)]
-    if missing:
-        raise FileNotFoundError(f"params_file: no such file: {', '.join(missing)}")
-    return files
 
 
 def parameter_overrides(value):

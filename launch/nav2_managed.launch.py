@@ -23,6 +23,8 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from mspr_ros.ros.launch_arguments import params_files
+
 PACKAGE = 'mspr_ros'
 MANAGER_PACKAGE = 'nav2_lifecycle_manager'
 MANAGER_NAME = 'lifecycle_manager_mspr'
@@ -35,19 +37,6 @@ def _share(*parts):
     return os.path.join(get_package_share_directory(PACKAGE), *parts)
 
 
-def user_params_files(argument, text):
-    """Return the files of a comma-separated launch argument, in order.
-
-    A missing file stops the launch: launch_ros would skip it with a warning, and the node would
-    run without the parameters its user wrote.
-    """
-    files = [part.strip() for part in text.split(',') if part.strip()]
-    missing = [path for path in files if not os.path.isfile(path)]
-    if missing:
-        raise FileNotFoundError(f"{argument}: no such file: {', '.join(missing)}")
-    return files
-
-
 def _manager(context):
     """Start Nav2's lifecycle manager when it is installed."""
     try:
@@ -56,8 +45,8 @@ def _manager(context):
         return [LogInfo(msg=f'{MANAGER_PACKAGE} is not installed: mspr_localizer waits, '
                             'unconfigured, for ros2 lifecycle set')]
     # The shipped file first, then the user's: later files override earlier ones.
-    files = [_share('config', 'nav2_lifecycle.yaml')] + user_params_files(
-        'manager_params_file', LaunchConfiguration('manager_params_file').perform(context))
+    files = [_share('config', 'nav2_lifecycle.yaml')] + params_files(
+        LaunchConfiguration('manager_params_file').perform(context), 'manager_params_file')
     use_sim_time = LaunchConfiguration('use_sim_time').perform(context)
     # Same namespace as the localizer: node_names and the bond topic resolve in it.
     return [Node(package=MANAGER_PACKAGE, executable='lifecycle_manager', name=MANAGER_NAME,

@@ -32,6 +32,8 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from mspr_ros.ros.launch_arguments import params_files
+
 PACKAGE = 'mspr_ros'
 SETUPS = ('standalone', 'amcl', 'ekf')
 FORWARDED = ('weights', 'device', 'use_sim_time', 'namespace', 'image_topic', 'autostart',
@@ -51,33 +53,20 @@ def setup_params_file(setup):
     return _share('config', f'setup_{setup}.yaml')
 
 
-def user_params_files(argument, text):
-    """Return the files of a comma-separated launch argument, in order.
-
-    A missing file stops the launch: launch_ros would skip it with a warning, and the node would
-    run without the parameters its user wrote.
-    """
-    files = [part.strip() for part in text.split(',') if part.strip()]
-    missing = [path for path in files if not os.path.isfile(path)]
-    if missing:
-        raise FileNotFoundError(f"{argument}: no such file: {', '.join(missing)}")
-    return files
-
-
 def _launch_setup(context):
     """Include the localizer with the set-up's parameters; add the EKF for setup:=ekf."""
     value = {name: LaunchConfiguration(name).perform(context)
              for name in ('setup', 'params_file', 'ekf_params_file') + FORWARDED}
     # The set-up's file first, then the user's: later files override earlier ones.
     node_files = ([setup_params_file(value['setup'])]
-                  + user_params_files('params_file', value['params_file']))
+                  + params_files(value['params_file']))
     actions = [IncludeLaunchDescription(
         PythonLaunchDescriptionSource(_share('launch', 'localize.launch.py')),
         launch_arguments=[('params_file', ','.join(node_files))]
         + [(name, value[name]) for name in FORWARDED])]
     if value['setup'] == 'ekf':
         ekf_files = ([_share('config', 'ekf_map.yaml')]
-                     + user_params_files('ekf_params_file', value['ekf_params_file']))
+                     + params_files(value['ekf_params_file'], 'ekf_params_file'))
         try:
             get_package_share_directory(EKF_PACKAGE)
         except PackageNotFoundError:

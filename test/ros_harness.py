@@ -13,9 +13,12 @@ import sys
 from typing import Dict
 
 import cv2
+from geometry_msgs.msg import TransformStamped
 import numpy as np
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from scipy.spatial.transform import Rotation
 
+from mspr_ros.ros.conversions import ns_to_stamp
 from mspr_ros.ros.tf import TF_QOS  # noqa: F401 - tf2's profiles, as the node's listener
 from mspr_ros.ros.tf import TF_STATIC_LISTENER_QOS as TF_STATIC_QOS  # noqa: F401
 from mspr_training.node_process import domain_id, NODE_NAME, NodeProcess  # noqa: F401
@@ -33,6 +36,19 @@ RELIABLE_LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 
 # Every process the tests start (and this one) moves images over Fast DDS shared memory.
 prepare_environment()
+
+
+def transform_msg(m, parent, child, stamp_ns) -> TransformStamped:
+    """Return the ``TransformStamped`` ``parent -> child`` of a 4x4 matrix at ``stamp_ns``."""
+    msg = TransformStamped()
+    msg.header.stamp = ns_to_stamp(stamp_ns)
+    msg.header.frame_id, msg.child_frame_id = parent, child
+    msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = (
+        float(v) for v in m[:3, 3])
+    q = Rotation.from_matrix(m[:3, :3]).as_quat()
+    r = msg.transform.rotation
+    r.x, r.y, r.z, r.w = (float(v) for v in q)
+    return msg
 
 
 def small_photos(size=(160, 120)) -> Dict[str, np.ndarray]:

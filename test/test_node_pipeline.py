@@ -11,7 +11,7 @@ import hashlib
 import math
 
 from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped, TransformStamped
+from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 import numpy as np
 import pytest
 from rclpy.parameter import Parameter
@@ -27,7 +27,7 @@ from mspr_ros.localizer import Localizer
 from mspr_ros.ros.conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
 from ros_harness import diagnostic_values, domain_id, NodeProcess, own_status
 from ros_harness import RELIABLE_LATCHED, RosClient, small_photos, TF_QOS, TF_STATIC_QOS
-from ros_harness import wait_until
+from ros_harness import transform_msg, wait_until
 
 pytestmark = pytest.mark.ros
 NS = '/mspr_localizer'
@@ -79,19 +79,6 @@ def assert_same_pose(actual, expected, tol=1e-5):
 # base <- camera optical: 0.2 m ahead, 0.5 m up, looking forward and pitched 10 deg down.
 T_BASE_CAM = matrix([0.2, 0.0, 0.5], Rotation.from_euler(
     'xyz', [-math.pi / 2 - math.radians(10), 0.0, -math.pi / 2]).as_quat())
-
-
-def transform_msg(m, parent, child, stamp_ns):
-    """Return the TransformStamped of a 4x4 matrix."""
-    msg = TransformStamped()
-    msg.header.stamp = ns_to_stamp(stamp_ns)
-    msg.header.frame_id, msg.child_frame_id = parent, child
-    msg.transform.translation.x, msg.transform.translation.y, msg.transform.translation.z = (
-        float(v) for v in m[:3, 3])
-    q = Rotation.from_matrix(m[:3, :3]).as_quat()
-    r = msg.transform.rotation
-    r.x, r.y, r.z, r.w = (float(v) for v in q)
-    return msg
 
 
 def odom_pose(k):

@@ -15,7 +15,7 @@ import math
 import threading
 import time
 
-from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
+from geometry_msgs.msg import PoseWithCovarianceStamped
 from lifecycle_msgs.msg import Transition
 import numpy as np
 import pytest
@@ -27,7 +27,7 @@ from tf2_msgs.msg import TFMessage
 from mspr_ros.ros.conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
 from ros_components import needs
 from ros_harness import domain_id, NodeProcess, RELIABLE_LATCHED, RosClient, small_photos
-from ros_harness import TF_QOS, TF_STATIC_QOS, wait_until
+from ros_harness import TF_QOS, TF_STATIC_QOS, transform_msg, wait_until
 
 pytestmark = pytest.mark.ros
 NS = '/mspr_localizer'
@@ -43,18 +43,6 @@ def _matrix(xyz, rotation):
     m[:3, :3] = rotation.as_matrix()
     m[:3, 3] = xyz
     return m
-
-
-def _transform(parent, child, stamp_ns, m):
-    t = TransformStamped()
-    t.header.stamp = ns_to_stamp(stamp_ns)
-    t.header.frame_id, t.child_frame_id = parent, child
-    t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (
-        float(v) for v in m[:3, 3])
-    q = Rotation.from_matrix(m[:3, :3]).as_quat()
-    r = t.transform.rotation
-    r.x, r.y, r.z, r.w = (float(v) for v in q)
-    return t
 
 
 def _pose_matrix(msg):
@@ -98,9 +86,9 @@ def test_a_camera_on_a_turning_joint_is_followed_at_each_image_stamp(
             stamp = max(client.now_ns(), stamp + 200_000_000)
             for offset in (-10_000_000, 10_000_000):
                 tf.publish(TFMessage(transforms=[
-                    _transform('odom', 'base_link', stamp + offset, np.eye(4)),
-                    _transform('base_link', 'camera_optical', stamp + offset,
-                               _base_camera(pan))]))
+                    transform_msg(np.eye(4), 'odom', 'base_link', stamp + offset),
+                    transform_msg(_base_camera(pan), 'base_link', 'camera_optical',
+                                  stamp + offset)]))
             image.publish(rgb_to_image_msg(rgb, 'rgb8', stamp, 'camera_optical'))
             msg = poses.wait_for(lambda m, s=stamp: stamp_to_ns(m.header.stamp) == s, 20.0,
                                  f'the pose of the frame at pan {pan}')
@@ -159,7 +147,7 @@ def _localize(clock, tf, image, poses, rgb, what):
     while time.monotonic() < deadline:
         stamp = clock.now_ns()
         tf.publish(TFMessage(transforms=[
-            _transform('odom', 'base_link', stamp + offset, np.eye(4))
+            transform_msg(np.eye(4), 'odom', 'base_link', stamp + offset)
             for offset in (-50_000_000, 50_000_000)]))
         image.publish(rgb_to_image_msg(rgb, 'rgb8', stamp, 'camera_optical'))
         try:
@@ -170,6 +158,23 @@ def _localize(clock, tf, image, poses, rgb, what):
     raise AssertionError(f'no answer for {what} within 30 s')
 
 
+def _wire(node, client, pose_qos):
+    """Subscribe to ~/pose and /tf, latch a fixed camera, wait for the node; return endpoints.
+
+    Returns ``(pose inbox, /tf inbox, /tf publisher, image publisher)``.
+    """
+    poses = client.subscribe(PoseWithCovarianceStamped, f'{NS}/pose', pose_qos)
+    tf_inbox = client.subscribe(TFMessage, '/tf', TF_QOS)
+    static = client.publisher(TFMessage, '/tf_static', TF_STATIC_QOS)
+    static.publish(TFMessage(transforms=[
+        transform_msg(_base_camera(0.0), 'base_link', 'camera_optical', 0)]))
+    tf = client.publisher(TFMessage, '/tf', TF_QOS)
+    image = client.publisher(Image, '/image', 5)
+    node.wait_active()
+    client.wait_for_subscribers(image)
+    return poses, tf_inbox, tf, image
+
+
 def test_a_clock_jumping_back_starts_a_new_time_line(tiny_bundle_path, tmp_path_factory):
     domain = domain_id(43)
     # The window fusion (the default) is what froze: it took new frames for stale ones.
@@ -178,15 +183,7 @@ def test_a_clock_jumping_back_starts_a_new_time_line(tiny_bundle_path, tmp_path_
     client = RosClient(domain)
     clock = SimClock(client, 100.0)
     try:
-        poses = client.subscribe(PoseWithCovarianceStamped, f'{NS}/pose', 20)
-        tf_inbox = client.subscribe(TFMessage, '/tf', TF_QOS)
-        static = client.publisher(TFMessage, '/tf_static', TF_STATIC_QOS)
-        static.publish(TFMessage(transforms=[
-            _transform('base_link', 'camera_optical', 0, _base_camera(0.0))]))
-        tf = client.publisher(TFMessage, '/tf', TF_QOS)
-        image = client.publisher(Image, '/image', 5)
-        node.wait_active()
-        client.wait_for_subscribers(image)
+        poses, tf_inbox, tf, image = _wire(node, client, 20)
         rgb = small_photos()['coffee']
         for _ in range(3):
             _localize(clock, tf, image, poses, rgb, 'a frame before the jump')
@@ -219,15 +216,7 @@ def test_a_pause_keeps_map_to_odom_on_tf(tiny_bundle_path, tmp_path_factory):
     node = _start(tiny_bundle_path, tmp_path_factory, domain, 'pause', autostart=True)
     client = RosClient(domain)
     try:
-        poses = client.subscribe(PoseWithCovarianceStamped, f'{NS}/pose', RELIABLE_LATCHED)
-        tf_inbox = client.subscribe(TFMessage, '/tf', TF_QOS)
-        static = client.publisher(TFMessage, '/tf_static', TF_STATIC_QOS)
-        static.publish(TFMessage(transforms=[
-            _transform('base_link', 'camera_optical', 0, _base_camera(0.0))]))
-        tf = client.publisher(TFMessage, '/tf', TF_QOS)
-        image = client.publisher(Image, '/image', 5)
-        node.wait_active()
-        client.wait_for_subscribers(image)
+        poses, tf_inbox, tf, image = _wire(node, client, RELIABLE_LATCHED)
 
         class WallClock:
             now_ns = staticmethod(client.now_ns)

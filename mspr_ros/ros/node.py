@@ -41,7 +41,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
-from rclpy.clock import ClockChange, JumpThreshold, TimeJump
+from rclpy.clock import JumpThreshold, TimeJump
 from rclpy.duration import Duration
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
@@ -284,11 +284,10 @@ class LocalizerNode(LifecycleNode):
         configured = self._configured
         if configured is None:
             return
-        now_ns = self.get_clock().now().nanoseconds
-        delta_ns = jump.delta.nanoseconds
-        if jump.clock_change in (ClockChange.ROS_TIME_ACTIVATED,
-                                 ClockChange.ROS_TIME_DEACTIVATED) or delta_ns < 0:
-            configured.pipeline.on_clock_jump(now_ns, min(delta_ns, 0))
+        # Called only for a jump back or a change of time source (the threshold in __init__);
+        # a change forward starts a new time line too, with no old stamps to drop.
+        configured.pipeline.on_clock_jump(self.get_clock().now().nanoseconds,
+                                          min(jump.delta.nanoseconds, 0))
 
     def _on_incompatible_qos(self, event) -> None:
         self.get_logger().warning(
