@@ -9,7 +9,7 @@ Example::
 - ``amcl``: ``config/setup_amcl.yaml``, no TF from the node, its pose seeds AMCL through
   ``initialpose`` (AMCL itself comes from your Nav2 bring-up);
 - ``ekf``: ``config/setup_ekf.yaml``, no TF from the node, and robot_localization's map-frame
-  EKF (``config/ekf_map.yaml``, ``pose0`` = the node's pose) when it is installed.
+  EKF (``config/ekf_map.yaml``, ``pose0`` = the node's ``~/pose_update``) when it is installed.
 
 Every set-up is planar (``two_d_mode: true``). Your own parameter files go in ``params_file``
 (the node) and ``ekf_params_file`` (the EKF), one or several comma-separated; each node loads

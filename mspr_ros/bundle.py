@@ -9,13 +9,15 @@ The file holds the model state dict and, under the safetensors header metadata k
     preprocessing    {resize, crop, mean, std}
     scene_alignment  {scene: {translation [3], rotation_xyzw [4], scale}}  (T_map_scene)
     covariance       {scene: 6 x 6 nested list}  (x y z roll pitch yaw; m^2 and rad^2)
+    error_correlation  optional: {scene: ErrorCorrelation.to_dict()} for the scenes that have
+                     one (mspr_ros.estimation.error_correlation: how alike two frames' errors are)
     provenance       free-form JSON object
     inference        optional: the back-end the bundle asks for (absent: torch), see
                      check_inference; the tensors are always there, so torch stays possible
 
 Loading never unpickles anything; every problem raises :class:`BundleError` naming the file.
 """
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 import functools
 import hashlib
 import json
@@ -30,6 +32,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.geometry.transforms import SceneAlignment
 from mspr_ros.model.config import ModelConfig
 from mspr_ros.model.ms_transformer import build_model, MSTransformer
@@ -63,6 +66,8 @@ class Bundle:
     path: Path | None = None
     sha256: str = ''
     inference: dict[str, Any] | None = None  # the checked entry; None: the bundle asks for torch
+    # Scenes with a learned error correlation; empty for bundles exported without one.
+    error_correlation: dict[str, ErrorCorrelation] = field(default_factory=dict)
 
 
 def _finite_floats(values: Any, length: int, name: str) -> tuple[float, ...]:
@@ -113,8 +118,8 @@ def _check_scene_names(scene_names: Any, config: ModelConfig) -> list[str]:
 
 
 def _per_scene(values: Mapping[str, Any] | None, names: list[str], what: str,
-               convert, default) -> dict:
-    """Return ``{scene: convert(value)}`` for every scene, defaults where absent."""
+               convert, default=None) -> dict:
+    """Return ``{scene: convert(value)}`` per scene; absent: ``default()``, or none if None."""
     values = {} if values is None else values
     if not isinstance(values, Mapping):
         raise ValueError(f'{what} must map scene names to values, got {type(values).__name__}')
@@ -122,7 +127,7 @@ def _per_scene(values: Mapping[str, Any] | None, names: list[str], what: str,
     if unknown:
         raise ValueError(f'{what} names unknown scenes {unknown}; scenes are {names}')
     return {name: convert(values[name], name) if name in values else default()
-            for name in names}
+            for name in names if name in values or default is not None}
 
 
 def _to_alignment(value: Any, scene: str) -> SceneAlignment:
@@ -141,6 +146,14 @@ def _to_alignment(value: Any, scene: str) -> SceneAlignment:
         return SceneAlignment.from_dict(value, context=f'scene_alignment of scene {scene!r}')
     except (TypeError, ValueError) as error:
         raise ValueError(f'scene_alignment of scene {scene!r}: {error}') from error
+
+
+def _to_correlation(value: Any, scene: str) -> ErrorCorrelation:
+    """Accept an ErrorCorrelation or its dict form for ``scene``."""
+    try:
+        return value if isinstance(value, ErrorCorrelation) else ErrorCorrelation.from_dict(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'error_correlation of scene {scene!r}: {error}') from error
 
 
 def check_inference(value: Any) -> dict[str, Any]:
@@ -203,12 +216,14 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, config: ModelConfig,
                 scene_alignment: Mapping[str, SceneAlignment | Mapping] | None = None,
                 covariance: Mapping[str, Any] | None = None,
                 provenance: Mapping[str, Any] | None = None,
-                inference: Mapping[str, Any] | None = None) -> Path:
+                inference: Mapping[str, Any] | None = None,
+                error_correlation: Mapping[str, ErrorCorrelation] | None = None) -> Path:
     """Write ``model`` and its metadata atomically to ``path`` (a ``.safetensors`` file).
 
     Scenes missing from ``scene_alignment``/``covariance`` get the identity alignment and
-    :func:`default_covariance`. ``inference`` (:func:`check_inference`) is written only when
-    given. Returns the path written.
+    :func:`default_covariance`. ``inference`` (:func:`check_inference`) and
+    ``error_correlation`` (scenes without a model are left out) are written only when given.
+    Returns the path written.
 
     Raises:
         ValueError: inconsistent metadata, or a model that does not match ``config``.
@@ -223,19 +238,12 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, config: ModelConfig,
                             SceneAlignment.identity)
     covariances = _per_scene(covariance, names, 'covariance', _check_covariance,
                              default_covariance)
+    correlations = _per_scene(error_correlation, names, 'error_correlation', _to_correlation)
     tensors = {k: v.detach().to('cpu').contiguous() for k, v in model.state_dict().items()}
     _check_tensors(tensors, config)
-    document = {
-        'format_version': FORMAT_VERSION,
-        'model_config': config.to_dict(),
-        'scene_names': names,
-        'preprocessing': preprocessing.to_dict(),
-        'scene_alignment': {n: a.to_dict() for n, a in alignments.items()},
-        'covariance': {n: c.tolist() for n, c in covariances.items()},
-        'provenance': dict(provenance or {}),
-    }
-    if inference is not None:
-        document['inference'] = check_inference(inference)
+    document = _document(config, names, preprocessing, alignments, covariances, provenance,
+                         None if inference is None else check_inference(inference),
+                         correlations)
     try:
         metadata = {METADATA_KEY: json.dumps(document, allow_nan=False)}
     except (TypeError, ValueError) as error:
@@ -358,6 +366,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         if not isinstance(document['provenance'], dict):
             raise ValueError('provenance must be a JSON object')
         inference = check_inference(document['inference']) if 'inference' in document else None
+        correlation = _per_scene(document.get('error_correlation'), names,
+                                 'error_correlation', _to_correlation)
     except (TypeError, ValueError) as error:
         raise BundleError(f'{path}: invalid bundle metadata: {error}') from error
     try:
@@ -371,7 +381,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     return Bundle(config=config, scene_names=names, preprocessing=preprocessing,
                   scene_alignment=alignments, covariance=covariances,
                   provenance=document['provenance'], state_dict=tensors, path=path,
-                  sha256=hashlib.sha256(data).hexdigest(), inference=inference)
+                  sha256=hashlib.sha256(data).hexdigest(), inference=inference,
+                  error_correlation=correlation)
 
 
 def build_model_from_bundle(bundle: Bundle) -> MSTransformer:
@@ -384,17 +395,29 @@ def build_model_from_bundle(bundle: Bundle) -> MSTransformer:
     return model.eval()
 
 
+def _document(config: ModelConfig, names: Sequence[str], preprocessing: PreprocessingConfig,
+              alignments: Mapping[str, SceneAlignment], covariances: Mapping[str, np.ndarray],
+              provenance: Mapping[str, Any] | None, inference: Mapping[str, Any] | None,
+              correlations: Mapping[str, ErrorCorrelation]) -> dict[str, Any]:
+    """Return the ``mspr_bundle`` JSON document of checked metadata (optional keys if given)."""
+    document = {
+        'format_version': FORMAT_VERSION,
+        'model_config': config.to_dict(),
+        'scene_names': list(names),
+        'preprocessing': preprocessing.to_dict(),
+        'scene_alignment': {n: a.to_dict() for n, a in alignments.items()},
+        'covariance': {n: c.tolist() for n, c in covariances.items()},
+        'provenance': dict(provenance or {}),
+    }
+    if inference is not None:
+        document['inference'] = dict(inference)
+    if correlations:
+        document['error_correlation'] = {n: m.to_dict() for n, m in correlations.items()}
+    return document
+
+
 def bundle_metadata(bundle: Bundle) -> dict[str, Any]:
     """Return the bundle's metadata in its JSON form (for logs, diagnostics and tests)."""
-    metadata = {
-        'format_version': FORMAT_VERSION,
-        'model_config': asdict(bundle.config),
-        'scene_names': list(bundle.scene_names),
-        'preprocessing': bundle.preprocessing.to_dict(),
-        'scene_alignment': {n: a.to_dict() for n, a in bundle.scene_alignment.items()},
-        'covariance': {n: c.tolist() for n, c in bundle.covariance.items()},
-        'provenance': bundle.provenance,
-    }
-    if bundle.inference is not None:
-        metadata['inference'] = dict(bundle.inference)
-    return metadata
+    return _document(bundle.config, bundle.scene_names, bundle.preprocessing,
+                     bundle.scene_alignment, bundle.covariance, bundle.provenance,
+                     bundle.inference, bundle.error_correlation)

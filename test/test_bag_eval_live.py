@@ -5,12 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mspr_ros.geometry.transforms import Transform
 from mspr_ros.localizer import Localizer
 from mspr_training.bags.cli import main
 from mspr_training.bags.live import assign_corrections, evaluate_live, LiveOptions
 from mspr_training.bags.offline import default_params_file, evaluate_offline, GroundTruthSpec
-from mspr_training.bags.offline import read_bag_transforms
+from mspr_training.bags.offline import read_node_parameters
 from mspr_training.bags.report import build_report, FrameStatus
 from mspr_training.synth import build_world, Intrinsics, plan_sequences, write_rosbag
 from ros_harness import domain_id
@@ -41,9 +40,12 @@ def test_live_replay_at_5hz_answers_every_frame_like_offline(bag_5hz, tiny_bundl
                                                              tmp_path):
     out = tmp_path / 'live'
     # Ground truth of the base (TF map -> odom -> base_link): the node's ~/pose is scored.
-    # fusion none: ~/pose is then each frame's own estimate, which offline must reproduce.
+    # The tiny bundle learned no error correlation: the 'time' model (0.2 s, one frame period:
+    # rho 0.37) lets every frame through to ~/pose_update, so that it is scored too.
+    overrides = {'min_scene_confidence': '0.0', 'fusion.error_correlation': 'time',
+                 'fusion.error_correlation_s': '0.2'}
     status = main([str(bag_5hz), '--weights', str(tiny_bundle_path), '--live', '--device', 'cpu',
-                   '--param', 'min_scene_confidence:=0.0', '--param', 'fusion:=none',
+                   *[f'--param={name}:={value}' for name, value in overrides.items()],
                    '--out', str(out), '--quiet',
                    '--gt-frames', 'map', 'base_link', '--domain-id', str(domain_id(40))])
     assert status == 0, (out / 'node.log').read_text()[-3000:]
@@ -59,29 +61,41 @@ def test_live_replay_at_5hz_answers_every_frame_like_offline(bag_5hz, tiny_bundl
     assert report['map_odom_frames'] == answered, context
     assert int(report['node_diagnostics']['frames received']) >= answered, context
     assert report['metrics'] is not None and report['scene_accuracy_available']
-    # Same model, same frames: the node's camera poses are the offline ones.
+    # Same model, same frames, same parameters: the node's camera poses are the offline ones,
+    # and its ~/pose_raw and fused ~/pose are those of the offline replay of its pose stream.
+    parameters = read_node_parameters(default_params_file(), overrides=overrides)
     offline = evaluate_offline(bag_5hz, Localizer.from_file(tiny_bundle_path, device='cpu'),
-                               ground_truth=GroundTruthSpec(frames=('map', 'base_link')))
+                               ground_truth=GroundTruthSpec(frames=('map', 'base_link')),
+                               parameters=parameters)
     assert report['ground_truth']['compared_frame'] == 'base_link'
     live_frames = report['frames']
     assert [f['stamp_ns'] for f in live_frames] == [f.stamp_ns for f in offline.frames]
     for live, reference in zip(live_frames, offline.frames):
         if live.get('camera_position') is None:
             continue
-        for key in ('camera_position', 'camera_orientation', 'position', 'orientation'):
+        for key in ('camera_position', 'camera_orientation'):
             np.testing.assert_allclose(live[key], getattr(reference, key), atol=1e-4, rtol=0,
                                        err_msg=key)
         assert live['scene'] == reference.scene
         np.testing.assert_allclose(live['gt_position'], reference.gt_position, atol=1e-12)
-    # The node's base pose is its camera pose moved by the camera extrinsic replayed on
-    # /tf_static: T_map_base = T_map_cam @ inv(T_base_cam).
-    T_base_cam = read_bag_transforms(bag_5hz).lookup('base_link', 'camera_optical')
-    for frame in live_frames:
-        if frame.get('camera_position') is None:
-            continue
-        T_map_cam = Transform(frame['camera_position'], frame['camera_orientation'])
-        T_map_base = Transform(frame['base_position'], frame['base_orientation'])
-        assert T_map_base.almost_equal(T_map_cam @ T_base_cam.inverse(), 1e-6, 1e-6)
+    block, replayed = report['per_frame_vs_fused'], offline.fusion
+    assert block['source'] == 'node' and replayed['source'] == 'replay'
+    assert block['compared_frame'] == 'base_link'
+    assert block['per_frame']['frames'] == block['fused']['frames'] == answered
+    assert block['error_correlation'] == replayed['error_correlation']
+    assert block['error_correlation']['mode'] == 'time'
+    assert block['config'] == json.loads(json.dumps(replayed['config']))
+    for row in ('per_frame', 'fused'):
+        for figure in ('position_m', 'orientation_deg'):
+            assert block[row][figure] == pytest.approx(replayed[row][figure], abs=1e-3), row
+        assert block[row]['coverage_2sigma'] == replayed[row]['coverage_2sigma'], row
+    # ~/pose_update: every frame (rho 0.37 <= 0.5), the frame's own pose, covariance inflated.
+    update = block['pose_update']
+    assert update['available'] and update['messages'] == update['per_frame_messages'] == 15
+    assert update['row']['position_m'] == pytest.approx(block['per_frame']['position_m'])
+    markdown = (out / 'report.md').read_text()
+    assert '`~/pose_raw` (each frame\'s own) and `~/pose` (fused)' in markdown
+    assert '| pose update (EKF input) | 15 |' in markdown
 
 
 def test_corrections_are_matched_to_frames_at_or_after_image_plus_tolerance():
@@ -118,6 +132,9 @@ def test_live_replay_at_30hz_accounts_for_every_frame(tiny_bundle_path, tmp_path
     assert counts.dropped == (counts.published - received
                               + int(diagnostics['frames superseded']) + rejected), diagnostics
     assert int(diagnostics['poses published']) == counts.answered
+    # Camera ground truth: the node's base poses, per-frame and fused, are moved to the camera.
+    assert evaluation.fusion['compared_frame'] == 'camera'
+    assert 0 < evaluation.fusion['fused']['frames'] <= counts.answered
 
 
 def test_bad_weights_fail_before_starting_the_node(bag_5hz, tmp_path, capsys):

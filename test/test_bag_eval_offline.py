@@ -144,8 +144,11 @@ class OracleLocalizer:
         self.scene_names = ['atrium', 'corridor', 'lab']
         self.alignment = SceneAlignment([1.0, -2.0, 0.5],
                                         Rotation.from_euler('z', 40, degrees=True).as_quat())
-        self.bundle = SimpleNamespace(path='oracle', scene_alignment=dict.fromkeys(
-            self.scene_names, self.alignment))
+        # The bundle fields the evaluator reads; no learned error correlation (an older bundle).
+        self.bundle = SimpleNamespace(path='oracle', scene_names=self.scene_names,
+                                      scene_alignment=dict.fromkeys(self.scene_names,
+                                                                    self.alignment),
+                                      error_correlation={})
         self.truth = {}
         inverse = self.alignment.as_transform().inverse()
         for sample in read_rosbag(bag, IMAGE, pose_topic=GT, scene_topic=SCENES):

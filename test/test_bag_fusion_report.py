@@ -2,22 +2,33 @@
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 from test_bag_eval_offline import copy_bag, OracleLocalizer
 
+from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.estimation.fusion import FusionConfig
 from mspr_ros.localizer import Localizer
 from mspr_training.bags.cli import main
-from mspr_training.bags.fusion_replay import fusion_config, jitter_rms, position_coverage_2sigma
-from mspr_training.bags.offline import evaluate_offline, GroundTruthSpec
+from mspr_training.bags.fusion_compare import config_dict, coverage_2sigma, jitter_rms
+from mspr_training.bags.fusion_replay import fusion_config, replay_fusion
+from mspr_training.bags.offline import (default_params_file, evaluate_offline, GroundTruthSpec,
+                                        load_ground_truth, localize_images, match_ground_truth,
+                                        NODE_DEFAULTS, read_bag_transforms, read_node_parameters,
+                                        scene_alignments)
 from mspr_training.bags.report import build_report
+from mspr_training.data.rosbag import iter_bag_images
 from mspr_training.synth import build_world, Intrinsics, plan_sequences, write_rosbag
+from mspr_training.synth.odometry_drift import OdometryDrift
+from mspr_training.synth.rosbag_writer import RosbagWriter
+from mspr_training.synth.writers import write_frames
 
 BASE_TRUTH = GroundTruthSpec(frames=('map', 'base_link'))
 FRAMES = 15
+NOMINAL = 0.7385
 
 
 @pytest.fixture(scope='module')
@@ -30,6 +41,21 @@ def drifting_bag(tmp_path_factory) -> Path:
     metadata = write_rosbag(world, path, rate_hz=5.0, plans=plans,
                             intrinsics=Intrinsics.from_fov(160, 120))
     assert metadata['T_map_odom_changes']  # the odometry really drifts
+    return path
+
+
+@pytest.fixture(scope='module')
+def exact_odometry_bag(tmp_path_factory) -> Path:
+    """Render the same 15 frames with perfect odometry: fused errors are the frames' own."""
+    world = build_world(seed=0, num_scenes=3)
+    plans = plan_sequences(world, train_frames=1, test_frames=5, train_sequences=1,
+                           test_sequences=1)
+    intrinsics = Intrinsics.from_fov(160, 120)
+    path = tmp_path_factory.mktemp('exact') / 'bag'
+    writer = RosbagWriter(path, intrinsics, rate_hz=5.0, seed=world.seed,
+                          odometry_drift=OdometryDrift.none())
+    write_frames(world, plans, intrinsics, [(writer, ('test',))])
+    writer.close()
     return path
 
 
@@ -61,23 +87,74 @@ def test_jitter_is_the_rms_of_the_change_of_the_error():
 
 def test_coverage_counts_errors_inside_the_two_sigma_ellipsoid():
     truth = np.zeros((4, 3))
+    identity = np.tile([0.0, 0.0, 0.0, 1.0], (4, 1))
     estimate = np.array([[1.0, 0, 0], [0, 1.9, 0], [0, 0, 2.1], [3.0, 0, 0]])
     covariances = np.tile(np.eye(6), (4, 1, 1))
-    assert position_coverage_2sigma(estimate, truth, covariances) == pytest.approx(0.5)
+    assert coverage_2sigma(estimate, identity, truth, identity, covariances) == pytest.approx(
+        {'position': 0.5, 'rotation': 1.0})
     # Only the 3x3 position block counts; a wider x variance takes the 3 m error in (9/4 <= 4).
     covariances[3, 0, 0] = 4.0
     covariances[:, 3:, 3:] = 1e-9 * np.eye(3)
-    assert position_coverage_2sigma(estimate, truth, covariances) == pytest.approx(0.75)
+    assert coverage_2sigma(estimate, identity, truth, identity,
+                           covariances)['position'] == pytest.approx(0.75)
+
+
+def test_rotation_coverage_uses_the_rotation_block_and_the_map_axes():
+    truth = np.tile([0.0, 0.0, 0.0, 1.0], (4, 1))
+    # Errors of 0.1, 0.19, 0.21 and 0.3 rad, about z, x, y and z.
+    estimate = Rotation.from_rotvec([[0, 0, 0.1], [0.19, 0, 0], [0, 0.21, 0],
+                                     [0, 0, 0.3]]).as_quat()
+    covariances = np.tile(np.diag([1e-9] * 3 + [0.01] * 3), (4, 1, 1))  # 0.1 rad per axis
+    positions = np.zeros((4, 3))
+    assert coverage_2sigma(positions, estimate, positions, truth, covariances) == pytest.approx(
+        {'position': 1.0, 'rotation': 0.5})
+    # A wider yaw variance takes the 0.3 rad yaw error in; roll and pitch stay as they were.
+    covariances[:, 5, 5] = 0.04
+    assert coverage_2sigma(positions, estimate, positions, truth,
+                           covariances)['rotation'] == pytest.approx(0.75)
+    # The error is about the map's axes (the covariance's): with the truth turned 90 degrees
+    # about z, an error about the map's x is judged by the x variance, not the body's.
+    turned = Rotation.from_euler('z', np.full((4, 1), 90.0), degrees=True)
+    estimate = (Rotation.from_rotvec([0.19, 0.0, 0.0]).inv() * turned).as_quat()
+    for tight, inside in ((3, 0.0), (4, 1.0)):
+        variances = np.ones(6)
+        variances[tight] = 1e-3
+        covariances = np.tile(np.diag(variances), (4, 1, 1))
+        assert coverage_2sigma(positions, estimate, positions, turned.as_quat(),
+                               covariances)['rotation'] == inside
 
 
 def test_fusion_settings_follow_the_node_parameters():
     assert fusion_config({}) == FusionConfig()
     assert fusion_config({'fusion': 'none', 'fusion.window_s': 3.0}) is None
-    config = fusion_config({'fusion': 'window', 'fusion.window_s': 3.0, 'two_d_mode': True,
-                            'fusion.error_correlation_s': 0.5})
-    assert config == FusionConfig(window_s=3.0, two_d=True, error_correlation_s=0.5)
+    config = fusion_config({'fusion': 'window', 'fusion.window_s': 3.0, 'two_d_mode': True})
+    assert config == FusionConfig(window_s=3.0, two_d=True)
     with pytest.raises(ValueError, match='fusion'):
         fusion_config({'fusion': 'kalman'})
+
+
+def test_error_correlation_follows_the_node_parameters_and_the_bundle():
+    learned = ErrorCorrelation(2.0, 0.5, None, 0.2, 'fitted')
+    bundle = SimpleNamespace(scene_names=['atrium', 'lab'], error_correlation={'atrium': learned})
+    # 'bundle' (the default): the learned model, one frame's worth where none was learned.
+    config = fusion_config({}, bundle)
+    assert config.error_correlation == {'atrium': learned, 'lab': ErrorCorrelation.one_frame()}
+    assert config.default_correlation == ErrorCorrelation.one_frame()
+    timed = fusion_config({'fusion.error_correlation': 'time', 'fusion.error_correlation_s': 0.5},
+                          bundle)
+    assert timed.error_correlation == dict.fromkeys(['atrium', 'lab'],
+                                                    ErrorCorrelation.from_time(0.5))
+    assert timed.default_correlation == ErrorCorrelation.from_time(0.5)
+    independent = fusion_config({'fusion.error_correlation': 'independent'}, bundle)
+    assert set(independent.error_correlation.values()) == {ErrorCorrelation.independent()}
+    assert independent.default_correlation == ErrorCorrelation.independent()
+    # An older bundle (no learned model) or none at all: nothing claims more than one frame.
+    assert fusion_config({}, SimpleNamespace(scene_names=['lab'])).error_correlation == {
+        'lab': ErrorCorrelation.one_frame()}
+    with pytest.raises(ValueError, match='error_correlation_s'):
+        fusion_config({'fusion.error_correlation': 'time'}, bundle)
+    with pytest.raises(ValueError, match='error correlation mode'):
+        fusion_config({'fusion.error_correlation': 'learned'}, bundle)
 
 
 def test_report_compares_per_frame_and_fused_on_the_same_frames(
@@ -95,19 +172,35 @@ def test_report_compares_per_frame_and_fused_on_the_same_frames(
     assert per_frame['frames'] == fused['frames'] == document['counts']['matched'] == FRAMES
     for row in (per_frame, fused):
         values = [*row['position_m'].values(), *row['orientation_deg'].values(),
-                  *row['jitter'].values(), row['coverage_2sigma_position']]
+                  *row['jitter'].values(), *row['coverage_2sigma'].values()]
         assert all(v is not None and math.isfinite(v) for v in values)
-        assert row['coverage_minus_nominal_points'] == pytest.approx(
-            100 * (row['coverage_2sigma_position'] - 0.7385))
+        assert set(row['coverage_2sigma']) == {'position', 'rotation'}
+        for key, inside in row['coverage_2sigma'].items():
+            assert row['coverage_minus_nominal_points'][key] == pytest.approx(
+                100 * (inside - NOMINAL))
     # The per-frame row is the report's own base-pose accuracy (same frames, same errors).
     assert per_frame['position_m']['median'] == pytest.approx(document['ape']['position_m'][
         'median'])
     ratios = block['ratios_fused_over_per_frame']
     assert ratios['p95_position'] == pytest.approx(fused['position_m']['p95']
                                                    / per_frame['position_m']['p95'])
+    assert ratios['p95_orientation'] == pytest.approx(fused['orientation_deg']['p95']
+                                                      / per_frame['orientation_deg']['p95'])
     assert ratios['jitter_position_m'] == pytest.approx(fused['jitter']['position_m']
                                                         / per_frame['jitter']['position_m'])
-    assert block['config'] == {**vars(FusionConfig())}  # the shipped parameter file's values
+    # The shipped parameter file's values; the tiny bundle learned no correlation, so every
+    # scene falls back to one frame's worth, and the report says so.
+    assert block['source'] == 'replay'
+    assert block['config'] == json.loads(json.dumps(config_dict(fusion_config(
+        read_node_parameters(default_params_file()), localizer.bundle))))
+    correlation = block['error_correlation']
+    assert correlation['mode'] == 'bundle'
+    assert correlation['fallback_scenes'] == ['atrium', 'corridor', 'lab']
+    assert all(model['source'] == 'one_frame' and model['fallback']
+               for model in correlation['scenes'].values())
+    markdown = (tmp_path / 'r' / 'report.md').read_text()
+    assert 'inside 2σ rotation' in markdown
+    assert '- lab: no learned model in the bundle, fallback' in markdown
     assert '## Per-frame vs fused' in (tmp_path / 'r' / 'report.md').read_text()
     # fusion: none, as the node would run: no fused block, and a note saying so.
     assert main([str(drifting_bag), '--weights', str(localizer.bundle.path), '--device', 'cpu',
@@ -181,3 +274,113 @@ def test_replay_runs_the_node_gates_before_the_fusion(drifting_bag):
                                 ground_truth=BASE_TRUTH,
                                 parameters={**fixed, 'allowed_scenes': ['lab']}).fusion
     assert only_lab['rejected_by_node'] == {'scene_not_allowed': 2 * FRAMES // 3}
+
+
+class BiasedOracle(OracleLocalizer):
+    """The oracle with a bias every frame shares: 1 sigma along x and 1 sigma of yaw.
+
+    A regressor's error is a function of the view, and a scene-wide bias is its part that no
+    number of frames averages out: frames with such errors are not independent measurements.
+    """
+
+    POSITION_STDDEV, ORIENTATION_STDDEV = 0.2, 0.01
+
+    def __init__(self, bag, learned):
+        super().__init__(bag)
+        self.bundle.error_correlation = learned
+
+    def localize(self, rgb):
+        result = super().localize(rgb)
+        result.position = np.asarray(result.position) + [self.POSITION_STDDEV, 0.0, 0.0]
+        result.orientation = (Rotation.from_rotvec([0.0, 0.0, self.ORIENTATION_STDDEV])
+                              * Rotation.from_quat(result.orientation)).as_quat()
+        return result
+
+
+def _biased_parameters(mode: str) -> dict:
+    """Return the node's parameters for the biased oracle, with the correlation ``mode``."""
+    # The rendered test sequences jump metres between frames: a window that keeps them all,
+    # and no odometry drift to add (the bag's odometry is exact).
+    return {'covariance.mode': 'fixed',
+            'covariance.position_stddev': BiasedOracle.POSITION_STDDEV,
+            'covariance.orientation_stddev': BiasedOracle.ORIENTATION_STDDEV,
+            'fusion.window_distance_m': 100.0, 'fusion.odometry_drift_per_m': 0.0,
+            'fusion.error_correlation': mode}
+
+
+def test_learned_correlation_keeps_the_fused_coverage_that_independence_loses(
+        exact_odometry_bag, tmp_path):
+    # What mspr-export would learn of such a regressor: errors that stay alike over the whole
+    # scene (floor 0.9). The lab learned nothing (an older export): one frame's worth.
+    shared = ErrorCorrelation(100.0, 10.0, None, 0.9, 'fitted')
+    learned = {'atrium': shared, 'corridor': shared}
+    blocks = {mode: evaluate_offline(exact_odometry_bag,
+                                     BiasedOracle(exact_odometry_bag, learned),
+                                     ground_truth=BASE_TRUTH,
+                                     parameters=_biased_parameters(mode)).fusion
+              for mode in ('bundle', 'independent')}
+    for block in blocks.values():
+        # Each frame's own error is its 1-sigma bias: inside 2 sigma, position and rotation.
+        assert block['per_frame']['coverage_2sigma'] == {'position': 1.0, 'rotation': 1.0}
+    # Counting the frames as independent shrinks the covariance about the window's size while
+    # the bias stays: most fused frames fall outside 2 sigma. The learned model counts the
+    # window of one scene as about one frame (scenes are independent of each other, and the
+    # window spans up to three): every fused frame stays inside.
+    assert blocks['bundle']['fused']['coverage_2sigma'] == {'position': 1.0, 'rotation': 1.0}
+    for key in ('position', 'rotation'):
+        assert blocks['independent']['fused']['coverage_2sigma'][key] < 0.5
+        assert blocks['independent']['fused']['coverage_minus_nominal_points'][key] < -20.0
+    # The estimates are the same; only what the covariance claims differs.
+    assert blocks['bundle']['fused']['position_m'] == pytest.approx(
+        blocks['independent']['fused']['position_m'], abs=0.02)
+    # The report states each scene's model.
+    statement = blocks['bundle']['error_correlation']
+    assert statement['fallback_scenes'] == ['lab']
+    assert statement['scenes']['atrium'] == {**shared.to_dict(), 'fallback': False}
+    assert statement['scenes']['lab']['source'] == 'one_frame'
+    assert {model['source'] for model in
+            blocks['independent']['error_correlation']['scenes'].values()} == {'independent'}
+    evaluation = evaluate_offline(exact_odometry_bag, BiasedOracle(exact_odometry_bag, learned),
+                                  ground_truth=BASE_TRUTH, parameters=_biased_parameters('bundle'))
+    markdown = build_report(evaluation).to_markdown()
+    assert '`fusion.error_correlation: bundle`' in markdown
+    assert ('- atrium: learned (fitted: length 100 m, angle 573 deg, time ∞, floor 0.9)'
+            in markdown)
+    assert ("- lab: no learned model in the bundle, fallback: a window worth one frame's"
+            in markdown)
+
+
+def test_replay_tells_the_fusion_each_frame_scene(exact_odometry_bag):
+    # The atrium learned independent errors, the corridor errors that never decorrelate: in one
+    # replay, the atrium's window shrinks the covariance as 'independent' does, the corridor's
+    # does not (its frames add nothing to each other, only to the atrium's).
+    learned = {'atrium': ErrorCorrelation(0.0, 0.0, 0.0, 0.0, 'fitted'),
+               'corridor': ErrorCorrelation(None, None, None, 1.0, 'fitted')}
+    oracle = BiasedOracle(exact_odometry_bag, learned)
+    transforms = read_bag_transforms(exact_odometry_bag)
+    alignments = scene_alignments(oracle)
+    records = localize_images(iter_bag_images(exact_odometry_bag, '/camera/image_raw'), oracle,
+                              alignments)
+    records = match_ground_truth(records, load_ground_truth(exact_odometry_bag, BASE_TRUTH),
+                                 transforms)
+
+    def shrink(mode):
+        """Return scene -> fused / per-frame position variance of each published frame."""
+        parameters = {**NODE_DEFAULTS, **_biased_parameters(mode)}
+        replay = replay_fusion(records, transforms, oracle, alignments, parameters,
+                               fusion_config(parameters, oracle.bundle))
+        ratios = {}
+        for index, fused, own in zip(replay.frames, replay.fused.covariances,
+                                     replay.per_frame.covariances):
+            ratios.setdefault(records[index].scene, []).append(
+                np.trace(fused[:3, :3]) / np.trace(own[:3, :3]))
+        return ratios
+
+    bundle, independent = shrink('bundle'), shrink('independent')
+    np.testing.assert_allclose(bundle['atrium'], independent['atrium'], rtol=1e-6)
+    assert bundle['atrium'][-1] < 0.3
+    # The corridor's frames count as one however many there are: from its second frame on, the
+    # window claims less than with independent frames, and the gap grows with every frame.
+    np.testing.assert_allclose(bundle['corridor'][0], independent['corridor'][0], rtol=1e-6)
+    gaps = np.array(bundle['corridor'][1:]) / np.array(independent['corridor'][1:])
+    assert np.all(gaps > 1.2) and np.all(np.diff(gaps) > 0) and gaps[-1] > 2.5

@@ -234,17 +234,40 @@ def test_accuracy_smoke(tmp_path):
 
 
 def test_fusion_smoke(tmp_path):
-    """The fusion benchmark simulates both seeds and reports per-frame and fused figures."""
+    """Both seeds: per-frame, fused and fused-as-independent figures, the goals of issue 25.
+
+    The fusion's covariance and correlation are fitted on a calibration walk; during the
+    standstill every window is one view, so the fused covariance equals the per-frame one
+    (frames of one view correlate fully), where independent frames would shrink it ~1/30.
+    """
     document = run_smoke('fusion', tmp_path)
     seeds = document['results']['seeds']
     assert len(seeds) == 2
     for result in seeds:
-        for name in ('per_frame', 'fused'):
+        for name in ('per_frame', 'fused', 'fused_independent'):
             figures = result[name]
             assert 0 <= figures['position_m']['median'] <= figures['position_m']['p95']
-            assert 0.0 <= figures['coverage_2sigma']['position'] <= 1.0
-        assert set(result['goals']) >= {'p95_met', 'jitter_met', 'coverage_met'}
-    assert document['settings']['frame_rate_hz'] == 5.0
+            assert 0 <= figures['orientation_deg']['median'] <= figures['orientation_deg']['p95']
+            for kind in ('position', 'orientation'):
+                assert 0.0 <= figures['coverage_2sigma'][kind] <= 1.0
+        assert result['fused']['standstill_covariance_ratio']['min'] >= 1.0 - 1e-9
+        assert result['fused_independent']['standstill_covariance_ratio']['min'] < 0.1
+        calibration = result['calibration']
+        assert calibration['fit']['model']['source'] == 'fitted'
+        assert calibration['model_used'] == calibration['fit']['model']
+        assert calibration['model_used']['time_s'] is None
+        goals = result['goals']
+        assert set(goals) >= {'p95_met', 'jitter_met', 'coverage_met', 'standstill_met',
+                              'all_met'}
+        assert set(goals['coverage_gaps_points']) == {
+            'per_frame_position', 'per_frame_orientation', 'fused_position',
+            'fused_orientation'}
+        assert goals['standstill_met']
+        assert goals['all_met'] == all(goals[k] for k in ('p95_met', 'jitter_met',
+                                                          'coverage_met', 'standstill_met'))
+    settings = document['settings']
+    assert settings['frame_rate_hz'] == 5.0 and settings['standstill_s'] == 10.0
+    assert settings['correlation'] == 'fitted'
     rendered(tmp_path, document, 'fusion.json', 'fusion')
 
 

@@ -1,6 +1,7 @@
 """Tests of the weights bundle: exact round trip and one clear BundleError per kind of damage."""
 import hashlib
 import json
+import math
 import os
 import pickle
 
@@ -12,6 +13,7 @@ import torch
 from mspr_ros.bundle import (build_model_from_bundle, bundle_metadata, BundleError,
                              default_covariance, load_bundle, METADATA_KEY, save_bundle,
                              SceneAlignment)
+from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.model.config import ModelConfig
 from mspr_ros.model.ms_transformer import build_model
 from mspr_ros.preprocess import PreprocessingConfig
@@ -80,6 +82,8 @@ def test_round_trip_is_bit_exact(tmp_path, model, config):
     assert bundle.path == path
     assert bundle.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert bundle_metadata(bundle) == valid_document(path)
+    # A bundle exported without an error correlation (every bundle before issue 25) has none.
+    assert bundle.error_correlation == {} and 'error_correlation' not in valid_document(path)
 
     rebuilt = build_model_from_bundle(bundle)
     assert not rebuilt.training
@@ -88,6 +92,46 @@ def test_round_trip_is_bit_exact(tmp_path, model, config):
         expected, actual = model(images), rebuilt(images)
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
+
+
+def test_error_correlation_round_trip(tmp_path, model, config):
+    """Learned correlations survive save/load per scene, infinite lengths included."""
+    fitted = ErrorCorrelation(length_m=1.5, angle_rad=0.4, time_s=math.inf, floor=0.2,
+                              source='fitted')
+    path = save_bundle(tmp_path / 'c.safetensors', model, config, SCENES,
+                       error_correlation={'lab': fitted})
+    bundle = load_bundle(path)
+    assert bundle.error_correlation == {'lab': fitted}  # 'hall' has none: the node's fallback
+    assert valid_document(path)['error_correlation'] == {'lab': fitted.to_dict()}
+    assert valid_document(path)['error_correlation']['lab']['time_s'] is None
+    assert bundle_metadata(bundle) == valid_document(path)
+    # The dict form is accepted too (a model re-saved from another bundle's metadata).
+    again = save_bundle(tmp_path / 'd.safetensors', model, config, SCENES,
+                        error_correlation={'lab': fitted.to_dict()})
+    assert load_bundle(again).error_correlation == {'lab': fitted}
+    with pytest.raises(ValueError, match=r"error_correlation names unknown scenes \['cellar'\]"):
+        save_bundle(tmp_path / 'e.safetensors', model, config, SCENES,
+                    error_correlation={'cellar': fitted})
+
+
+@pytest.mark.parametrize('value, fragment', [
+    ({'cellar': ErrorCorrelation.one_frame().to_dict()}, "unknown scenes ['cellar']"),
+    ({'lab': {**ErrorCorrelation.one_frame().to_dict(), 'floor': 1.5}},
+     "error_correlation of scene 'lab': error correlation floor must be in [0, 1]"),
+    ({'lab': {'length_m': 1.0}}, "error_correlation of scene 'lab': error correlation has no"),
+    ({'lab': {**ErrorCorrelation.one_frame().to_dict(), 'length_m': -1}}, 'length_m must be'),
+    ({'lab': [0.2]}, 'must be a mapping'),
+    ([0.2], 'error_correlation must map scene names'),
+])
+def test_a_tampered_error_correlation_is_a_bundle_error(tmp_path, bundle_file, model,
+                                                        value, fragment):
+    """Unknown scenes and bad models in the metadata raise BundleError naming the file."""
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path = tmp_path / 'tampered.safetensors'
+    write_document(path, tensors, {**valid_document(bundle_file), 'error_correlation': value})
+    with pytest.raises(BundleError) as caught:
+        load_bundle(path)
+    assert str(path) in str(caught.value) and fragment in str(caught.value)
 
 
 def test_rebuilding_never_reads_backbone_weights(tmp_path, model, config):

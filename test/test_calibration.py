@@ -75,6 +75,10 @@ def test_export_refuses_the_evaluation_split(run, tmp_path, capsys):
                           device='cpu')
     with pytest.raises(CalibrationSplitError, match="is the training split 'train'"):
         export_bundle(run, tmp_path / 'b.safetensors', calibration_split='train', device='cpu')
+    # This run held sequences out instead of training fold runs: there is nothing to cross-fit.
+    with pytest.raises(CalibrationSplitError, match='trained no cross-fitting fold runs'):
+        export_bundle(run, tmp_path / 'b.safetensors', calibration_split='crossfit',
+                      device='cpu')
     assert export.main(['--run', str(run), '--out', str(tmp_path / 'b.safetensors'),
                         '--calibration-split', 'test', '--device', 'cpu']) == 2
     assert 'evaluation split' in capsys.readouterr().err
@@ -91,9 +95,20 @@ def bundle_path(run, tmp_path_factory) -> Path:
 
 def test_export_calibrates_on_held_out_training_sequences(bundle_path, tiny_world):
     """The covariance comes from sequences that were neither trained nor tested on."""
-    calibration = load_bundle(bundle_path).provenance['calibration']
+    bundle = load_bundle(bundle_path)
+    calibration = bundle.provenance['calibration']
     assert calibration['split'] == 'calibration' and calibration['test_split'] == 'test'
+    assert calibration['method'] == 'held-out walks'
     assert calibration['held_out_sequences_per_scene'] == 1
+    # The error correlation is fitted on the same held-out walks; a scene whose walks hold too
+    # few correctly localised frames gets none (the node falls back), and the bundle says so.
+    fitted = {scene for scene, fit in calibration['error_correlation'].items() if fit}
+    assert set(calibration['error_correlation']) == set(bundle.scene_names)
+    assert set(bundle.error_correlation) == fitted
+    for scene in fitted:
+        assert bundle.error_correlation[scene].source == 'fitted'
+        assert calibration['error_correlation'][scene]['model'] == \
+            bundle.error_correlation[scene].to_dict()
     data = load_config('tiny_test').data
     held = read_split(data, 'calibration', tiny_world)
     trained = read_split(data, 'train', tiny_world)

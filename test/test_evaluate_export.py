@@ -170,3 +170,11 @@ def test_command_line_errors_name_the_problem(bundle_path, tiny_world, tmp_path,
                           '--data-root', str(tiny_world), '--scenes', 'atrium', 'nowhere',
                           '--out', str(tmp_path / 'e')]) == 2
     assert 'nowhere' in capsys.readouterr().err
+
+
+def test_evaluating_a_crossfit_bundle_on_its_training_split_warns():
+    provenance = {'calibration': {'split': 'crossfit'}}
+    assert 'trained on' in evaluate.calibration_warning(provenance, 'train', 'train')
+    assert evaluate.calibration_warning(provenance, 'test', 'train') is None
+    held_out = {'calibration': {'split': 'calibration'}}
+    assert 'fitted, not measured' in evaluate.calibration_warning(held_out, 'calibration')

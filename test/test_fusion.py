@@ -1,4 +1,5 @@
 """Sliding-window robust fusion of map <- odom samples (mspr_ros.estimation.fusion)."""
+from dataclasses import replace
 import math
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 from scipy.stats import chi2
 
+from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.estimation.fusion import (
     FusionConfig, GATED, MapOdomFusion, REVOTED, SEEDED, STALE)
 from mspr_ros.estimation.fusion_robust import pose_residual, robust_mean
@@ -19,6 +21,9 @@ FRAME_COV = np.diag([0.25, 0.25, 0.25, 0.01, 0.01, 0.01])
 FRAME_COV[0, 1] = FRAME_COV[1, 0] = 0.1
 FRAME_COV[1, 5] = FRAME_COV[5, 1] = 0.02
 TRUE_MAP_ODOM = Transform.from_xyz_rpy([3.0, -2.0, 0.5], [0.05, -0.03, 0.8])
+# The errors these tests draw are independent from frame to frame: tests of what the covariance
+# claims use the model that says so (the default, one frame per window, would be conservative).
+INDEPENDENT = FusionConfig(default_correlation=ErrorCorrelation.independent())
 
 
 def odometry(step: int, metres_per_step: float = 0.2) -> Transform:
@@ -46,7 +51,7 @@ def base_error(result, T_map_odom_true: Transform, T_odom_base: Transform) -> np
     return pose_residual(result.T_map_odom @ T_odom_base, T_map_odom_true @ T_odom_base)
 
 
-def run_constant(seed: int, count: int, config: FusionConfig = FusionConfig()):
+def run_constant(seed: int, count: int, config: FusionConfig = INDEPENDENT):
     """Feed ``count`` noisy samples of TRUE_MAP_ODOM at 5 Hz along the circle."""
     rng = np.random.default_rng(seed)
     fusion = MapOdomFusion(config)
@@ -146,8 +151,8 @@ def drifting_truth(travelled_m: float) -> Transform:
 def test_drifting_map_odom_is_tracked_with_bounded_lag(window_distance_m, bound_m):
     rng = np.random.default_rng(3)
     cov = FRAME_COV / 4.0
-    fusion = MapOdomFusion(FusionConfig(window_s=1e6, window_distance_m=window_distance_m,
-                                        max_samples=1000))
+    fusion = MapOdomFusion(replace(INDEPENDENT, window_s=1e6,
+                                   window_distance_m=window_distance_m, max_samples=1000))
     errors = []
     for step in range(500):   # 0.2 m per frame: 100 m, map <- odom moves by 5.4 m
         T_odom_base = odometry(step)
@@ -185,7 +190,8 @@ def test_two_d_keeps_z_roll_pitch_zero():
 def test_old_orientation_error_becomes_position_uncertainty_along_the_path():
     """Covariance order check: a yaw variance taken 10 m ago is y variance now (ROS order)."""
     yaw_only = np.diag([1e-6, 1e-6, 1e-6, 1e-6, 1e-6, 0.01])
-    fusion = MapOdomFusion(FusionConfig(odometry_drift_per_m=0.0, window_distance_m=100.0))
+    fusion = MapOdomFusion(replace(INDEPENDENT, odometry_drift_per_m=0.0,
+                                   window_distance_m=100.0))
     fusion.add(0, Transform.identity(), yaw_only, Transform.identity())
     ahead = Transform.from_xyz_rpy([10.0, 0.0, 0.0], [0.0, 0.0, 0.0])
     result = fusion.add(1, Transform.identity(), np.eye(6) * 1e6, ahead)
@@ -222,10 +228,26 @@ def test_stale_stamp_is_ignored_and_reset_empties_the_window():
 
 @pytest.mark.parametrize('field, value', [('robust_loss', 'l2'), ('window_s', 0.0),
                                           ('max_samples', 0), ('gate_mahalanobis', math.nan),
-                                          ('odometry_drift_per_m', -1.0)])
+                                          ('odometry_drift_per_m', -1.0),
+                                          ('error_correlation', {'s': 0.5}),
+                                          ('error_correlation', {1: ErrorCorrelation()}),
+                                          ('error_correlation', [ErrorCorrelation()]),
+                                          ('default_correlation', 2.0)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         FusionConfig(**{field: value})
+
+
+def test_configs_with_equal_models_are_equal_and_keep_no_reference_to_the_mapping():
+    """PoseStream.reconfigure compares configs; a frozen config must not follow the caller."""
+    models = {'s': ErrorCorrelation(2.0, 0.5, math.inf, 0.3, 'parameters')}
+    config = FusionConfig(error_correlation=models)
+    assert config == FusionConfig(error_correlation=dict(models))
+    assert config != FusionConfig() and config != replace(
+        config, default_correlation=ErrorCorrelation.independent())
+    models['t'] = ErrorCorrelation.independent()
+    assert set(config.error_correlation) == {'s'}
+    assert FusionConfig().default_correlation == ErrorCorrelation.one_frame()
 
 
 def test_robust_mean_of_consistent_samples_is_the_information_weighted_mean():
@@ -255,14 +277,16 @@ def test_two_d_flattens_the_base_pose_not_map_odom():
     assert np.linalg.norm(error[:3]) < 0.01 and abs(error[5]) < 0.01
 
 
-@pytest.mark.parametrize('correlation_s, factor',
-                         [(0.0, 1.0), (0.2 / math.log(2.0), 3.0), (1e3, 10.0)])
-def test_correlated_frames_inflate_the_fused_covariance(correlation_s, factor):
-    """AR(1) frames at 5 Hz: rho 0.5 (tau = 0.29 s) triples the variance; tau huge caps at N."""
-    covariances = []
-    for correlation in (0.0, correlation_s):
-        fusion = MapOdomFusion(FusionConfig(error_correlation_s=correlation))
-        for step in range(10):
-            result = fusion.add(step * SECOND // 5, TRUE_MAP_ODOM, FRAME_COV, odometry(0))
-        covariances.append(result.covariance)
-    np.testing.assert_allclose(covariances[1], factor * covariances[0], rtol=1e-6)
+@pytest.mark.parametrize('time_s, rho', [(0.0, 0.0), (0.2 / math.log(2.0), 0.5), (1e9, 1.0)])
+def test_time_correlated_frames_inflate_the_fused_covariance(time_s, rho):
+    """Ten frames at 5 Hz, ``rho = exp(-dt / time_s)`` between every pair (not only neighbours).
+
+    The variance of their mean is ``sum_ij rho^|i-j| / N^2`` of one frame's: 1/10 for
+    independent frames, 0.3 for rho 0.5 between neighbours, 1 (one frame) for rho 1.
+    """
+    fusion = MapOdomFusion(FusionConfig(default_correlation=ErrorCorrelation.from_time(time_s)))
+    for step in range(10):
+        result = fusion.add(step * SECOND // 5, TRUE_MAP_ODOM, FRAME_COV, odometry(0))
+    lags = np.abs(np.subtract.outer(np.arange(10), np.arange(10)))
+    expected = np.sum(np.where(lags == 0, 1.0, rho ** lags)) / 100.0
+    np.testing.assert_allclose(result.covariance, expected * FRAME_COV, rtol=1e-6, atol=1e-12)

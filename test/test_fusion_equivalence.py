@@ -4,7 +4,8 @@
 the vectorisation: scipy ``Rotation`` objects, ``Transform`` compositions, one ``pinv`` per use,
 one sample at a time. They are kept here, small and slow, as the definition the fast code must
 reproduce on random windows and streams (6-DoF and 2-D, Cauchy and Huber, outliers, the gate and
-its re-vote, windows by time, distance and count, drift, correlated errors, stale stamps, resets).
+its re-vote, windows by time, distance and count, drift, stale stamps, resets), with frames
+independent (issue 24) or correlated (issue 25: the model read pair by pair, scenes changing).
 """
 import math
 from typing import List, Optional
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.estimation.fusion import (
     ESTIMATE, FUSED, FusionConfig, FusionResult, GATED, loss_scale, MapOdomFusion, REVOTED,
     SEEDED, STALE)
@@ -90,7 +92,7 @@ class ReferenceFusion:
     def reset(self) -> None:
         self.samples, self.newest, self.state = [], None, None
 
-    def add(self, stamp, T_map_odom, covariance, T_odom_base) -> FusionResult:
+    def add(self, stamp, T_map_odom, covariance, T_odom_base, scene='') -> FusionResult:
         cov = validate_covariance(covariance)
         if self.config.two_d:
             flat_odometry = T_odom_base.flatten_2d()
@@ -101,7 +103,7 @@ class ReferenceFusion:
         travelled = 0.0 if self.newest is None else self.newest['odometry_m'] + float(
             np.linalg.norm(T_odom_base.translation - self.newest['T_odom_base'].translation))
         sample = dict(stamp=stamp, T_map_odom=T_map_odom, cov=cov, T_odom_base=T_odom_base,
-                      odometry_m=travelled, accepted=True)
+                      odometry_m=travelled, accepted=True, scene=scene)
         self.newest = sample
         kept = [s for s in self.samples if stamp - s['stamp'] <= self.config.window_s * 1e9
                 and travelled - s['odometry_m'] <= self.config.window_distance_m]
@@ -159,18 +161,30 @@ class ReferenceFusion:
         inside = s2 <= self.config.gate_mahalanobis ** 2
         if np.any(inside):
             covariance = pinv(np.sum(pinv(covs[inside]), axis=0))
-            covariance = covariance * self.correlation_factor(
-                np.array([s['stamp'] for s in samples])[inside])
+            kept = [s for s, k in zip(samples, inside) if k]
+            covariance = covariance * self.design_factor(kept, covs[inside])
             covariance = 0.5 * (covariance + covariance.T)
         return self.estimate_from(pose, covariance)
 
-    def correlation_factor(self, stamps) -> float:
-        count = len(stamps)
-        if self.config.error_correlation_s == 0.0 or count < 2:
-            return 1.0
-        rho = math.exp(-float(np.max(stamps) - np.min(stamps)) / 1e9 / (count - 1)
-                       / self.config.error_correlation_s)
-        return float(count) if rho >= 1.0 else min((1.0 + rho) / (1.0 - rho), float(count))
+    def design_factor(self, samples, covs) -> float:
+        """Return ``sum_ij sqrt(w_i w_j) rho_ij / sum_i w_i``, pair by pair."""
+        axes = np.array([0, 1, 5]) if self.config.two_d else np.arange(6)
+        weights = [max(np.linalg.det(pinv(c[np.ix_(axes, axes)])), 0.0) ** (1.0 / len(axes))
+                   for c in covs]
+        return sum(math.sqrt(a * b) * self.rho(s, t) for a, s in zip(weights, samples)
+                   for b, t in zip(weights, samples)) / sum(weights)
+
+    def rho(self, first, second) -> float:
+        if first is second or first['scene'] != second['scene']:
+            return float(first is second)
+        m = self.config.error_correlation.get(first['scene'], self.config.default_correlation)
+        a, b = first['T_odom_base'], second['T_odom_base']
+        changes = (np.linalg.norm(a.translation - b.translation),
+                   (a.rotation_object.inv() * b.rotation_object).magnitude(),
+                   abs(first['stamp'] - second['stamp']) / 1e9)
+        exponent = sum(0.0 if math.isinf(size) else math.inf if size == 0.0 else change / size
+                       for change, size in zip(changes, (m.length_m, m.angle_rad, m.time_s)))
+        return m.floor + (1.0 - m.floor) * math.exp(-exponent)
 
     def estimate_from(self, pose, covariance):
         if self.config.two_d:
@@ -223,7 +237,7 @@ def assert_same(ours: FusionResult, reference: FusionResult) -> None:
 
 
 def stream(seed: int, frames: int, tilted: bool):
-    """Yield (stamp, map <- odom, covariance, odom <- base, reset) of a robot with outliers."""
+    """Yield (stamp, map <- odom, covariance, odom <- base, reset, scene), with outliers."""
     rng = np.random.default_rng(seed)
     truth = Transform.from_xyz_rpy(rng.normal(0.0, 3.0, 3), rng.uniform(-math.pi, math.pi, 3))
     x = y = heading = 0.0
@@ -243,20 +257,21 @@ def stream(seed: int, frames: int, tilted: bool):
                                            Rotation.from_rotvec(error[3:]) * base.rotation_object)
         stamp += int(rng.choice([100_000_000, 200_000_000, 0]))
         late = rng.random() < 0.03
+        scene = 'a' if frame % 40 < 25 else rng.choice(['a', 'b', 'c'])  # runs of one, mixes
         yield (stamp - 50_000_000 if late else stamp, measured @ odom.inverse(), cov, odom,
-               rng.random() < 0.01)
+               rng.random() < 0.01, scene)
 
 
-CONFIGS = {
-    'cauchy': FusionConfig(),
-    'huber': FusionConfig(robust_loss='huber'),
-    'two_d': FusionConfig(two_d=True),
-    'two_d-huber-correlated': FusionConfig(two_d=True, robust_loss='huber',
-                                           error_correlation_s=0.5),
-    'correlated': FusionConfig(error_correlation_s=0.3),
-    'small-windows': FusionConfig(window_s=1.5, window_distance_m=2.0, max_samples=7),
-    'tight-gate-no-drift': FusionConfig(gate_mahalanobis=2.0, odometry_drift_per_m=0.0),
-}
+INDEPENDENT = ErrorCorrelation.independent()
+LEARNED = {'a': ErrorCorrelation(1.5, 0.4, 2.0, 0.2, 'bundle'),   # 'c' gets the default's
+           'b': ErrorCorrelation(0.5, math.inf, math.inf, 0.0, 'fitted')}
+CONFIGS = {name: FusionConfig(default_correlation=INDEPENDENT, **fields) for name, fields in [
+    ('cauchy', {}), ('huber', {'robust_loss': 'huber'}), ('two_d', {'two_d': True}),
+    ('small-windows', {'window_s': 1.5, 'window_distance_m': 2.0, 'max_samples': 7}),
+    ('tight-gate-no-drift', {'gate_mahalanobis': 2.0, 'odometry_drift_per_m': 0.0})]}
+CONFIGS.update({'one-frame': FusionConfig(), 'two_d-huber-correlated': FusionConfig(
+    two_d=True, robust_loss='huber', error_correlation=LEARNED), 'correlated': FusionConfig(
+    error_correlation=LEARNED, default_correlation=ErrorCorrelation.from_time(0.3))})
 
 
 @pytest.mark.parametrize('name', sorted(CONFIGS))
@@ -265,12 +280,12 @@ def test_fusion_stream_equals_the_reference(name, seed):
     config = CONFIGS[name]
     ours, reference = MapOdomFusion(config), ReferenceFusion(config)
     reasons = set()
-    for stamp, T_map_odom, cov, odom, reset in stream(seed, 120, tilted=config.two_d):
+    for stamp, T_map_odom, cov, odom, reset, scene in stream(seed, 120, tilted=config.two_d):
         if reset:
             ours.reset()
             reference.reset()
-        result = ours.add(stamp, T_map_odom, cov, odom)
-        assert_same(result, reference.add(stamp, T_map_odom, cov, odom))
+        result = ours.add(stamp, T_map_odom, cov, odom, scene=scene)
+        assert_same(result, reference.add(stamp, T_map_odom, cov, odom, scene))
         reasons.add(result.reason)
     assert {SEEDED, FUSED, GATED} <= reasons
     estimate = ours.estimate()
@@ -280,7 +295,8 @@ def test_fusion_stream_equals_the_reference(name, seed):
 @pytest.mark.parametrize('two_d', [False, True])
 def test_revote_and_singular_covariances_equal_the_reference(two_d):
     """Outliers that seed the window (re-votes), and zero-variance axes (the pseudo-inverse)."""
-    config = FusionConfig(two_d=two_d, max_samples=12)
+    # Independent frames: a singular covariance has no scalar information to weigh pairs by.
+    config = FusionConfig(two_d=two_d, max_samples=12, default_correlation=INDEPENDENT)
     ours, reference = MapOdomFusion(config), ReferenceFusion(config)
     rng = np.random.default_rng(4)
     reasons = []
@@ -380,4 +396,4 @@ def test_the_reference_reads_every_config_field():
     """A new FusionConfig field needs its reference here (or this module stops proving much)."""
     assert set(FusionConfig.__dataclass_fields__) == {
         'window_s', 'window_distance_m', 'max_samples', 'robust_loss', 'gate_mahalanobis',
-        'two_d', 'odometry_drift_per_m', 'error_correlation_s'}
+        'two_d', 'odometry_drift_per_m', 'error_correlation', 'default_correlation'}

@@ -7,17 +7,22 @@
 - Descriptors (read-only, ranges, descriptions) are visible through ``describe_parameters``.
 - An out-of-range override at start-up stops the process with a message naming the parameter.
 - Without a node: the enumerations and the precision parameters (``fp16`` a deprecated alias),
-  and configure loading the localizer as they say.
+  and configure loading the localizer as they say; ``fusion.error_correlation`` resolved for a
+  bundle's scenes ('bundle' falls back to one frame's worth where nothing was learned, 'time'
+  needs ``fusion.error_correlation_s > 0``).
 """
 import logging
+import math
 
 from lifecycle_msgs.msg import Transition
 import pytest
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import DescribeParameters
 
+from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.ros.configure import load_localizer
-from mspr_ros.ros.params import fusion_config, NodeParams, PARAM_NAMES, PARAM_SPECS
+from mspr_ros.ros.params import error_correlations, fusion_config, NodeParams, PARAM_NAMES
+from mspr_ros.ros.params import PARAM_SPECS
 from mspr_ros.ros.params import ParameterValidationError, parse_scene_alignment
 from ros_harness import domain_id, NodeProcess, RosClient, stop_all
 
@@ -65,6 +70,8 @@ def test_runtime_changes_are_validated(system):
         'global_frame_id': '',            # frame validation
         'covariance.mode': 'bogus',       # enumeration
         'camera_to_base': [0.0, 1.0],     # length
+        'fusion.error_correlation': 'time',   # needs fusion.error_correlation_s > 0 (is 0)
+        'pose_update.max_correlation': 1.0,   # descriptor range: 1 would never decorrelate
     }
     for name, value in refused.items():
         result = client.set_parameters(FQN, {name: value})[0]
@@ -75,6 +82,7 @@ def test_runtime_changes_are_validated(system):
     assert 'global_frame_id is empty' in reasons['global_frame_id']
     assert 'bogus' in reasons['covariance.mode']
     assert 'read-only' in reasons['weights'] or 'read only' in reasons['weights']
+    assert 'fusion.error_correlation_s > 0' in reasons['fusion.error_correlation']
 
     accepted = client.set_parameters(FQN, {'max_rate': 5.0, 'base_frame_id': 'base_link',
                                            'camera_frame_id': 'camera_optical'})
@@ -108,6 +116,11 @@ def test_descriptors_document_every_parameter(system):
         assert limits.from_value == 0.0 and limits.to_value > 0.0, name
     assert descriptors['max_image_pixels'].integer_range[0].from_value == 1
     assert descriptors['allowed_scenes'].type == ParameterType.PARAMETER_STRING_ARRAY
+    correlation = descriptors['fusion.error_correlation']
+    assert correlation.additional_constraints == 'bundle|time|independent'
+    assert not correlation.read_only and 'over-confident' in correlation.description
+    (limits,) = descriptors['pose_update.max_correlation'].floating_point_range
+    assert (limits.from_value, limits.to_value) == (0.0, 0.99)
 
 
 def test_out_of_range_override_stops_the_process_with_a_clear_message(system):
@@ -154,12 +167,59 @@ def test_fusion_parameters_reach_the_fusion_and_none_turns_it_off():
     params = NodeParams.from_values(_defaults() | {'fusion.window_s': 4.0,
                                                    'fusion.window_distance_m': 2.5,
                                                    'fusion.odometry_drift_per_m': 0.05,
+                                                   'fusion.error_correlation': 'time',
                                                    'fusion.error_correlation_s': 1.5,
                                                    'two_d_mode': True})
-    config = fusion_config(params)
+    config = fusion_config(params, error_correlations(params, {}, ['lab', 'atrium']))
     assert (config.window_s, config.window_distance_m, config.odometry_drift_per_m,
-            config.error_correlation_s, config.two_d) == (4.0, 2.5, 0.05, 1.5, True)
-    assert fusion_config(NodeParams.from_values(_defaults() | {'fusion': 'none'})) is None
+            config.two_d) == (4.0, 2.5, 0.05, True)
+    by_time = ErrorCorrelation.from_time(1.5)
+    assert config.error_correlation == {'lab': by_time, 'atrium': by_time}
+    assert config.default_correlation == by_time
+    params = NodeParams.from_values(_defaults() | {'fusion': 'none'})
+    assert fusion_config(params, error_correlations(params, {}, ['lab'])) is None
+
+
+LEARNED = ErrorCorrelation(length_m=0.5, angle_rad=0.3, time_s=math.inf, floor=0.1,
+                           source='bundle')
+
+
+def test_error_correlation_bundle_mode_falls_back_to_one_frame_where_nothing_was_learned():
+    params = NodeParams.from_values(_defaults())
+    assert (params.fusion_error_correlation, params.fusion_error_correlation_s,
+            params.pose_update_max_correlation) == ('bundle', 0.0, 0.5)
+    correlations = error_correlations(params, {'lab': LEARNED}, ['lab', 'atrium', 'corridor'])
+    assert correlations.models == {'lab': LEARNED, 'atrium': ErrorCorrelation.one_frame(),
+                                   'corridor': ErrorCorrelation.one_frame()}
+    assert correlations.fallback == ('atrium', 'corridor')
+    assert correlations.default == ErrorCorrelation.one_frame()
+    assert correlations.describe(params) == (
+        "bundle (no learned model, one frame's worth: atrium, corridor)")
+    learned = error_correlations(params, {'lab': LEARNED}, ['lab'])
+    assert learned.fallback == () and learned.describe(params) == (
+        'bundle (learned for every scene)')
+    config = fusion_config(params, correlations)
+    assert config.error_correlation == correlations.models
+
+
+def test_error_correlation_independent_and_time_modes_ignore_the_bundle():
+    params = NodeParams.from_values(_defaults() | {'fusion.error_correlation': 'independent',
+                                                   'pose_update.max_correlation': 0.3})
+    correlations = error_correlations(params, {'lab': LEARNED}, ['lab', 'atrium'])
+    assert set(correlations.models.values()) == {ErrorCorrelation.independent()}
+    assert correlations.fallback == () and 'over-confident' in correlations.describe(params)
+    assert params.pose_update_max_correlation == 0.3
+    with pytest.raises(ParameterValidationError) as caught:
+        NodeParams.from_values(_defaults() | {'fusion.error_correlation': 'time'})
+    [problem] = caught.value.problems
+    assert problem.names == ('fusion.error_correlation', 'fusion.error_correlation_s')
+    assert problem.text == ("fusion.error_correlation 'time' needs fusion.error_correlation_s "
+                            '> 0, got 0.0')
+    with pytest.raises(ParameterValidationError, match="'learned' is not one of bundle, time"):
+        NodeParams.from_values(_defaults() | {'fusion.error_correlation': 'learned'})
+    params = NodeParams.from_values(_defaults() | {'fusion.error_correlation': 'time',
+                                                   'fusion.error_correlation_s': 2.0})
+    assert error_correlations(params, {}, ['lab']).describe(params) == 'time (2 s)'
 
 
 def test_precision_parameters_are_validated_and_fp16_is_a_deprecated_alias():

@@ -9,7 +9,11 @@ stamps lag the clock as a camera pipeline plus inference do. Checked:
   correction or the next, never a blend of two and never an older one again (the TF stamping
   rule of ``mspr_ros.estimation.tf_stamping``);
 - ``fusion: window`` (the default): ``~/pose`` is fused over the window (tighter covariance,
-  different from the frame's own ``~/pose_raw``), ``/diagnostics`` reports the window size;
+  different from the frame's own ``~/pose_raw``), ``/diagnostics`` reports the window size and
+  the error correlation. The tiny bundle has no learned error correlation, with which a window
+  of one scene is worth one frame (test_node_pose_update.py); here ``fusion.error_correlation``
+  is 'time' with a correlation time of half the frame period, so frames count nearly as
+  independent ones and the fusion's tightening shows;
 - an image from a camera frame without ``base <- camera`` transform gives no pose, and the
   diagnostics name both frames;
 - ``/initialpose`` far from what the frames say rejects them until
@@ -42,6 +46,8 @@ IMAGE_LAG_NS = 150_000_000
 STREAM_S = 8.0
 IMAGE_PERIOD_S = 0.1
 AGREEMENT_FRAMES = 3
+# Consecutive frames' errors correlate by exp(-0.1 / 0.05) = 0.14.
+CORRELATION_S = 0.05
 T_BASE_CAM = Transform.from_xyz_rpy([0.2, 0.0, 0.5], [-np.pi / 2, 0.0, -np.pi / 2])
 
 
@@ -53,7 +59,8 @@ def system(tiny_bundle_path, tmp_path_factory):
         'weights': str(tiny_bundle_path), 'min_scene_confidence': 0.0, 'max_image_age': 60.0,
         'transform_timeout': 0.3, 'transform_tolerance': TOLERANCE_S,
         'transform_publish_period': 0.05, 'diagnostics_period': 0.2,
-        'relocalization_agreement_frames': AGREEMENT_FRAMES})
+        'relocalization_agreement_frames': AGREEMENT_FRAMES,
+        'fusion.error_correlation': 'time', 'fusion.error_correlation_s': CORRELATION_S})
     client = RosClient(domain)
     robot = _Robot(client)
     try:
@@ -204,6 +211,7 @@ def test_pose_is_fused_over_the_window_and_pose_raw_is_per_frame(system):
     status = own_status(inboxes['diagnostics'].wait_for(after_burst, 5.0, 'a status after it'))
     values = diagnostic_values(status)
     assert int(values['fusion window']) >= 2
+    assert values['error correlation'] == f'time ({CORRELATION_S:g} s)'
     assert values['state'] == 'localized' and status.level == b'\x00'
     top = [entry.split('=') for entry in values['top scenes'].split(', ')]
     assert sorted(name for name, _ in top) == ['atrium', 'corridor', 'lab']

@@ -1,6 +1,7 @@
 """The pose stream the node publishes (mspr_ros.estimation.pose_stream): gate, then fusion."""
 import numpy as np
 
+from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.estimation.frame_processor import FrameProcessor, ProcessorSettings
 from mspr_ros.estimation.fusion import FusionConfig
 from mspr_ros.estimation.gating import GateConfig
@@ -67,3 +68,18 @@ def test_reconfigure_restarts_only_on_a_change_and_two_d_flattens_the_fused_pose
     assert step(4).fused.window_size == 1
     assert stream.reconfigure(None) and stream.fusion is None
     assert step(5).fused is None
+
+
+def test_the_fusion_correlates_each_frame_by_its_scene_model():
+    """Scene 's' errs alike on one view (one frame's covariance), unnamed scenes independently.
+
+    Were the scene not passed on, the frames would take the default model: a quarter of it.
+    """
+    fusion = FusionConfig(error_correlation={'s': ErrorCorrelation.one_frame()},
+                          default_correlation=ErrorCorrelation.independent())
+    stream = stream_of(fusion=fusion)
+    for k in range(4):
+        output = stream.step('s', 1.0, [0.0, 0.0, 0.0], QUATERNION, IDENTITY, IDENTITY,
+                             k * 200_000_000)
+    assert output.fused.window_size == 4
+    np.testing.assert_allclose(output.covariance, output.estimate.covariance, rtol=1e-9)

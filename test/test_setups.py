@@ -2,7 +2,8 @@
 
 Static checks: every parameter file parses as an rcl parameter file, sets only parameters the
 node declares (with their types), and each set-up says what it must (who owns map -> odom,
-AMCL seeding, planar, the EKF's ``pose0``, ``pose0_config`` and lagged-data smoothing, the
+AMCL seeding, planar, the EKF's ``pose0`` (the thinned ``~/pose_update``, never the fused
+``~/pose``), ``pose0_config`` and lagged-data smoothing, the
 lifecycle manager's bond). Over DDS: the node started with each set-up's file publishes
 map -> odom exactly when the set-up says so, and the AMCL set-up seeds ``initialpose``.
 The launch files that start the set-ups are evaluated in test_launch_file.py; test_namespaces.py
@@ -86,7 +87,11 @@ def test_ekf_fuses_the_nodes_pose_as_x_y_yaw_in_the_map_frame():
     document, ekf = _block(CONFIG / 'ekf_map.yaml', EKF_NAME)
     assert list(document) == [f'/**/{EKF_NAME}']
     _, ours = _node_block(CONFIG / 'setup_ekf.yaml')
-    assert ekf['pose0'] == f'{NODE_NAME}/pose', 'pose0 must be the node\'s ~/pose'
+    # Each message is a new measurement to the EKF: the fused ~/pose would count its window
+    # again with every message, ~/pose_raw one view many times; ~/pose_update does neither.
+    assert ekf['pose0'] == f'{NODE_NAME}/pose_update', "pose0 must be the node's ~/pose_update"
+    assert ours.get('fusion.error_correlation', SPECS['fusion.error_correlation'].default) \
+        != 'independent', 'independent frames would make every frame an EKF update'
     fused = {axis for axis, on in zip(EKF_AXES, ekf['pose0_config'], strict=True) if on}
     assert fused == {'x', 'y', 'yaw'}
     assert ekf['pose0_differential'] is False and ekf['pose0_relative'] is False

@@ -193,14 +193,15 @@ def _poses(samples_by_scene):
 
 
 def test_every_data_format_reads_the_same_poses(world):
-    cambridge = read_split(DataConfig(format='cambridge'), 'train', world / 'cambridge')
-    held_out = read_split(DataConfig(format='cambridge'), 'calibration', world / 'cambridge')
+    held = DataConfig(format='cambridge', calibration_split='calibration')
+    cambridge = read_split(held, 'train', world / 'cambridge')
+    held_out = read_split(held, 'calibration', world / 'cambridge')
     assert sorted(cambridge) == sorted(held_out) == ['atrium', 'corridor', 'lab']
     # Two training sequences of two frames per scene: the second is the calibration split.
     assert all(len(samples) == 2 for samples in cambridge.values())
     assert {s.sequence for scene in cambridge.values() for s in scene} == {'seq1'}
     assert {s.sequence for scene in held_out.values() for s in scene} == {'seq2'}
-    seven = read_split(DataConfig(format='7scenes'), 'train', world / '7scenes')
+    seven = read_split(dataclasses.replace(held, format='7scenes'), 'train', world / '7scenes')
     for scene, poses in _poses(cambridge).items():
         np.testing.assert_allclose(_poses(seven)[scene], poses, atol=1e-6)
     # A label CSV of the Cambridge rows (written as MS-Transformer does: w-first, the
@@ -214,7 +215,8 @@ def test_every_data_format_reads_the_same_poses(world):
                                  + [f'{v:.9f}' for v in [*sample.position, *w_first]]))
     (world / 'cambridge' / 'labels_train.csv').write_text('\n'.join(rows) + '\n')
     labels = DataConfig(format='label_csv', label_files={'train': 'labels_train.csv'},
-                        rotation='world_to_camera', scenes=['lab', 'atrium'])
+                        rotation='world_to_camera', scenes=['lab', 'atrium'],
+                        calibration_split='calibration')
     from_csv = read_split(labels, 'train', world / 'cambridge')
     assert sorted(from_csv) == ['atrium', 'lab']
     for scene in from_csv:
@@ -290,9 +292,24 @@ def test_calibration_split_must_not_be_the_test_or_training_split():
     with pytest.raises(ConfigError, match=r'data\.calibration_split: must differ from test'):
         load_config('tiny_test', ['data.calibration_split=test'])
     assert DataConfig(calibration_split='val', calibration_sequences=0).calibration_split == 'val'
-    for name in ('synth_demo', '7scenes_ours', 'cambridge_ours'):
+    with pytest.raises(ConfigError, match=r'data\.calibration_folds: must be >= 2'):
+        load_config('tiny_test', ['data.calibration_split=crossfit', 'data.calibration_folds=1'])
+    # The shipped recipes train the deployed model on every training sequence and calibrate
+    # on out-of-fold errors; the tests' config keeps the one-run held-out split.
+    for name in ('synth_demo', 'synth_baseline', *PAPER_CONFIGS):
         data = load_config(name).data
-        assert data.calibration_split == 'calibration' != data.test_split
+        assert (data.calibration_split, data.calibration_folds) == ('crossfit', 2), name
+    assert load_config('tiny_test').data.calibration_split == 'calibration'
+    assert DataConfig().calibration_split == 'crossfit'
+
+
+def test_crossfit_reads_every_training_sequence_and_refuses_to_read_its_name(world):
+    crossfit = DataConfig(format='cambridge')
+    train = read_split(crossfit, 'train', world / 'cambridge')
+    assert {s.sequence for scene in train.values() for s in scene} == {'seq1', 'seq2'}
+    assert all(len(samples) == 4 for samples in train.values())
+    with pytest.raises(DatasetError, match="'crossfit' is not a split of images"):
+        read_split(crossfit, 'crossfit', world / 'cambridge')
 
 
 def test_backbone_weights_null_is_refused_none_is_random(tmp_path):

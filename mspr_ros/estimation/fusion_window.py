@@ -6,7 +6,9 @@ new sample is one appended row, the samples that leave are the oldest rows. ``ca
 of them at once to the newest odometry (step 1 of the fusion's docstring): the base pose each
 predicts now, its covariance grown by the lever arm of the path travelled since and by odometry
 drift, and the information matrices the robust mean and the gate use. Carrying is redone every
-frame: lever arms and drift grow with the newest odometry, and every covariance with them.
+frame: lever arms and drift grow with the newest odometry, and every covariance with them. Each
+row also keeps what its error's correlation with the others depends on (the fusion's docstring):
+its scene and the odometry pose of the base when its image was taken.
 
 Single poses are handled as arrays too (``PoseArrays``), composed in plain floats: ~3 us each,
 where a ``Transform`` composition costs ~60 us (scipy and validation) and numpy on 7 numbers
@@ -80,17 +82,23 @@ class SampleWindow:
     map_odom_r: np.ndarray       # (N, 3, 3) its rotation matrix (computed once, for carrying)
     covariances: np.ndarray      # (N, 6, 6) of the frame's base pose
     map_base_t: np.ndarray       # (N, 3) the frame's base position in the map
+    odometry_t: np.ndarray       # (N, 3) odom <- base at the frame: where the view was taken
+    odometry_q: np.ndarray       # (N, 4)
     odometry_m: np.ndarray       # (N,) odometry path length travelled up to the frame
+    scenes: np.ndarray           # (N,) object: the scene the frame was localized in
     accepted: np.ndarray         # (N,) bool
 
     @classmethod
     def row(cls, stamp_ns: int, map_odom: PoseArrays, covariance: np.ndarray,
-            odometry: PoseArrays, odometry_m: float) -> 'SampleWindow':
+            odometry: PoseArrays, odometry_m: float, scene: str = '') -> 'SampleWindow':
         """Return a one-sample window, its sample accepted (``odometry``: odom <- base)."""
         map_base_t = compose_poses(*map_odom, *odometry)[0]
+        scenes = np.empty(1, dtype=object)
+        scenes[0] = scene
         return cls(np.array([stamp_ns], dtype=np.int64), map_odom[0][None], map_odom[1][None],
                    quat_matrix(map_odom[1])[None], covariance[None], map_base_t[None],
-                   np.array([odometry_m]), np.ones(1, dtype=bool))
+                   odometry[0][None], odometry[1][None], np.array([odometry_m]), scenes,
+                   np.ones(1, dtype=bool))
 
     @classmethod
     def empty(cls) -> 'SampleWindow':
@@ -121,6 +129,9 @@ class Carried(NamedTuple):
     covariances: np.ndarray      # (N, d, d)
     infos: np.ndarray            # (N, d, d) their pseudo-inverses
     stamps_ns: np.ndarray        # (N,)
+    odometry_t: np.ndarray       # (N, 3) odom <- base at each frame (not carried)
+    odometry_q: np.ndarray       # (N, 4)
+    scenes: np.ndarray           # (N,) object
 
 
 def carry(window: SampleWindow, odometry: PoseArrays, odometry_m: float, drift_per_m: float,
@@ -149,4 +160,5 @@ def carry(window: SampleWindow, odometry: PoseArrays, odometry_m: float, drift_p
     covariances.reshape(-1, 36)[:, ::7] += (drift ** 2)[:, None]
     if len(axes) < 6:
         covariances = covariances[:, axes[:, None], axes]
-    return Carried(translations, quats, covariances, informations(covariances), window.stamps_ns)
+    return Carried(translations, quats, covariances, informations(covariances), window.stamps_ns,
+                   window.odometry_t, window.odometry_q, window.scenes)

@@ -9,7 +9,8 @@ One rule, shared by the node (``mspr_ros.ros.frame_pipeline``) and the offline b
    resolved elsewhere) restarts the fusion window: its samples describe the old place.
 4. With ``fusion: window`` the published ``map -> odom`` and covariance are the fused ones, and
    the base pose is ``fused map -> odom @ odom -> base`` (flattened in two_d_mode); without
-   fusion they are the frame's own.
+   fusion they are the frame's own. The fusion is told each frame's scene: its errors correlate
+   by that scene's model (``FusionConfig.error_correlation``).
 """
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -90,7 +91,8 @@ class PoseStream:
                                 estimate.covariance)
         if estimate.relocalized:
             fusion.reset()
-        fused = fusion.add(stamp_ns, estimate.T_map_odom, estimate.covariance, T_odom_base)
+        fused = fusion.add(stamp_ns, estimate.T_map_odom, estimate.covariance, T_odom_base,
+                           scene=estimate.scene_name)
         T_map_base = fused.T_map_odom @ T_odom_base
         if self.processor.settings.two_d_mode:
             T_map_base = T_map_base.flatten_2d()

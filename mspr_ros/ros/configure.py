@@ -3,7 +3,8 @@ import logging
 from typing import Dict, Tuple
 
 from mspr_ros.geometry.transforms import SceneAlignment
-from mspr_ros.ros.params import alignment_to_param, NodeParams, ParameterValidationError
+from mspr_ros.ros.params import alignment_to_param, error_correlations, ErrorCorrelations
+from mspr_ros.ros.params import NodeParams, ParameterValidationError
 from mspr_ros.ros.params import parse_scene_alignment, read_node_parameters
 from mspr_ros.ros.params import scene_alignment_descriptor, scene_param_name
 
@@ -64,6 +65,24 @@ def scene_alignments(node, localizer) -> Dict[str, SceneAlignment]:
         value = parse_scene_alignment(scene, node.get_parameter(name).value)
         alignments[scene] = SceneAlignment.from_dict(value, context=name)
     return alignments
+
+
+def error_correlation_models(params: NodeParams, localizer, logger=None) -> ErrorCorrelations:
+    """Return ``fusion.error_correlation`` resolved for the bundle's scenes.
+
+    With ``logger`` (configure), the scenes that fell back to one frame's worth are named in a
+    warning: the fused covariance stops shrinking and ``~/pose_update`` stays silent for them.
+    """
+    correlations = error_correlations(params, localizer.bundle.error_correlation,
+                                      localizer.scene_names)
+    if logger is not None and correlations.fallback:
+        logger.warning(
+            f'no learned error correlation in {localizer.bundle.path} for scenes '
+            f"{', '.join(correlations.fallback)}: their fusion window counts as one frame and "
+            '~/pose_update publishes nothing for them (a filter would count one view many '
+            "times); export the bundle again to learn it, or set fusion.error_correlation "
+            "'time'")
+    return correlations
 
 
 def torch_threads() -> int:

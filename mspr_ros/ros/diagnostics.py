@@ -86,6 +86,10 @@ class StatsSnapshot:
     # The AMCL seeding state (mspr_ros.ros.amcl_seeding); empty without publish_initialpose.
     amcl_seed: Tuple[Tuple[str, str], ...] = ()
     amcl_seed_warning: str = ''
+    # fusion.error_correlation in words, and the ~/pose_update stream (filter_updates).
+    error_correlation: str = ''
+    pose_updates: int = 0
+    last_pose_update: str = ''
 
 
 @dataclass
@@ -134,6 +138,9 @@ class LocalizationStats:
             self._fusion_window = 0
             self._amcl_seed: Tuple[Tuple[str, str], ...] = ()
             self._amcl_seed_warning = ''
+            self._error_correlation = ''
+            self._pose_updates = 0
+            self._last_pose_update = ''
 
     def image_received(self, superseded_unprocessed: bool) -> None:
         """Count one incoming image; ``superseded_unprocessed`` if it replaced a waiting one."""
@@ -181,6 +188,17 @@ class LocalizationStats:
             self._amcl_seed = tuple(values)
             self._amcl_seed_warning = warning
 
+    def error_correlation(self, description: str) -> None:
+        """Remember the error correlation models in use, in words."""
+        with self._lock:
+            self._error_correlation = description
+
+    def pose_update(self, published: bool, decision: str) -> None:
+        """Count a ``~/pose_update`` sent (``published``) and remember the last decision."""
+        with self._lock:
+            self._pose_updates += int(published)
+            self._last_pose_update = decision
+
     def pose_published(self, stamp_ns: Optional[int] = None) -> None:
         """Count one published pose (the node is localized) of the image stamped ``stamp_ns``."""
         now = self._clock()
@@ -224,7 +242,9 @@ class LocalizationStats:
                 last_reject_detail=self._last_reject_detail, top_scenes=self._top_scenes,
                 last_accepted_stamp_ns=self._last_accepted_stamp_ns,
                 fusion_window=self._fusion_window, amcl_seed=self._amcl_seed,
-                amcl_seed_warning=self._amcl_seed_warning)
+                amcl_seed_warning=self._amcl_seed_warning,
+                error_correlation=self._error_correlation, pose_updates=self._pose_updates,
+                last_pose_update=self._last_pose_update)
 
 
 def no_image_warning(info: NodeInfo, stats: StatsSnapshot, active_for_s: float
@@ -278,7 +298,10 @@ def build_status(info: NodeInfo, stats: StatsSnapshot, relocalizing: bool = Fals
     three most likely scenes of the last frame, comma separated), ``last accepted stamp``
     (seconds of the last published pose's image stamp, or ``never``), ``fusion window`` (frames
     the fused pose comes from; 0 with ``fusion: none``), ``last rejection``
-    (why the last frame without a pose had none, frames named). With ``publish_initialpose``:
+    (why the last frame without a pose had none, frames named), ``error correlation`` (the
+    ``fusion.error_correlation`` models; the scenes without a learned one), ``pose updates
+    published`` and ``last pose update`` (the last frame's ``~/pose_update`` decision and why,
+    e.g. no learned error correlation for its scene). With ``publish_initialpose``:
     ``amcl seed`` (``idle``, ``armed``, ``waiting``, ``took``, ``gave_up``, ``declined``,
     ``cancelled``, or ``sent`` without an ``amcl_pose_topic``), ``amcl seed attempts`` (sends of
     the last seed / most allowed), ``amcl seed last sent`` (node clock, s), ``amcl seed
@@ -293,6 +316,9 @@ def build_status(info: NodeInfo, stats: StatsSnapshot, relocalizing: bool = Fals
         ('top scenes', ', '.join(f'{name}={p:.3f}' for name, p in stats.top_scenes)),
         ('last accepted stamp', 'never' if accepted is None else f'{accepted * 1e-9:.9f}'),
         ('fusion window', str(stats.fusion_window)),
+        ('error correlation', stats.error_correlation),
+        ('pose updates published', str(stats.pose_updates)),
+        ('last pose update', stats.last_pose_update),
         ('last rejection', (f'{stats.last_reject_reason}: {stats.last_reject_detail}'
                             if stats.last_reject_reason else '')),
         ('input topic', info.input_topic),

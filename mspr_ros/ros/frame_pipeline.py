@@ -7,6 +7,10 @@ relocalization requests. The decisions themselves are ROS-free: ``mspr_ros.estim
 (``pose_stream``: the frame chain and gates of ``frame_processor``, then ``fusion: window``), the
 same rule the offline bag replay runs.
 
+Each accepted frame is offered to ``mspr_ros.estimation.filter_updates`` for ``~/pose_update``
+(the thinned stream a Kalman filter may take as measurements), with ``odom -> base`` at its
+stamp; that state restarts with the fusion.
+
 Fail closed on frames: the camera's pose in the base frame comes from TF (``base <- camera`` at
 the image stamp, so a camera on a pan-tilt head or a mast is followed as it moves) or from the
 ``camera_to_base`` parameter only when it is set; without either the frame gives no output, and
@@ -26,11 +30,13 @@ from typing import Callable, Optional, Union
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 
+from mspr_ros.estimation.filter_updates import FilterUpdates
 from mspr_ros.estimation.frame_processor import FrameProcessor, NON_FINITE, NonFiniteEstimate
 from mspr_ros.estimation.pose_stream import PoseStream
 from mspr_ros.geometry.tf_history import TransformBuffer
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import ImageConversionError
+from mspr_ros.ros.configure import error_correlation_models
 from mspr_ros.ros.conversions import ImageDecoder, odometry_transform
 from mspr_ros.ros.conversions import stamp_to_ns
 from mspr_ros.ros.diagnostics import LocalizationStats
@@ -38,7 +44,8 @@ from mspr_ros.ros.initialpose import describe, prior_from_msg
 from mspr_ros.ros.logs import ThrottledLog
 from mspr_ros.ros.map_odom import MapOdomBroadcaster
 from mspr_ros.ros.outputs import OutputPublishers
-from mspr_ros.ros.params import fusion_config, NodeParams, processor_settings
+from mspr_ros.ros.params import ErrorCorrelations, fusion_config, NodeParams
+from mspr_ros.ros.params import processor_settings
 from mspr_ros.ros.tf import create_tf_interfaces, lookup_or_raise, TransformUnavailable
 from mspr_ros.ros.tf import use_tf2_ros
 
@@ -51,9 +58,13 @@ class FramePipeline:
 
     def __init__(self, params: NodeParams, localizer, stream: PoseStream, tf, logger,
                  stats: LocalizationStats, outputs: OutputPublishers,
-                 map_odom: MapOdomBroadcaster, now_ns: Callable[[], int], input_topic: str):
+                 map_odom: MapOdomBroadcaster, now_ns: Callable[[], int], input_topic: str,
+                 correlations: ErrorCorrelations):
         """Wire the pipeline; ``now_ns`` reads the node clock (sim time aware)."""
         self.params = params
+        self.filter_updates = FilterUpdates(correlations.models, correlations.default,
+                                            params.pose_update_max_correlation)
+        stats.error_correlation(correlations.describe(params))
         self.localizer = localizer
         self.stream = stream
         self.processor = stream.processor
@@ -80,20 +91,21 @@ class FramePipeline:
                input_topic: str) -> 'FramePipeline':
         """Build the pipeline, its TF endpoints and its publishers on ``node`` (configure)."""
         calibrations = {name: np.asarray(cov) for name, cov in localizer.bundle.covariance.items()}
+        correlations = error_correlation_models(params, localizer, node.get_logger())
         log = ThrottledLog(node.get_logger())
         tf = create_tf_interfaces(node, use_tf2_ros(params.tf_backend),
                                   on_bad_transform=lambda text: log('bad_tf', text))
         try:
             stream = PoseStream(FrameProcessor(alignments, calibrations,
                                                processor_settings(params)),
-                                fusion_config(params))
+                                fusion_config(params, correlations))
             outputs = OutputPublishers(node, params, stats)
         except BaseException:
             tf.close()  # configure fails: leave nothing behind
             raise
         return cls(params, localizer, stream, tf, node.get_logger(), stats, outputs,
                    MapOdomBroadcaster(tf.broadcaster, params),
-                   lambda: node.get_clock().now().nanoseconds, input_topic)
+                   lambda: node.get_clock().now().nanoseconds, input_topic, correlations)
 
     def reject(self, reason: str, text: str, level: str = 'warn') -> None:
         """Log why a frame gave no output (throttled per reason), then count it.
@@ -169,7 +181,8 @@ class FramePipeline:
             return
         publish_start = time.perf_counter()
         self._publish(params, output, stamp_ns,
-                      Transform(np.asarray(result.position), np.asarray(result.orientation)))
+                      Transform(np.asarray(result.position), np.asarray(result.orientation)),
+                      T_odom_base)
         done = time.perf_counter()
         # Recorded with 'total', for the same frames, so that the stages add up to it.
         self._stats.stage_time('tf', (stream_start - tf_start) * 1e3)
@@ -177,8 +190,8 @@ class FramePipeline:
         self._stats.stage_time('publish', (done - publish_start) * 1e3)
         self._stats.stage_time('total', (done - started) * 1e3)
 
-    def _publish(self, params: NodeParams, output, stamp_ns: int,
-                 T_scene_cam: Transform) -> None:
+    def _publish(self, params: NodeParams, output, stamp_ns: int, T_scene_cam: Transform,
+                 T_odom_base: Transform) -> None:
         estimate = output.estimate
         if estimate.scene_confidence >= params.min_scene_confidence:
             self.outputs.scene(estimate, T_scene_cam, stamp_ns)
@@ -195,6 +208,14 @@ class FramePipeline:
         self.outputs.pose(estimate, output.T_map_base, output.covariance,
                           params.global_frame_id, stamp_ns)
         self._stats.pose_published(stamp_ns)
+        if estimate.relocalized:  # the fusion restarted on it (pose_stream): so do these
+            self.filter_updates.reset()
+        update = self.filter_updates.offer(estimate.scene_name, stamp_ns, T_odom_base,
+                                           estimate.covariance)
+        if update.publish:
+            self.outputs.pose_update(estimate.T_map_base, update.covariance,
+                                     params.global_frame_id, stamp_ns)
+        self._stats.pose_update(update.publish, f'{update.reason}: {update.detail}')
 
     def update_params(self, params: NodeParams) -> None:
         """Use new parameters; a changed fusion configuration restarts the fusion."""
@@ -202,17 +223,23 @@ class FramePipeline:
         self.processor.update_settings(processor_settings(params))
         self.outputs.update_params(params)
         self.map_odom.update_params(params)
-        if self.stream.reconfigure(fusion_config(params)):
-            self._stats.fusion_window(0)
+        correlations = error_correlation_models(params, self.localizer)
+        self._stats.error_correlation(correlations.describe(params))
+        self.filter_updates.configure(correlations.models, correlations.default,
+                                      params.pose_update_max_correlation)
+        if self.stream.reconfigure(fusion_config(params, correlations)):
+            self.restart_fusion()
 
     def restart_fusion(self) -> None:
-        """Empty the fusion window (activation after a pause: its samples are old).
+        """Empty the fusion window and forget the last ``~/pose_update`` of every scene.
 
-        The last fix and ``map -> odom`` are kept, as AMCL keeps its estimate: the robot's
-        odometry carried on while the node was inactive, so the correction still holds and
-        Nav2 keeps a map frame.
+        On activation after a pause (the samples are old), a prior, a clock jump, a new fusion
+        configuration. The last fix and ``map -> odom`` are kept, as AMCL keeps its estimate:
+        the robot's odometry carried on while the node was inactive, so the correction still
+        holds and Nav2 keeps a map frame.
         """
         self.stream.restart_fusion()
+        self.filter_updates.reset()
         self._stats.fusion_window(0)
 
     def on_clock_jump(self, now_ns: int, delta_ns: int) -> None:
@@ -243,8 +270,7 @@ class FramePipeline:
         if jumps != self._jumps_handled:
             self._jumps_handled = jumps
             self.processor.reset()
-            self.stream.restart_fusion()
-            self._stats.fusion_window(0)
+            self.restart_fusion()
         return jumps
 
     def _from_old_time_line(self, stamp_ns: int) -> bool:
@@ -319,7 +345,7 @@ class FramePipeline:
         except ValueError as error:
             self._logger.warning(f'ignoring {source}: {error}')
             return
-        self.stream.restart_fusion()
+        self.restart_fusion()
         self._logger.info(f'{source} prior set at '
                           f'{describe(T_map_base, self.params.global_frame_id)}')
 

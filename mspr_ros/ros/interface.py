@@ -15,6 +15,9 @@ INITIALPOSE_TOPIC = 'initialpose'
 ODOM_TOPIC = 'odom'
 POSE_TOPIC = '~/pose'
 POSE_RAW_TOPIC = '~/pose_raw'
+# The per-frame pose thinned for a Kalman filter (mspr_ros.estimation.filter_updates): what
+# robot_localization fuses as pose0, each message a new measurement.
+POSE_UPDATE_TOPIC = '~/pose_update'
 CAMERA_POSE_TOPIC = '~/camera_pose'
 SCENE_TOPIC = '~/scene'
 # The camera pose as regressed, in its scene's own frame: header.frame_id names the scene (the

@@ -126,6 +126,7 @@ class LocalizerNode(LifecycleNode):
             localizer = load_localizer(params, device)
         alignments = scene_alignments(self, localizer)
         input_topic = self.resolve_topic_name(interface.image_topic(params.image_transport))
+        self._stats.reset()  # before the pipeline, which reports its settings there
         pipeline = FramePipeline.create(self, params, localizer, alignments, self._stats,
                                         input_topic)
         self._configured = configured = _Configured(
@@ -147,7 +148,6 @@ class LocalizerNode(LifecycleNode):
             DiagnosticArray, interface.DIAGNOSTICS_TOPIC, interface.OUTPUT_QOS_DEPTH)
         pipeline.tf.static_broadcaster.send(scene_frame_messages(
             params, alignments, self.get_clock().now().nanoseconds))
-        self._stats.reset()
         self._info = NodeInfo(
             node_name=self.get_name(), lifecycle_state='inactive', input_topic=input_topic,
             device=str(localizer.device), weights=str(localizer.bundle.path),

@@ -1,10 +1,13 @@
 """What the node publishes per frame: poses, camera pose, scene, the AMCL seed.
 
 ``~/pose`` carries the fused estimate (``fusion: window``) or the frame's own (``fusion: none``);
-``~/pose_raw`` always the frame's own, for evaluation. ``map -> odom`` is
-``mspr_ros.ros.map_odom``. The AMCL seed (``publish_initialpose``) is offered every published
-pose; ``mspr_ros.ros.amcl_seeding`` decides whether it goes out, and re-sends it until AMCL took
-it.
+``~/pose_raw`` always the frame's own, for evaluation; ``~/pose_update`` the frame's own, thinned
+and inflated for a Kalman filter (``mspr_ros.estimation.filter_updates`` decides which).
+``map -> odom`` is ``mspr_ros.ros.map_odom``. The AMCL seed (``publish_initialpose``) is offered
+every published pose, with the fused estimate and its covariance: a seed resets AMCL's particle
+cloud once, it is not a measurement added to others, so the window's estimate is the one to give
+(its covariance never claims more than the error correlation allows).
+``mspr_ros.ros.amcl_seeding`` decides whether it goes out, and re-sends it until AMCL took it.
 """
 from typing import Any, Dict, Optional
 
@@ -35,6 +38,8 @@ class OutputPublishers:
             'pose': create(PoseWithCovarianceStamped, interface.POSE_TOPIC, interface.POSE_QOS),
             'pose_raw': create(PoseWithCovarianceStamped, interface.POSE_RAW_TOPIC,
                                interface.POSE_QOS),
+            'pose_update': create(PoseWithCovarianceStamped, interface.POSE_UPDATE_TOPIC,
+                                  interface.POSE_QOS),
             'camera_pose': create(PoseStamped, interface.CAMERA_POSE_TOPIC, depth),
             'scene': create(String, interface.SCENE_TOPIC, depth),
             'scene_camera_pose': create(PoseStamped, interface.SCENE_CAMERA_POSE_TOPIC, depth),
@@ -98,6 +103,11 @@ class OutputPublishers:
             # now) must not seed AMCL with it; the seed is for the poses that follow.
             self.seeding.pose_published(pose_msg, T_map_base, covariance, estimate.relocalized)
         self._pubs['pose'].publish(pose_msg)
+
+    def pose_update(self, T_map_base: Transform, covariance, frame: str, stamp_ns: int) -> None:
+        """Publish a frame's own pose on ``~/pose_update`` with the inflated ``covariance``."""
+        self._pubs['pose_update'].publish(pose_with_covariance_stamped(
+            T_map_base, covariance, frame, stamp_ns))
 
     def destroy(self) -> None:
         """Destroy every publisher (and the seed's timer)."""

@@ -11,6 +11,7 @@ from typing import Any, Optional, Tuple
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rcl_interfaces.msg import ParameterType
 
+from mspr_ros.estimation.error_correlation import MODES as ERROR_CORRELATION_MODES
 from mspr_ros.precision import PRECISIONS
 
 IMAGE_TRANSPORTS = ('raw', 'compressed')
@@ -165,10 +166,21 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
               "Odometry's relative drift: a frame s metres of travel ago gets (drift * s)^2 added "
               'to its position (m^2) and orientation (rad^2) variances.',
               float_range=(0.0, 1.0)),
+    ParamSpec('fusion.error_correlation', 'bundle', _S,
+              "How alike the regression errors of frames with similar views are: 'bundle' "
+              "(each scene's model learned by mspr-export; a scene without one counts a window "
+              "as one frame and sends no ~/pose_update), 'time' (exp(-dt / "
+              "fusion.error_correlation_s) for every scene) or 'independent' (every frame a new "
+              'measurement: over-confident on real regressions).',
+              constraints='|'.join(ERROR_CORRELATION_MODES)),
     ParamSpec('fusion.error_correlation_s', 0.0, _D,
-              'Correlation time (s) of consecutive frames\' regression errors: the fused '
-              'covariance is inflated for it (0: frames independent; the estimate is unchanged).',
-              float_range=(0.0, 3600.0)),
+              "Correlation time (s) of fusion.error_correlation 'time' (> 0 there; unused "
+              'otherwise).', float_range=(0.0, 3600.0)),
+    ParamSpec('pose_update.max_correlation', 0.5, _D,
+              'A frame goes to ~/pose_update (for a Kalman filter) when the decaying part of '
+              'its error correlation to the last update of its scene, from the odometry travel '
+              'and time between them, is at most this; its covariance is inflated by '
+              '(1 + rho) / (1 - rho).', float_range=(0.0, 0.99)),
     ParamSpec('amcl_pose_topic', '', _S,
               "AMCL's pose topic (e.g. 'amcl_pose'): with publish_initialpose, seed AMCL when "
               "its covariance says it is lost. Empty: seed only after relocalizations."),

@@ -18,13 +18,15 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from mspr_ros.estimation.amcl_seed import AmclSeedPolicy
+from mspr_ros.estimation.error_correlation import ErrorCorrelation, resolve_error_correlation
 from mspr_ros.estimation.frame_processor import CovarianceSettings, ProcessorSettings
 from mspr_ros.estimation.fusion import FusionConfig
 from mspr_ros.estimation.gating import GateConfig
 from mspr_ros.geometry.transforms import alignment_parameter_name, alignment_parameter_scene
 from mspr_ros.geometry.transforms import SceneAlignment
 from mspr_ros.precision import PRECISIONS
-from mspr_ros.ros.param_specs import COVARIANCE_MODES, FUSION_MODES, IMAGE_QOS_PROFILES
+from mspr_ros.ros.param_specs import COVARIANCE_MODES, ERROR_CORRELATION_MODES, FUSION_MODES
+from mspr_ros.ros.param_specs import IMAGE_QOS_PROFILES
 from mspr_ros.ros.param_specs import IMAGE_TRANSPORTS, PARAM_NAMES, PARAM_SPECS, TF_BACKENDS
 
 _ARRAY_TYPES = {ParameterType.PARAMETER_STRING_ARRAY: Parameter.Type.STRING_ARRAY,
@@ -100,7 +102,9 @@ class NodeParams:
     fusion_window_s: float
     fusion_window_distance_m: float
     fusion_odometry_drift_per_m: float
+    fusion_error_correlation: str
     fusion_error_correlation_s: float
+    pose_update_max_correlation: float
     publish_initialpose: bool
     amcl_pose_topic: str
     seed_amcl: AmclSeedPolicy
@@ -120,7 +124,9 @@ class NodeParams:
         for name, choices in (('image_transport', IMAGE_TRANSPORTS),
                               ('image_qos', IMAGE_QOS_PROFILES),
                               ('covariance.mode', COVARIANCE_MODES),
-                              ('fusion', FUSION_MODES), ('precision', PRECISIONS),
+                              ('fusion', FUSION_MODES),
+                              ('fusion.error_correlation', ERROR_CORRELATION_MODES),
+                              ('precision', PRECISIONS),
                               ('tf_backend', TF_BACKENDS)):
             if values[name] not in choices:
                 problems.append(_problem(
@@ -142,6 +148,12 @@ class NodeParams:
             problems.append(_problem(
                 tuple(f'initial_pose.{axis}' for axis in 'x y z yaw'.split()),
                 f'initial_pose must be finite, got {list(initial_pose)}'))
+        if values['fusion.error_correlation'] == 'time' and not (
+                float(values['fusion.error_correlation_s']) > 0.0):
+            problems.append(_problem(
+                ('fusion.error_correlation', 'fusion.error_correlation_s'),
+                "fusion.error_correlation 'time' needs fusion.error_correlation_s > 0, got "
+                f"{values['fusion.error_correlation_s']}"))
         if not str(values['weights']).strip():
             problems.append(_problem(
                 'weights', 'weights is empty: set it to the path of a .safetensors bundle'))
@@ -182,7 +194,9 @@ class NodeParams:
             fusion=values['fusion'], fusion_window_s=float(values['fusion.window_s']),
             fusion_window_distance_m=float(values['fusion.window_distance_m']),
             fusion_odometry_drift_per_m=float(values['fusion.odometry_drift_per_m']),
+            fusion_error_correlation=str(values['fusion.error_correlation']),
             fusion_error_correlation_s=float(values['fusion.error_correlation_s']),
+            pose_update_max_correlation=float(values['pose_update.max_correlation']),
             publish_initialpose=bool(values['publish_initialpose']),
             amcl_pose_topic=str(values['amcl_pose_topic']),
             seed_amcl=AmclSeedPolicy(
@@ -296,14 +310,56 @@ def processor_settings(params: NodeParams) -> ProcessorSettings:
         agreement_frames=params.relocalization_agreement_frames)
 
 
-def fusion_config(params: NodeParams) -> Optional[FusionConfig]:
+@dataclass(frozen=True)
+class ErrorCorrelations:
+    """The error correlation models ``fusion.error_correlation`` resolves to.
+
+    Attributes:
+        models: scene -> model, every scene of the bundle.
+        default: the model of a scene not in ``models``.
+        fallback: the scenes of mode 'bundle' without a learned model (``one_frame``).
+    """
+
+    models: Dict[str, ErrorCorrelation]
+    default: ErrorCorrelation
+    fallback: Tuple[str, ...] = ()
+
+    def describe(self, params: 'NodeParams') -> str:
+        """Return the mode and its fallback in words (logs and /diagnostics)."""
+        mode = params.fusion_error_correlation
+        if mode == 'time':
+            return f'time ({params.fusion_error_correlation_s:g} s)'
+        if mode == 'independent':
+            return 'independent (every frame a new measurement: over-confident)'
+        if not self.fallback:
+            return 'bundle (learned for every scene)'
+        return f"bundle (no learned model, one frame's worth: {', '.join(self.fallback)})"
+
+
+def error_correlations(params: NodeParams, learned: Mapping[str, ErrorCorrelation],
+                       scenes: Sequence[str]) -> ErrorCorrelations:
+    """Return the models of ``fusion.error_correlation`` for a bundle's scenes.
+
+    ``learned`` is the bundle's ``error_correlation`` (empty for older bundles). A scene the
+    bundle does not name gets the mode's model ('bundle': ``one_frame``), as the offline bag
+    replay (``mspr_training.bags.fusion_replay``) does.
+    """
+    mode, time_s = params.fusion_error_correlation, params.fusion_error_correlation_s
+    models, fallback = resolve_error_correlation(mode, time_s, learned, scenes)
+    default = {'time': lambda: ErrorCorrelation.from_time(time_s),
+               'independent': ErrorCorrelation.independent}.get(mode, ErrorCorrelation.one_frame)
+    return ErrorCorrelations(models, default(), tuple(fallback))
+
+
+def fusion_config(params: NodeParams, correlations: ErrorCorrelations) -> Optional[FusionConfig]:
     """Return the fusion's configuration, None with ``fusion: none``."""
     if params.fusion == 'none':
         return None
     return FusionConfig(window_s=params.fusion_window_s,
                         window_distance_m=params.fusion_window_distance_m,
                         odometry_drift_per_m=params.fusion_odometry_drift_per_m,
-                        error_correlation_s=params.fusion_error_correlation_s,
+                        error_correlation=correlations.models,
+                        default_correlation=correlations.default,
                         two_d=params.two_d_mode)
 
 

@@ -1,6 +1,9 @@
-"""Per-scene pose covariance fitted on held-out predictions (what ``mspr-export`` stores).
+"""Per-scene pose covariance and error correlation fitted on held-out predictions.
 
-The model localises every image of the calibration split with the predicted scene, as deployed.
+What ``mspr-export`` stores. The predictions come from models that did not train on the images:
+by default the out-of-fold predictions of the cross-fitting runs (:mod:`mspr_training.crossfit`:
+every training sequence predicted by the fold run that left it out), or the held-out sequences
+of the 'calibration' split. Each image is localised with the predicted scene, as deployed.
 For the images of the scene that were classified correctly, the error vector is
 ``[p_gt - p_est, rotvec(R_gt R_est^T)]``: metres, then radians about the scene frame's fixed axes
 (x, y, z: the ROS covariance order of ``mspr_ros.geometry.covariance``). The covariance is built
@@ -24,17 +27,23 @@ in three steps:
 Misclassified images are left out (their pose is in another scene's frame; the node inflates the
 covariance by the scene confidence instead) and counted. A scene with fewer than ``min_samples``
 usable images gets the pooled covariance of all scenes (also recorded).
+
+The error correlation (:func:`fit_correlations`): how alike the errors of two frames of one
+walk are, as a function of the distance, rotation and time between them
+(:mod:`mspr_training.correlation_fit`), fitted per scene on the correctly classified frames of
+each held-out walk in walk order. A scene the fit cannot serve gets no model.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from sklearn.covariance import oas, shrunk_covariance
 
+from mspr_training.correlation_fit import CorrelationFit, fit_error_correlation, Walk
 from mspr_training.engine import Predictions
 from mspr_training.metrics import pose_error_vectors
 
@@ -159,3 +168,44 @@ def calibrate_covariance(scene_names: Sequence[str], predictions: Predictions, *
         calibration.covariance[name] = covariance
         calibration.shrinkage[name] = intensities
     return calibration
+
+
+def fit_correlations(scene_names: Sequence[str], predictions: Predictions,
+                     walk_of: Sequence[str], covariance: Mapping[str, np.ndarray],
+                     stamps_ns: Sequence[int | None] | None = None
+                     ) -> dict[str, CorrelationFit | None]:
+    """Fit each scene's error correlation on the held-out walks of ``predictions``.
+
+    Args:
+        walk_of: the walk of every prediction row (rows of one walk in walk order).
+        covariance: scene -> the calibrated 6x6 covariance the errors are whitened with.
+        stamps_ns: the capture time of every row (None where unknown: time is left out of
+            a walk with any unknown stamp).
+
+    Returns:
+        scene -> the fit, or None where the walks hold too few pairs of frames.
+    """
+    errors = pose_error_vectors(predictions.gt_position, predictions.gt_orientation,
+                                predictions.pred_position, predictions.pred_orientation)
+    correct = predictions.pred_scene == predictions.gt_scene
+    walk_of = np.asarray(walk_of, dtype=object)
+    stamps = None if stamps_ns is None else np.asarray(stamps_ns, dtype=object)
+    fits: dict[str, CorrelationFit | None] = {}
+    for index, name in enumerate(scene_names):
+        usable = (predictions.gt_scene == index) & correct
+        walks = []
+        for walk in dict.fromkeys(walk_of[usable]):  # first-seen order
+            rows = np.flatnonzero(usable & (walk_of == walk))
+            walk_stamps = None if stamps is None else stamps[rows]
+            if walk_stamps is not None and any(stamp is None for stamp in walk_stamps):
+                walk_stamps = None
+            walks.append(Walk(predictions.gt_position[rows], predictions.gt_orientation[rows],
+                              errors[rows], None if walk_stamps is None
+                              else walk_stamps.astype(np.int64)))
+        fit = fit_error_correlation(walks, covariance[name]) if walks else None
+        if fit is None:
+            LOGGER.warning('scene %s: too few correctly localised frames along its held-out '
+                           'walks to fit the error correlation; the bundle carries none for it',
+                           name)
+        fits[name] = fit
+    return fits

@@ -29,6 +29,9 @@ FEATURE_CACHE_MODES = ('auto', 'on', 'off')
 LABEL_CSV_ROTATIONS = ('auto', 'camera_to_world', 'world_to_camera')
 #: The split made of training sequences held out for calibration (``data.calibration_split``).
 CALIBRATION_SPLIT = 'calibration'
+#: Calibration from out-of-fold errors: the deployed run trains on every training sequence and
+#: ``data.calibration_folds`` fold runs each predict the sequences they left out.
+CROSSFIT_SPLIT = 'crossfit'
 #: Share of a single-sequence scene's frames (its end) held out for calibration.
 CALIBRATION_TAIL_FRACTION = 0.2
 
@@ -64,21 +67,33 @@ class DataConfig:
             ``label_files``/``bags`` are relative to it.
         scenes: scene names to use; None = every scene found under ``root`` (cambridge,
             7scenes) or in the files (label_csv, rosbag). Scene indices are the sorted names.
-        train_split: split trained on (minus the calibration sequences, see below).
+        train_split: split trained on (minus the calibration sequences of the 'calibration'
+            split, see below).
         val_split: split the training loop reports on every ``validation.every_epochs`` ('val'
             on the command line resolves to it); it only monitors, nothing is fitted on it.
         test_split: the split results are reported on; nothing may be fitted on it, so
             ``calibration_split`` must differ from it.
-        calibration_split: split that everything fitted after training (the covariance of
-            ``mspr-export``) comes from. The default 'calibration' is the
+        calibration_split: split that everything fitted after training (the covariance and the
+            error correlation of ``mspr-export``) comes from. :data:`CROSSFIT_SPLIT`
+            ('crossfit') holds nothing out: the deployed run trains on every training sequence,
+            and ``calibration_folds`` fold runs (``mspr-train`` trains them in
+            ``RUN_DIR/crossfit/fold_<k>``) each leave out fold k of every scene's sequences
+            and predict it, so each sequence's errors come from a model that never saw it
+            (the default). :data:`CALIBRATION_SPLIT` ('calibration') is the
             ``calibration_sequences`` last training sequences of every scene, held out of
-            training; any other name is read from disk like ``train_split``.
+            training (one training run, but the deployed model misses those sequences); any
+            other name is read from disk like ``train_split``.
         calibration_sequences: whole sequences per scene (the last ones in natural order,
             ``seq2`` before ``seq10``) held out of ``train_split`` for the 'calibration' split.
             A scene with no more sequences than this gives the contiguous last
             :data:`CALIBRATION_TAIL_FRACTION` of its frames instead (7-Scenes heads and
             Cambridge ShopFacade have one training sequence), with a warning. 0 holds nothing
             out (``calibration_split`` must then name another split).
+        calibration_folds: folds K of the 'crossfit' split. Fold k of a scene is its training
+            sequences i (natural order) with ``i % K == k``; a scene with fewer sequences than
+            K is cut into K contiguous blocks of frames instead, with a warning. Each fold run
+            trains on (K - 1) / K of the data with the full schedule, so the folds add about
+            K - 1 times the deployed run's training time.
         label_files: label_csv only: split name -> CSV path.
         rotation: label_csv only: quaternion convention of the rows (see read_label_csv).
         bags: rosbag only: split name -> list of bag paths.
@@ -92,8 +107,9 @@ class DataConfig:
     train_split: str = 'train'
     val_split: str = 'test'
     test_split: str = 'test'
-    calibration_split: str = CALIBRATION_SPLIT
+    calibration_split: str = CROSSFIT_SPLIT
     calibration_sequences: int = 1
+    calibration_folds: int = 2
     label_files: dict[str, str] = field(default_factory=dict)
     rotation: str = 'auto'
     bags: dict[str, list[str]] = field(default_factory=dict)
@@ -111,6 +127,9 @@ class DataConfig:
         _require(self.num_workers >= 0, 'num_workers', f'must be >= 0, got {self.num_workers}')
         _require(self.calibration_sequences >= 0, 'calibration_sequences',
                  f'must be >= 0, got {self.calibration_sequences}')
+        _require(self.calibration_folds >= 2, 'calibration_folds',
+                 f'must be >= 2 (each fold run leaves one fold out), got '
+                 f'{self.calibration_folds}')
         _require(self.calibration_split != self.test_split, 'calibration_split',
                  f'must differ from test_split ({self.test_split!r}): a covariance fitted to '
                  'the errors it is judged on is not an honest one')

@@ -7,9 +7,11 @@ Formats (``data.format``): ``cambridge`` (one folder per scene with ``dataset_<s
 names a ``std_msgs/String`` scene topic). Scene indices are the sorted scene names (as
 MS-Transformer's ``np.unique``) unless an explicit order is given (a bundle's).
 
-The split named ``data.calibration_split`` (default 'calibration') is made of whole training
-sequences held out of ``data.train_split`` (:func:`split_calibration`): reading the train split
-leaves them out, reading 'calibration' returns only them.
+With ``data.calibration_split: calibration`` that split is made of whole training sequences
+held out of ``data.train_split`` (:func:`split_calibration`): reading the train split leaves
+them out, reading 'calibration' returns only them. With 'crossfit' (the default) nothing is held
+out: the train split is every training sequence, and :func:`read_crossfit_folds` divides it into
+the folds of the cross-fitting runs (:func:`crossfit_folds`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mspr_training.config import CALIBRATION_SPLIT, CALIBRATION_TAIL_FRACTION, DataConfig
+from mspr_training.config import (CALIBRATION_SPLIT, CALIBRATION_TAIL_FRACTION, CROSSFIT_SPLIT,
+                                  DataConfig)
 from mspr_training.data import (DatasetError, MultiSceneDataset, PoseSample, read_7scenes,
                                 read_cambridge, read_label_csv, read_rosbag)
 
@@ -118,6 +121,49 @@ def split_calibration(samples: Sequence[PoseSample], sequences: int, scene: str 
     return list(samples[:-count]), list(samples[-count:])
 
 
+def crossfit_folds(samples: Sequence[PoseSample], folds: int, scene: str = ''
+                   ) -> list[list[PoseSample]]:
+    """Return the ``folds`` held-out parts of one scene's training samples, in file order.
+
+    Fold k is made of the sequences i (natural order, as :func:`split_calibration` sorts them)
+    with ``i % folds == k``, so every sequence is held out exactly once and a fold never holds
+    part of a sequence another fold trains on. A scene with fewer sequences than folds is cut
+    into ``folds`` contiguous blocks of frames instead, with a warning: neighbouring frames of
+    one walk then sit in a fold and in its training part, so its errors come out optimistic.
+    """
+    names = sorted({sample.sequence for sample in samples}, key=_natural_key)
+    if len(names) >= folds:
+        fold_of = {name: index % folds for index, name in enumerate(names)}
+        return [[s for s in samples if fold_of[s.sequence] == fold] for fold in range(folds)]
+    if len(samples) < folds:
+        raise DatasetError(f'scene {scene!r}: {len(samples)} training image(s) cannot be '
+                           f'divided into {folds} cross-fitting folds')
+    LOGGER.warning('scene %s has %d training sequence(s), fewer than the %d cross-fitting '
+                   'folds: cutting its %d frames into %d contiguous blocks instead (its '
+                   'out-of-fold errors come from models that trained on the rest of the same '
+                   'walk, so its calibration is optimistic)', scene, len(names), folds,
+                   len(samples), folds)
+    bounds = np.linspace(0, len(samples), folds + 1).round().astype(int)
+    return [list(samples[start:stop]) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+def read_crossfit_folds(data: DataConfig, root: str | Path | None = None
+                        ) -> list[tuple[dict[str, list[PoseSample]], dict[str, list[PoseSample]]]]:
+    """Return ``(training part, held-out part)`` of every cross-fitting fold of the train split.
+
+    Both parts are ``{scene name: samples}`` in file order; fold k's run trains on its training
+    part and predicts its held-out part (:func:`crossfit_folds`, ``data.calibration_folds``).
+    """
+    count = data.calibration_folds
+    parts: list[tuple[dict, dict]] = [({}, {}) for _ in range(count)]
+    for scene, samples in _read_stored_split(data, data.train_split, root).items():
+        for fold, held in enumerate(crossfit_folds(samples, count, scene)):
+            held_ids = {id(sample) for sample in held}
+            parts[fold][0][scene] = [s for s in samples if id(s) not in held_ids]
+            parts[fold][1][scene] = held
+    return parts
+
+
 def read_split(data: DataConfig, split: str, root: str | Path | None = None
                ) -> dict[str, list[PoseSample]]:
     """Read one split of the dataset; returns ``{scene name: samples}``.
@@ -132,6 +178,11 @@ def read_split(data: DataConfig, split: str, root: str | Path | None = None
             naming the file and line).
     """
     split = resolve_split(data, split)
+    if split == CROSSFIT_SPLIT:
+        raise DatasetError(f'{CROSSFIT_SPLIT!r} is not a split of images: its calibration '
+                           'errors are the out-of-fold predictions of the cross-fitting runs '
+                           '(every training sequence, each predicted by the fold run that '
+                           'left it out)')
     held_out = data.calibration_split == CALIBRATION_SPLIT
     if held_out and split in (CALIBRATION_SPLIT, data.train_split):
         divided = {scene: split_calibration(samples, data.calibration_sequences, scene)

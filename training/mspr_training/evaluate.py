@@ -56,9 +56,15 @@ class EvaluationResult:
     coverage: CovarianceCoverage | None = None
 
 
-def calibration_warning(provenance: dict, split: str) -> str | None:
+def calibration_warning(provenance: dict, split: str, train_split: str = 'train') -> str | None:
     """Return a warning when the bundle's covariance was calibrated on the evaluated split."""
     calibrated_on = (provenance.get('calibration') or {}).get('split')
+    # Cross-fitted: the deployed weights saw every training walk, so errors measured there
+    # are training errors, smaller than the out-of-fold ones the covariance was fitted on.
+    if calibrated_on == 'crossfit' and split == train_split:
+        return (f'the bundle\'s weights were trained on the {split!r} split evaluated here '
+                '(its covariance comes from out-of-fold errors): the coverage says nothing '
+                'about new images')
     if calibrated_on is None:
         return ('the bundle carries no calibrated covariance (exported without calibration): '
                 'the coverage describes its default covariance')
@@ -149,7 +155,7 @@ def evaluate_bundle(weights: str | Path, data: DataConfig, split: str, out_dir: 
         pose_error_vectors(gt_position, gt_orientation, pred_position, pred_orientation),
         np.array([r.covariance for r in results]), gt_scene, scene_names)
     report.extra['covariance_coverage'] = coverage.to_dict()
-    warning = calibration_warning(localizer.bundle.provenance, split)
+    warning = calibration_warning(localizer.bundle.provenance, split, data.train_split)
     if warning is not None:
         LOGGER.warning('%s', warning)
         report.extra['covariance_coverage_warning'] = warning

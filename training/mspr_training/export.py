@@ -1,13 +1,13 @@
 """``mspr-export``: turn a training checkpoint into the deployment weights bundle.
 
-    mspr-export --run RUN_DIR --out model.safetensors [--calibration-split calibration]
+    mspr-export --run RUN_DIR --out model.safetensors [--calibration-split crossfit]
     mspr-export --checkpoint RUN_DIR/checkpoint_000012000.pt --out model.safetensors
     mspr-export --run RUN_DIR --out model.safetensors --onnx [--opset 17]
 
 The bundle (``mspr_ros.bundle.save_bundle``) carries the model, its scene names, the
-preprocessing it was trained with, a per-scene 6x6 covariance calibrated on held-out images and
-the provenance (config, git commit, training-data fingerprint, calibration metrics, time, torch
-version).
+preprocessing it was trained with, a per-scene 6x6 covariance and error correlation calibrated
+on held-out images and the provenance (config, git commit, training-data fingerprint, how the
+calibration was made, its metrics, the training times, time, torch version).
 
 ``--onnx`` also writes the inference graph as ONNX beside the bundle (``model.onnx``; see
 :mod:`mspr_ros.onnx_backend`: input the preprocessed ``N x 3 x crop x crop`` float32 batch,
@@ -17,13 +17,18 @@ onnxruntime (file name, opset, SHA-256): ``Localizer(backend='auto')`` then runs
 onnxruntime is installed the graph is checked against the torch model on random images first;
 a graph that disagrees is not written into the bundle.
 
-The calibration split is the run's ``data.calibration_split`` unless given: by default whole
-training sequences held out of training (``mspr_training.datasets.split_calibration``). A
-calibration split equal to the evaluation split (``data.test_split``) is refused: a covariance
-fitted to the very errors it is judged on says nothing about the next image.
+The calibration split is the run's ``data.calibration_split`` unless given. 'crossfit' (the
+default): the out-of-fold errors of the cross-fitting runs (:mod:`mspr_training.crossfit`):
+fold k's model predicts the sequences it left out, so every training sequence is predicted by a
+model that never saw it while the exported model trained on all of them; the fold runs must
+exist (``mspr-train`` trains them). 'calibration': whole training sequences held out of the
+exported run's training (``mspr_training.datasets.split_calibration``). A calibration split
+equal to the evaluation split (``data.test_split``) is refused: a covariance fitted to the very
+errors it is judged on says nothing about the next image.
 
-Covariance calibration, per scene: :mod:`mspr_training.calibration` (second moment of the
-held-out errors, shrunk toward isotropic per block, plus a floor).
+Calibration, per scene: :mod:`mspr_training.calibration` (the covariance: second moment of the
+held-out errors, shrunk toward isotropic per block, plus a floor; the error correlation along
+each held-out walk).
 """
 from __future__ import annotations
 
@@ -34,7 +39,6 @@ import logging
 import math
 import os
 from pathlib import Path
-import subprocess
 import sys
 from typing import Any, Sequence
 
@@ -48,13 +52,16 @@ from mspr_ros.model.ms_transformer import build_model, MSTransformer
 from mspr_ros.onnx_backend import DEFAULT_OPSET, export_onnx, onnx_path_for, OnnxSession
 from mspr_training import checkpoint as ckpt
 from mspr_training.calibration import (calibrate_covariance, DEFAULT_ORIENTATION_FLOOR_RAD,
-                                       DEFAULT_POSITION_FLOOR_M, parse_shrinkage,
-                                       SHRINKAGE_OAS)
-from mspr_training.config import CALIBRATION_SPLIT, ConfigError, TrainConfig
-from mspr_training.data import DatasetError
-from mspr_training.datasets import build_dataset, read_split, resolve_split, training_poses
+                                       DEFAULT_POSITION_FLOOR_M, fit_correlations,
+                                       parse_shrinkage, SHRINKAGE_OAS)
+from mspr_training.config import CALIBRATION_SPLIT, ConfigError, CROSSFIT_SPLIT, TrainConfig
+from mspr_training.crossfit import fold_checkpoints, TrainingTime
+from mspr_training.data import DatasetError, PoseSample
+from mspr_training.datasets import (build_dataset, data_root as resolve_root, read_split,
+                                    resolve_split, training_poses)
 from mspr_training.engine import evaluate, Predictions
 from mspr_training.metrics import compute_metrics, MetricsReport, NaiveBaseline
+from mspr_training.provenance import git_state
 from mspr_training.transforms import eval_transform, SeededDraws
 
 LOGGER = logging.getLogger('mspr_training.export')
@@ -62,17 +69,6 @@ EVAL_BATCH_SIZE = 32
 # Largest |onnxruntime - torch| accepted on the random check images (float32 outputs).
 ONNX_TOLERANCE = 1e-3
 ONNX_CHECK_BATCH = 3
-
-
-def git_commit() -> str:
-    """Return ``git rev-parse HEAD`` of the source tree, or 'unknown'."""
-    try:
-        result = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return 'unknown'
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else 'unknown'
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> tuple[TrainConfig, MSTransformer]:
@@ -84,19 +80,58 @@ def model_from_checkpoint(state: dict[str, Any]) -> tuple[TrainConfig, MSTransfo
     return cfg, model.eval()
 
 
+def predict_samples(model: MSTransformer, cfg: TrainConfig, scene_names: Sequence[str],
+                    samples: dict[str, list[PoseSample]], device: torch.device,
+                    num_workers: int = 0) -> tuple[Predictions, list[PoseSample]]:
+    """Return the model's predictions (predicted scene, eval transform) and their samples."""
+    dataset = build_dataset(samples, scene_names)
+    loader = DataLoader(SeededDraws(dataset, eval_transform(cfg.augmentation)),
+                        batch_size=EVAL_BATCH_SIZE, num_workers=num_workers)
+    predictions = evaluate(model.to(device), loader, device)
+    return predictions, [dataset.samples[index] for index in predictions.index]
+
+
 def predict_split(model: MSTransformer, cfg: TrainConfig, scene_names: Sequence[str],
                   split: str, root: str | Path | None, device: torch.device,
-                  num_workers: int = 0) -> Predictions:
-    """Return the model's predictions (predicted scene) on a split, with the eval transform."""
+                  num_workers: int = 0) -> tuple[Predictions, list[PoseSample]]:
+    """Return the model's predictions on a split and their samples (:func:`predict_samples`)."""
     samples = read_split(cfg.data, split, root)
     unknown = sorted(set(samples) - set(scene_names))
     if unknown:
         raise DatasetError(f'split {split!r} has scenes {unknown} the model does not know '
                            f'(its scenes: {list(scene_names)})')
-    dataset = build_dataset(samples, scene_names)
-    loader = DataLoader(SeededDraws(dataset, eval_transform(cfg.augmentation)),
-                        batch_size=EVAL_BATCH_SIZE, num_workers=num_workers)
-    return evaluate(model.to(device), loader, device)
+    return predict_samples(model, cfg, scene_names, samples, device, num_workers)
+
+
+def out_of_fold_predictions(run_dir: Path, cfg: TrainConfig, scene_names: Sequence[str],
+                            root: Path, device: torch.device, num_workers: int = 0
+                            ) -> tuple[Predictions, list[str], list[PoseSample], list[dict]]:
+    """Return every fold run's predictions of the samples it held out, concatenated.
+
+    Returns:
+        ``(predictions, walk of each row, sample of each row, the fold runs' descriptions)``;
+        a walk is one held-out sequence (or block) of one fold.
+
+    Raises:
+        CrossfitError: a fold run is missing, unfinished or stale (naming its folder).
+    """
+    parts, walks, samples, runs = [], [], [], []
+    for fold, (state, held_out) in enumerate(fold_checkpoints(run_dir, cfg, scene_names, root)):
+        _, model = model_from_checkpoint(state)
+        predictions, predicted = predict_samples(model, cfg, scene_names, held_out, device,
+                                                 num_workers)
+        predictions.index = predictions.index + len(samples)
+        parts.append(predictions)
+        walks += [f'fold{fold}/{s.scene}/{s.sequence}' for s in predicted]
+        samples += predicted
+        runs.append({'fold': fold, 'checkpoint': state['path'],
+                     'global_step': state['progress']['global_step'],
+                     'epoch': state['progress']['epoch'], 'held_out_images': len(predicted),
+                     'held_out_sequences': {scene: sorted({s.sequence for s in part})
+                                            for scene, part in held_out.items()}})
+    joined = Predictions(**{name: np.concatenate([getattr(p, name) for p in parts])
+                            for name in Predictions.__annotations__})
+    return joined, walks, samples, runs
 
 
 class CalibrationSplitError(ValueError):
@@ -107,19 +142,32 @@ def check_calibration_split(cfg: TrainConfig, split: str) -> str:
     """Return the dataset split ``split`` means, refusing the evaluation and training splits.
 
     Raises:
-        CalibrationSplitError: ``split`` resolves to ``data.test_split`` or ``data.train_split``.
+        CalibrationSplitError: ``split`` resolves to ``data.test_split`` or ``data.train_split``,
+            or to 'crossfit' or 'calibration' for a run trained with the other one.
     """
     resolved = resolve_split(cfg.data, split)
+    trained_with = cfg.data.calibration_split
+    if resolved == CROSSFIT_SPLIT and trained_with != CROSSFIT_SPLIT:
+        raise CalibrationSplitError(
+            f'calibration split {split!r}: the run was trained with data.calibration_split '
+            f'{trained_with!r}, so mspr-train trained no cross-fitting fold runs for it')
+    if resolved == CALIBRATION_SPLIT and trained_with == CROSSFIT_SPLIT:
+        raise CalibrationSplitError(
+            f'calibration split {split!r}: the run was trained with data.calibration_split '
+            f'{CROSSFIT_SPLIT!r}, on every training sequence: none was held out; calibrate on '
+            f'{CROSSFIT_SPLIT!r} (its fold runs)')
     if resolved == cfg.data.test_split:
         raise CalibrationSplitError(
             f'calibration split {split!r} is the evaluation split {resolved!r} '
             '(data.test_split): a covariance fitted to the errors it is judged on is not '
-            f'calibrated; use the held-out training sequences ({CALIBRATION_SPLIT!r}, '
-            'data.calibration_sequences) or a split that is neither trained nor tested on')
+            f'calibrated; use the out-of-fold errors ({CROSSFIT_SPLIT!r}), the held-out '
+            f'training sequences ({CALIBRATION_SPLIT!r}) or a split that is neither trained '
+            'nor tested on')
     if resolved == cfg.data.train_split:
         raise CalibrationSplitError(
             f'calibration split {split!r} is the training split {resolved!r}: training errors '
-            f'understate the errors on unseen images; use {CALIBRATION_SPLIT!r}')
+            f'understate the errors on unseen images; use {CROSSFIT_SPLIT!r} (the out-of-fold '
+            'errors of the cross-fitting runs)')
     return resolved
 
 
@@ -177,10 +225,12 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
     Args:
         checkpoint: checkpoint file or run folder.
         out: bundle path (``.safetensors``).
-        calibration_split: split to calibrate the covariance on: 'calibration' (the held-out
-            training sequences), 'default' (the run's ``data.calibration_split``), a split name
-            ('val' means ``data.val_split``); None keeps the bundle's default covariance. The
-            evaluation split (``data.test_split``) and the training split are refused.
+        calibration_split: where the covariance and error correlation are fitted: 'crossfit'
+            (the out-of-fold predictions of the run's fold runs in ``RUN/crossfit/``),
+            'calibration' (the held-out training sequences), 'default' (the run's
+            ``data.calibration_split``), a split name ('val' means ``data.val_split``); None
+            keeps the bundle's default covariance and no correlation. The evaluation split
+            (``data.test_split``) and the training split are refused.
         data_root: dataset root; default: the root the run trained on, then ``data.root``.
         device: where calibration inference runs.
         shrinkage: covariance shrinkage toward isotropic per block, ``'oas'`` (estimated from
@@ -199,25 +249,46 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
     root = data_root if data_root is not None else state.get('data_root') or cfg.data.root
     provenance: dict[str, Any] = {
         'config': cfg.to_dict(),
-        'git_commit': git_commit(),
+        'git_commit': git_state()['commit'] or 'unknown',
         'data_fingerprint': state['data_fingerprint'],
         'checkpoint': {'path': state['path'], 'global_step': state['progress']['global_step'],
                        'epoch': state['progress']['epoch']},
         'exported_at': datetime.datetime.now(datetime.timezone.utc).isoformat(),
         'torch_version': torch.__version__,
     }
-    covariance, report = None, None
+    covariance, correlation, report = None, None, None
     if calibration_split is not None:
         if calibration_split == 'default':
             calibration_split = cfg.data.calibration_split
         split = check_calibration_split(cfg, calibration_split)
-        predictions = predict_split(model, cfg, scene_names, split, root,
-                                    resolve_device(device), num_workers)
+        where = resolve_device(device)
+        if split == CROSSFIT_SPLIT:
+            run_dir = Path(state['path']).parent
+            predictions, walks, samples, fold_runs = out_of_fold_predictions(
+                run_dir, cfg, scene_names, resolve_root(cfg.data, root), where, num_workers)
+            method = {'method': 'cross-fitting', 'predicted_by': 'the fold runs (out of fold)',
+                      'folds': cfg.data.calibration_folds,
+                      'fold_assignment': 'sequence i of a scene (natural order) in fold i % K; '
+                                         'a scene with fewer sequences: K blocks of frames',
+                      'fold_runs': fold_runs, 'held_out_sequences_per_scene': 0,
+                      'training_time': TrainingTime(run_dir).summary(
+                          cfg.data.calibration_folds)}
+        else:
+            predictions, samples = predict_split(model, cfg, scene_names, split, root, where,
+                                                 num_workers)
+            walks = [f'{s.scene}/{s.sequence}' for s in samples]
+            method = {'method': 'held-out walks' if split == CALIBRATION_SPLIT else 'split',
+                      'predicted_by': 'the exported model',
+                      'held_out_sequences_per_scene': (cfg.data.calibration_sequences
+                                                       if split == CALIBRATION_SPLIT else 0)}
         calibration = calibrate_covariance(scene_names, predictions,
                                            position_floor_m=position_floor_m,
                                            orientation_floor_rad=orientation_floor_rad,
                                            shrinkage=shrinkage)
         covariance = calibration.covariance
+        fits = fit_correlations(scene_names, predictions, walks, covariance,
+                                [s.stamp_ns for s in samples])
+        correlation = {scene: fit.model for scene, fit in fits.items() if fit is not None}
         baseline = NaiveBaseline.from_training_poses(
             training_poses(read_split(cfg.data, cfg.data.train_split, root)))
         report = compute_metrics(scene_names, predictions.gt_scene, predictions.gt_position,
@@ -226,17 +297,17 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
                                  thresholds=cfg.validation.recall_thresholds,
                                  baseline=baseline)
         provenance['calibration'] = {
-            'split': split, 'test_split': cfg.data.test_split,
-            'held_out_sequences_per_scene': (cfg.data.calibration_sequences
-                                             if split == CALIBRATION_SPLIT else 0),
+            'split': split, 'test_split': cfg.data.test_split, **method,
             'position_floor_m': position_floor_m,
             'orientation_floor_rad': orientation_floor_rad,
-            'method': 'second moment of [p_gt - p_est, rotvec(R_gt R_est^T)] over correctly '
-                      'classified images, each 3x3 block shrunk toward isotropic, plus the floor '
-                      'on the diagonal',
+            'covariance_method': 'second moment of [p_gt - p_est, rotvec(R_gt R_est^T)] over '
+                                 'correctly classified images, each 3x3 block shrunk toward '
+                                 'isotropic, plus the floor on the diagonal',
             'shrinkage_method': (shrinkage if isinstance(shrinkage, str)
                                  else f'fixed {float(shrinkage)}'),
-            **calibration.summary()}
+            **calibration.summary(),
+            'error_correlation': {scene: None if fit is None else fit.summary()
+                                  for scene, fit in fits.items()}}
         provenance['validation_metrics'] = report.to_dict()
     preprocessing = cfg.augmentation.preprocessing()
     inference = None
@@ -259,7 +330,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
         LOGGER.info('wrote the ONNX graph %s (opset %d)', onnx_path, opset)
     path = save_bundle(out, model.cpu(), model.config, scene_names,
                        preprocessing=preprocessing, covariance=covariance,
-                       provenance=provenance, inference=inference)
+                       error_correlation=correlation, provenance=provenance,
+                       inference=inference)
     return path, report
 
 
@@ -273,10 +345,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     source.add_argument('--run', help='run folder (its latest checkpoint)')
     parser.add_argument('--out', required=True, help='bundle file to write (.safetensors)')
     parser.add_argument('--calibration-split', default='default',
-                        help="split for the covariance calibration (default: the run's "
-                             "data.calibration_split, normally 'calibration': whole training "
-                             "sequences held out of training; 'none' skips calibration; the "
-                             "evaluation split data.test_split is refused)")
+                        help="where the covariance and error correlation are fitted (default: "
+                             "the run's data.calibration_split, normally 'crossfit': the "
+                             'out-of-fold errors of the fold runs mspr-train trained in '
+                             "RUN_DIR/crossfit/; 'calibration': whole training sequences held "
+                             "out of training; 'none' skips calibration; the evaluation split "
+                             'data.test_split is refused)')
     parser.add_argument('--data-root', help='dataset root (default: the one trained on)')
     parser.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:N'")
     parser.add_argument('--position-floor', type=float, default=DEFAULT_POSITION_FLOOR_M,

@@ -8,6 +8,12 @@ The loop bodies live in :mod:`mspr_training.engine`. Resume is exact: a checkpoi
 model, optimizer, scheduler, GradScaler, sampler and RNG states and the position inside the
 epoch; the resumed run skips the batches already consumed (the epoch order is a function of
 seed and epoch) and reaches the same parameters as an uninterrupted run.
+
+With ``data.calibration_split: crossfit`` (:mod:`mspr_training.crossfit`) the deployed run
+trains on every training sequence, then the ``data.calibration_folds`` fold runs train in
+``RUN_DIR/crossfit/fold_<k>`` (``--no-crossfit-folds`` skips them); ``--resume`` continues
+the deployed run, then each fold run, wherever they stopped. Their wall-clock times go to
+``RUN_DIR/crossfit/timing.json``.
 """
 from __future__ import annotations
 
@@ -41,10 +47,13 @@ from mspr_ros.model.ms_transformer import build_model, MSTransformer
 from mspr_ros.runtime import allocator
 from mspr_training import checkpoint as ckpt
 from mspr_training import distributed
-from mspr_training.config import (ConfigError, dump_config, load_config, TrainConfig)
+from mspr_training.config import (ConfigError, CROSSFIT_SPLIT, dump_config, load_config,
+                                  TrainConfig)
+from mspr_training.crossfit import (FeatureSource, fold_config, fold_dir, timed_fit,
+                                    TrainingTime)
 from mspr_training.data import DatasetError, MultiSceneDataset
-from mspr_training.datasets import (build_dataset, data_fingerprint, data_root, read_split,
-                                    training_poses)
+from mspr_training.datasets import (build_dataset, data_fingerprint, data_root,
+                                    read_crossfit_folds, read_split, training_poses)
 from mspr_training.engine import EpochTotals, evaluate, IterationInfo, LOSS_KEYS, \
     Predictions, run_model, train_one_epoch, TrainStep
 from mspr_training.feature_cache import AugmentedViews, CachedFeatureDataset, load_or_compute
@@ -280,11 +289,15 @@ class TrainResult:
         checkpoint: the final checkpoint.
         metrics: the final validation report (None when validation is off).
         global_step: optimizer steps done.
+        folds: the cross-fitting fold runs trained after it (fold order; empty without).
+        timing: ``RUN_DIR/crossfit/timing.json``'s summary (None without cross-fitting).
     """
 
     checkpoint: Path
     metrics: MetricsReport | None
     global_step: int
+    folds: list['TrainResult'] = dataclasses.field(default_factory=list)
+    timing: dict[str, Any] | None = None
 
 
 @dataclass
@@ -300,10 +313,17 @@ class Trainer:
     """One training run (built by :func:`train`); rank 0 writes every file."""
 
     def __init__(self, cfg: TrainConfig, out_dir: Path, data_root_override: str | None,
-                 resume: str | None, overwrite: bool = False) -> None:
-        """Set up processes, data, model, optimizer and (on resume) every saved state."""
+                 resume: str | None, overwrite: bool = False, *, fold: int | None = None,
+                 feature_source: FeatureSource | None = None) -> None:
+        """Set up processes, data, model, optimizer and (on resume) every saved state.
+
+        ``fold`` makes this cross-fitting fold run k (the training split minus fold k);
+        ``feature_source`` is the deployed run's cache its backbone maps are taken from.
+        """
         self.cfg = cfg
         self.out_dir = Path(out_dir)
+        self.fold = fold
+        self.feature_source = feature_source
         self.context = distributed.init_distributed(resolve_device(cfg.device))
         self.device = self.context.device
         self.amp = cfg.amp and self.device.type == 'cuda'
@@ -373,9 +393,12 @@ class Trainer:
         return state
 
     def _set_up_data(self) -> None:
-        """Read the training split and check it against the model's scene count."""
+        """Read the training split (or fold's part) and check it against the scene count."""
         cfg = self.cfg
-        self.train_samples = read_split(cfg.data, cfg.data.train_split, self.root)
+        if self.fold is None:
+            self.train_samples = read_split(cfg.data, cfg.data.train_split, self.root)
+        else:
+            self.train_samples = read_crossfit_folds(cfg.data, self.root)[self.fold][0]
         self.scene_names = sorted(self.train_samples)
         if len(self.scene_names) != cfg.model.num_scenes:
             raise ConfigError(f'{cfg.source}: model.num_scenes is {cfg.model.num_scenes} but '
@@ -437,8 +460,22 @@ class Trainer:
         if views > 1:
             augment = AugmentedViews(train_transform(cfg.augmentation),
                                      dataclasses.asdict(cfg.augmentation), cfg.seed.torch)
-        train_cache = self._shared_cache(self.train_dataset, transform, directory,
-                                         views=views, augment=augment)
+        train_cache = None
+        if self.feature_source is not None:
+            # A fold run's images are the deployed run's: take their maps instead of the
+            # backbone's time; validation maps are the deployed run's files.
+            directory = self.feature_source.directory
+            train_cache = self.feature_source.subset(self.train_dataset.samples, self.root,
+                                                     self.model)
+            if train_cache is not None:
+                LOGGER.info('fold run: %d backbone maps taken from the deployed run\'s cache',
+                            len(train_cache))
+        if train_cache is None:
+            train_cache = self._shared_cache(self.train_dataset, transform, directory,
+                                             views=views, augment=augment)
+        if self.fold is None:
+            self.train_feature_source = FeatureSource.of(train_cache, self.train_dataset,
+                                                         self.root, self.model, directory)
         val_set = None
         if self.val_dataset is not None:
             val_set = CachedFeatureDataset(
@@ -469,6 +506,7 @@ class Trainer:
     def _set_up_loaders(self) -> None:
         """Build the samplers and DataLoaders (cached maps or decoded images)."""
         cfg = self.cfg
+        self.train_feature_source: FeatureSource | None = None  # set by _feature_datasets
         cached = self._feature_datasets()
         self.uses_feature_cache = cached is not None
         if cached is not None:
@@ -558,6 +596,8 @@ class Trainer:
                 'data_fingerprint': self.fingerprint,
                 'data_root': str(self.root),
                 'feature_cache': self.uses_feature_cache,
+                'crossfit_fold': (None if self.fold is None else
+                                  {'fold': self.fold, 'folds': self.cfg.data.calibration_folds}),
             }
             path = self.out_dir / ckpt.checkpoint_name(self.position.step, mid_epoch)
             ckpt.save_checkpoint(path, state)
@@ -689,22 +729,50 @@ def _format_values(values: dict[str, Any]) -> str:
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, data_root_override: str | None = None,
-          resume: str | None = None, overwrite: bool = False) -> TrainResult:
+          resume: str | None = None, overwrite: bool = False,
+          crossfit_folds: bool = True) -> TrainResult:
     """Run (or resume) a training run in this process (one rank under torchrun).
+
+    With ``data.calibration_split: crossfit`` the fold runs follow the deployed run (module
+    docstring), each resumed or started as the deployed run was.
 
     Args:
         cfg: the configuration.
         out_dir: run folder (checkpoints, logs, cache, resolved config).
         data_root_override: dataset root overriding ``cfg.data.root``.
-        resume: None, 'auto' (latest checkpoint in ``out_dir``, if any) or a checkpoint path.
-        overwrite: delete an earlier run's checkpoints and logs in ``out_dir`` (else a fresh
-            run there is refused).
+        resume: None, 'auto' (latest checkpoint in ``out_dir``, if any) or a checkpoint path
+            (of the deployed run; the fold runs then resume from their latest).
+        overwrite: delete an earlier run's checkpoints and logs in ``out_dir`` and in its fold
+            folders (else a fresh run there is refused).
+        crossfit_folds: train the fold runs of a 'crossfit' config (False: only the deployed
+            run; its time is still recorded, and ``mspr-export`` needs the folds later).
+
+    Returns:
+        the deployed run's result, with the fold runs' results and the training times.
     """
-    trainer = Trainer(cfg, Path(out_dir), data_root_override, resume, overwrite)
+    out_dir = Path(out_dir)
+    crossfit = cfg.data.calibration_split == CROSSFIT_SPLIT
+    started = time.perf_counter()
+    trainer = Trainer(cfg, out_dir, data_root_override, resume, overwrite)
+    context = trainer.context
     try:
-        return trainer.fit()
+        if not crossfit:
+            return trainer.fit()
+        result = timed_fit(trainer, None, out_dir, started)
+        if crossfit_folds:
+            source, root = trainer.train_feature_source, str(trainer.root)
+            del trainer  # the deployed run's model and optimizer are not needed any more
+            for fold in range(cfg.data.calibration_folds):
+                started = time.perf_counter()
+                fold_trainer = Trainer(fold_config(cfg, fold), fold_dir(out_dir, fold), root,
+                                       None if resume is None else 'auto', overwrite,
+                                       fold=fold, feature_source=source)
+                result.folds.append(timed_fit(fold_trainer, fold, out_dir, started))
+                del fold_trainer
+        result.timing = TrainingTime(out_dir).summary(cfg.data.calibration_folds)
+        return result
     finally:
-        distributed.shutdown(trainer.context)
+        distributed.shutdown(context)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -726,6 +794,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              'cache is reused)')
     parser.add_argument('--device', help="shortcut for --set device=... ('auto', 'cpu', "
                                          "'cuda', 'cuda:N')")
+    parser.add_argument('--no-crossfit-folds', dest='crossfit_folds', action='store_false',
+                        help="with data.calibration_split 'crossfit': train only the deployed "
+                             'run, not the fold runs in RUN_DIR/crossfit/ (mspr-export needs '
+                             'them: a later --resume trains them)')
     return parser.parse_args(argv)
 
 
@@ -747,7 +819,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     try:
         cfg = load_config(config, overrides)
-        result = train(cfg, args.out, args.data_root, args.resume, args.overwrite)
+        result = train(cfg, args.out, args.data_root, args.resume, args.overwrite,
+                       crossfit_folds=args.crossfit_folds)
     except (ConfigError, DatasetError, ckpt.CheckpointError, BackboneWeightsError) as error:
         print(f'mspr-train: error: {error}', file=sys.stderr)
         return 2
@@ -756,6 +829,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'final checkpoint: {result.checkpoint}')
     if result.metrics is not None:
         print(result.metrics.to_markdown())
+    for fold, fold_result in enumerate(result.folds):
+        print(f'cross-fitting fold {fold}: {fold_result.checkpoint}')
+    timing = result.timing
+    if timing is not None and timing['main_s'] is not None:
+        extra = ('fold runs not (all) trained yet' if timing['extra_s'] is None else
+                 f'fold runs {timing["extra_s"]:.0f} s = {timing["extra_ratio"]:.2f} x the '
+                 'deployed run')
+        print(f'training time: deployed run {timing["main_s"]:.0f} s, {extra}')
     return 0
 
 

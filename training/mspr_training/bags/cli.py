@@ -8,7 +8,9 @@ Users judge a localizer by replaying their own recordings, so there are two ways
   (``bag_live``): what a robot sees, including end-to-end latency and the frames the node drops.
 
 Both write the same report (``bag_report``): ``report.json``, ``report.md`` and PNG plots, with the
-accuracy metrics of ``mspr_training.metrics`` (shared with ``mspr-evaluate``). ``--write-bag``
+accuracy metrics of ``mspr_training.metrics`` (shared with ``mspr-evaluate``) and, when the node
+fuses, per-frame vs fused (``bags.fusion_compare``: offline the node's stream replayed, live its
+own ``~/pose_raw``, ``~/pose`` and ``~/pose_update``). ``--write-bag``
 also stores the estimates in a new rosbag2 recording for RViz or Foxglove.
 
 Why this tool lives in ``mspr_training`` and not in ``mspr_ros.tools``: it needs the dataset and
@@ -162,6 +164,9 @@ def run(args) -> int:
         print('p95 position error per-frame / fused: ' + ' / '.join(
             f"{row['position_m']['p95']:.3f}" for row in rows) + ' m; position jitter: '
             + ' / '.join(f"{row['jitter']['position_m']:.3f}" for row in rows) + ' m')
+        print('inside 2 sigma per-frame / fused: ' + '; '.join(
+            f'{key} ' + ' / '.join(f"{100 * row['coverage_2sigma'][key]:.1f}" for row in rows)
+            + ' %' for key in ('position', 'rotation')) + ' (nominal 73.9 %)')
     print(f'report: {files.markdown} and {files.json}')
     if args.write_bag is not None:
         folder, storage = output_bag_location(args.write_bag)

@@ -2,41 +2,31 @@
 
 Every answered frame goes through ``mspr_ros.estimation.pose_stream.PoseStream``, the rule the
 node publishes by: the frame chain, covariance, scene and jump gates and the initial-pose guard of
-``FrameProcessor`` (configured from the node's parameters), then the ``map -> odom`` fusion, with
-``odom -> base`` and ``base <- camera`` looked up in the bag's TF at the image stamp. A frame the
-gate rejects publishes nothing and is counted; a relocalization restarts the fusion window, as in
-the node. The per-frame and fused estimates of the published frames that have ground truth are
-then compared on the same frames: median and p95 errors, jitter, 2 sigma coverage.
+``FrameProcessor`` (configured from the node's parameters), then the ``map -> odom`` fusion with
+the frame's scene (whose error correlation model decides how much a window of its frames is
+worth), with ``odom -> base`` and ``base <- camera`` looked up in the bag's TF at the image
+stamp. A frame the gate rejects publishes nothing and is counted; a relocalization restarts the
+fusion window, as in the node. The per-frame and fused estimates of the published frames that
+have ground truth are then compared on the same frames
+(``mspr_training.bags.fusion_compare``).
 """
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 import logging
 import math
 
-import numpy as np
-from scipy.spatial.transform import Rotation
-
+from mspr_ros.estimation.error_correlation import ErrorCorrelation, resolve_error_correlation
 from mspr_ros.estimation.frame_processor import (CovarianceSettings, FrameProcessor,
                                                  NON_FINITE, NonFiniteEstimate,
                                                  ProcessorSettings)
 from mspr_ros.estimation.fusion import FusionConfig
 from mspr_ros.estimation.gating import GateConfig
 from mspr_ros.estimation.pose_stream import PoseStream
-from mspr_ros.geometry.covariance import covariance_at_offset
 from mspr_ros.geometry.transforms import base_in_map, Transform
+from mspr_training.bags.fusion_compare import (correlation_summary, fusion_comparison,
+                                               in_compared_frame, PoseSeries, REPLAYED)
 from mspr_training.bags.report import FrameStatus
-from mspr_training.metrics import (_block_coverage, NOMINAL_COVERAGE_3D, orientation_errors_deg,
-                                   position_errors)
 
 LOGGER = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, eq=False)
-class PoseSeries:
-    """Poses of the compared frame: (N, 3) positions, (N, 4) xyzw, (N, 6, 6) covariances."""
-
-    positions: np.ndarray
-    orientations: np.ndarray
-    covariances: np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,11 +45,55 @@ class Replay:
     rejected: dict[str, int] = field(default_factory=dict)
 
 
-def fusion_config(parameters: dict) -> FusionConfig | None:
+def _correlation_parameters(parameters: dict) -> tuple[str, float]:
+    """Return the node's ``fusion.error_correlation`` mode and ``fusion.error_correlation_s``."""
+    return (str(parameters.get('fusion.error_correlation', 'bundle')),
+            float(parameters.get('fusion.error_correlation_s', 0.0)))
+
+
+def _default_correlation(mode: str, time_s: float) -> ErrorCorrelation:
+    """Return the model of a scene the resolver did not name (e.g. an unknown scene)."""
+    if mode == 'independent':
+        return ErrorCorrelation.independent()
+    if mode == 'time':
+        return ErrorCorrelation.from_time(time_s)
+    return ErrorCorrelation.one_frame()
+
+
+def error_correlation(parameters: dict, bundle) -> tuple[dict[str, ErrorCorrelation],
+                                                         list[str]]:
+    """Return each scene's error correlation model and the scenes that fell back.
+
+    The node's rule (``resolve_error_correlation``): 'bundle' takes the models ``mspr-export``
+    learned (``Bundle.error_correlation``; empty for older bundles), a scene without one gets
+    one frame's worth; 'time' and 'independent' ignore the bundle.
+
+    Raises:
+        ValueError: an unknown mode, or 'time' without a positive ``fusion.error_correlation_s``.
+    """
+    mode, time_s = _correlation_parameters(parameters)
+    learned = dict(getattr(bundle, 'error_correlation', None) or {})
+    scenes = list(getattr(bundle, 'scene_names', None) or ())
+    return resolve_error_correlation(mode, time_s, learned, scenes)
+
+
+def correlation_report(parameters: dict, bundle) -> dict:
+    """Return the report's statement of the correlation model each scene's fusion uses."""
+    mode, time_s = _correlation_parameters(parameters)
+    models, fallback = error_correlation(parameters, bundle)
+    return correlation_summary(mode, time_s, models, fallback)
+
+
+def fusion_config(parameters: dict, bundle=None) -> FusionConfig | None:
     """Return the fusion the node runs with these parameters (None with ``fusion: none``).
 
     The same fields as the shell's ``mspr_ros.ros.params.fusion_config`` (which tools may not
-    import); a parameter not given keeps ``FusionConfig``'s default, as the node's.
+    import); a parameter not given keeps ``FusionConfig``'s default, as the node's. ``bundle``
+    (a ``Bundle``, or None for no scene) gives the learned error correlation models of the
+    'bundle' mode (``error_correlation``).
+
+    Raises:
+        ValueError: an unknown ``fusion`` or ``fusion.error_correlation`` value.
     """
     mode = parameters.get('fusion', 'window')
     if mode == 'none':
@@ -67,15 +101,16 @@ def fusion_config(parameters: dict) -> FusionConfig | None:
     if mode != 'window':
         raise ValueError(f"fusion must be 'window' or 'none', got {mode!r}")
     default = FusionConfig()
+    models, _ = error_correlation(parameters, bundle)
     return FusionConfig(
         window_s=float(parameters.get('fusion.window_s', default.window_s)),
         window_distance_m=float(parameters.get('fusion.window_distance_m',
                                                default.window_distance_m)),
         odometry_drift_per_m=float(parameters.get('fusion.odometry_drift_per_m',
                                                   default.odometry_drift_per_m)),
-        error_correlation_s=float(parameters.get('fusion.error_correlation_s',
-                                                 default.error_correlation_s)),
-        two_d=bool(parameters.get('two_d_mode', default.two_d)))
+        two_d=bool(parameters.get('two_d_mode', default.two_d)),
+        error_correlation=models,
+        default_correlation=_default_correlation(*_correlation_parameters(parameters)))
 
 
 def covariance_settings(parameters: dict) -> CovarianceSettings:
@@ -116,18 +151,6 @@ def processor_settings(parameters: dict) -> ProcessorSettings:
         initial_pose_gate=float(parameters.get('initial_pose_gate', default.initial_pose_gate)),
         agreement_frames=int(parameters.get('relocalization_agreement_frames',
                                             default.agreement_frames)))
-
-
-def _in_compared_frame(T_map_base, covariance, T_base_child):
-    """Return (pose, covariance) of the compared frame rigidly attached to the base."""
-    pose = (T_map_base @ T_base_child).canonical()
-    return pose, covariance_at_offset(covariance, pose.translation - T_map_base.translation)
-
-
-def _series(items) -> PoseSeries:
-    return PoseSeries(np.array([p.translation for p, _ in items]).reshape(-1, 3),
-                      np.array([p.rotation for p, _ in items]).reshape(-1, 4),
-                      np.array([c for _, c in items]).reshape(-1, 6, 6))
 
 
 def replay_fusion(records, transforms, localizer, alignments, parameters,
@@ -171,84 +194,23 @@ def replay_fusion(records, transforms, localizer, alignments, parameters,
         T_map_base = base_in_map(output.estimate.T_map_cam, T_base_cam)
         T_base_child = T_map_base.inverse() @ Transform(record.position, record.orientation)
         kept.append(index)
-        per_frame.append(_in_compared_frame(output.estimate.T_map_base,
-                                            output.estimate.covariance, T_base_child))
-        fused.append(_in_compared_frame(output.T_map_base, output.covariance, T_base_child))
+        per_frame.append(in_compared_frame(output.estimate.T_map_base,
+                                           output.estimate.covariance, T_base_child))
+        fused.append(in_compared_frame(output.T_map_base, output.covariance, T_base_child))
     if missing and len(missing) == len(answered):
         raise LookupError(f'no {odom} -> {base} odometry or camera extrinsic for any frame '
                           f'({missing[0]})')
     if missing:
         LOGGER.warning('fusion replay: %d frames without a transform (%s)', len(missing),
                        missing[0])
-    return Replay(kept, _series(per_frame), _series(fused), rejected)
-
-
-def jitter_rms(positions, orientations, gt_positions, gt_orientations) -> tuple[float, float]:
-    """Return the RMS frame-to-frame jitter (m, deg) of estimates against the truth.
-
-    Over consecutive frames k, k+1: position ``||(p_est[k+1] - p_est[k]) - (p_gt[k+1] -
-    p_gt[k])||``; orientation the angle of ``E[k+1] E[k]^-1`` with ``E = R_est R_gt^-1`` (the
-    estimated change of rotation with the true change undone). A constant offset has none.
-    NaN for fewer than two frames.
-    """
-    if len(positions) < 2:
-        return math.nan, math.nan
-    moved = np.diff(np.asarray(positions, float), axis=0) - np.diff(
-        np.asarray(gt_positions, float), axis=0)
-    error = (Rotation.from_quat(orientations)
-             * Rotation.from_quat(gt_orientations).inv()).as_quat()
-    turned = orientation_errors_deg(error[1:], error[:-1])
-    return (float(np.sqrt(np.mean(np.sum(moved ** 2, axis=1)))),
-            float(np.sqrt(np.mean(turned ** 2))))
-
-
-def position_coverage_2sigma(positions, gt_positions, covariances) -> float:
-    """Return the share of frames with ``e^T S^-1 e <= 2^2``: ``e = p_gt - p_est``, S 3x3 block."""
-    errors = np.asarray(gt_positions, float) - np.asarray(positions, float)
-    return _block_coverage(errors, np.asarray(covariances, float)[:, :3, :3]).inside[2]
-
-
-def series_row(series: PoseSeries, gt_positions, gt_orientations) -> dict:
-    """Return the comparison row of one estimate: errors, jitter and 2-sigma coverage."""
-    position = position_errors(series.positions, gt_positions)
-    orientation = orientation_errors_deg(series.orientations, gt_orientations)
-    jitter = jitter_rms(series.positions, series.orientations, gt_positions, gt_orientations)
-    coverage = position_coverage_2sigma(series.positions, gt_positions, series.covariances)
-    return {'frames': int(position.size),
-            'position_m': {'median': float(np.median(position)),
-                           'p95': float(np.percentile(position, 95))},
-            'orientation_deg': {'median': float(np.median(orientation)),
-                                'p95': float(np.percentile(orientation, 95))},
-            'jitter': {'position_m': jitter[0], 'orientation_deg': jitter[1]},
-            'coverage_2sigma_position': coverage,
-            'coverage_minus_nominal_points': 100 * (coverage - NOMINAL_COVERAGE_3D[2])}
-
-
-def _ratio(fused: float, per_frame: float) -> float:
-    return fused / per_frame if per_frame > 0 else math.nan
-
-
-def fusion_comparison(records, replay: Replay, config: FusionConfig,
-                      compared_frame: str) -> dict:
-    """Return the report's per-frame vs fused block: both rows and fused/per-frame ratios."""
-    gt_p = np.array([records[i].gt_position for i in replay.frames]).reshape(-1, 3)
-    gt_q = np.array([records[i].gt_orientation for i in replay.frames]).reshape(-1, 4)
-    first = series_row(replay.per_frame, gt_p, gt_q)
-    second = series_row(replay.fused, gt_p, gt_q)
-    return {'compared_frame': compared_frame, 'config': asdict(config),
-            'per_frame': first, 'fused': second,
-            'rejected_by_node': dict(sorted(replay.rejected.items())),
-            'nominal_coverage_2sigma_3d': NOMINAL_COVERAGE_3D[2],
-            'ratios_fused_over_per_frame': {
-                'p95_position': _ratio(second['position_m']['p95'], first['position_m']['p95']),
-                **{f'jitter_{key}': _ratio(second['jitter'][key], first['jitter'][key])
-                   for key in ('position_m', 'orientation_deg')}}}
+    return Replay(kept, PoseSeries.of(per_frame), PoseSeries.of(fused), rejected)
 
 
 def fused_block(records, gt, transforms, localizer, alignments, parameters,
                 compared_frame) -> tuple[dict | None, list[str]]:
     """Return (the per-frame vs fused block or None, notes saying why it is absent)."""
-    config = fusion_config(parameters)
+    bundle = localizer.bundle
+    config = fusion_config(parameters, bundle)
     if gt.trajectory is None:
         return None, []
     if config is None:
@@ -261,4 +223,9 @@ def fused_block(records, gt, transforms, localizer, alignments, parameters,
     if not replay.frames:
         return None, ['per-frame vs fused: absent, no published frame has ground truth and '
                       'odometry']
-    return fusion_comparison(records, replay, config, compared_frame), []
+    gt_p = [records[i].gt_position for i in replay.frames]
+    gt_q = [records[i].gt_orientation for i in replay.frames]
+    return fusion_comparison(
+        gt_p, gt_q, replay.per_frame, replay.fused, source=REPLAYED,
+        compared_frame=compared_frame, config=config,
+        correlation=correlation_report(parameters, bundle), rejected=replay.rejected), []

@@ -8,8 +8,10 @@ It waits until
 the node's lifecycle state is ``active`` and its subscriptions are matched, then ``play`` replays
 the bag at its recorded rate (times ``rate``): ``/clock`` (rosgraph_msgs/Clock) from the bag's
 receive times, the image topic, ``/tf`` and ``/tf_static`` republished byte for byte as recorded.
-An rclpy recorder in this process collects what the node publishes: ``~/pose``, ``~/camera_pose``,
-``~/scene``, ``~/scene_confidence``, ``map -> odom`` on ``/tf`` and ``/diagnostics``.
+An rclpy recorder in this process (``mspr_training.bags.live_recorder``) collects what the node
+publishes: ``~/pose``, ``~/pose_raw``, ``~/pose_update`` (when the node has it),
+``~/camera_pose``, ``~/scene``, ``~/scene_confidence``, ``map -> odom`` on ``/tf`` and
+``/diagnostics``.
 
 Scoring, per image:
 
@@ -24,6 +26,13 @@ Scoring, per image:
 
 ``~/scene`` carries no stamp: each answered frame takes the last scene (and confidence) message
 that arrived before its pose, as the node publishes them just before the pose of the same frame.
+
+Per-frame vs fused (with ground truth and ``fusion: window``): ``~/pose_raw`` (each frame's own
+estimate) and ``~/pose`` (fused) of the same stamps are moved to the ground truth's frame with
+the bag's TF and compared as offline (``mspr_training.bags.fusion_compare``); ``~/pose_update``
+(what an EKF gets) is counted and scored beside them, or said absent on an older node. The
+fusion's settings and the error correlation model of each scene are stated as the node's
+parameters and the bundle resolve them (``mspr_training.bags.fusion_replay.fusion_config``).
 
 Successive ``play`` calls in one session reuse the node; their bags must have increasing stamps
 (sim time must not jump back, or the node's TF buffer rejects the older transforms).
@@ -41,26 +50,27 @@ import threading
 import time
 
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray
-from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from lifecycle_msgs.srv import GetState
 import numpy as np
 import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Float32, String
 from tf2_msgs.msg import TFMessage
 from tqdm import tqdm
 
 import mspr_ros
+from mspr_ros.bundle import load_bundle
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.runtime.dds_profile import with_image_profile
+from mspr_training.bags.fusion_compare import node_comparison
+from mspr_training.bags.fusion_replay import correlation_report, fusion_config
+from mspr_training.bags.live_recorder import OutputRecorder, pose_transform, stamp_ns
 from mspr_training.bags.offline import (count_messages, GroundTruthSpec, load_ground_truth,
-                                        match_ground_truth, needs_transforms, NODE_NAME,
+                                        match_ground_truth, NODE_NAME,
                                         read_bag_transforms, read_node_parameters,
                                         STATIC_TF_TOPICS, TF_TOPICS)
 from mspr_training.bags.report import BagEvaluation, FrameRecord, FrameStatus
@@ -79,7 +89,6 @@ SCENE_PAIRING_SLACK_S = 0.005
 #: sim time by default), and how fast sim time runs meanwhile.
 DIAGNOSTICS_TIMEOUT_S = 5.0
 DIAGNOSTICS_CLOCK_SPEED = 2.0
-RELIABLE_ALL = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
 IMAGE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 CLOCK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
 TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
@@ -153,117 +162,6 @@ def node_environment(domain_id: int | None) -> dict:
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [package_parent,
                                                       env.get('PYTHONPATH', '')]))
     return env
-
-
-def _stamp_ns(stamp) -> int:
-    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
-
-
-class OutputRecorder:
-    """Collects the node's outputs with their arrival times (monotonic seconds)."""
-
-    def __init__(self, node, node_name: str, params: dict):
-        """Subscribe to the node's outputs, ``/tf`` and ``/diagnostics`` on ``node``."""
-        self._changed = threading.Condition()
-        self._map_frame = params['global_frame_id']
-        self._odom_frame = params['odom_frame_id'] or params['base_frame_id']
-        self._status_name = f'{node_name}: localization'
-        prefix = f'/{node_name}'
-        self.subscriptions = {
-            'camera_pose': node.create_subscription(
-                PoseStamped, f'{prefix}/camera_pose', self._on_camera_pose, RELIABLE_ALL),
-            'pose': node.create_subscription(
-                PoseWithCovarianceStamped, f'{prefix}/pose', self._on_pose, RELIABLE_ALL),
-            'scene': node.create_subscription(String, f'{prefix}/scene', self._on_scene,
-                                              RELIABLE_ALL),
-            'scene_confidence': node.create_subscription(
-                Float32, f'{prefix}/scene_confidence', self._on_confidence, RELIABLE_ALL),
-            'tf': node.create_subscription(TFMessage, '/tf', self._on_tf, RELIABLE_ALL),
-            'diagnostics': node.create_subscription(DiagnosticArray, '/diagnostics',
-                                                    self._on_diagnostics, RELIABLE_ALL),
-        }
-        self.reset()
-
-    def reset(self):
-        """Forget everything recorded (before a new bag)."""
-        with self._changed:
-            self.camera_poses = {}
-            self.poses = {}
-            self.scenes = []
-            self.confidences = []
-            self.map_odom = {}
-            self.diagnostics = {}
-            self.diagnostics_count = 0
-            self.last_arrival = None
-
-    def _stored(self):
-        self.last_arrival = time.monotonic()
-        self._changed.notify_all()
-
-    def _on_camera_pose(self, msg):
-        arrival = time.monotonic()
-        with self._changed:
-            self.camera_poses.setdefault(_stamp_ns(msg.header.stamp), (arrival, msg.pose))
-            self._stored()
-
-    def _on_pose(self, msg):
-        arrival = time.monotonic()
-        with self._changed:
-            self.poses.setdefault(_stamp_ns(msg.header.stamp), (arrival, msg.pose))
-            self._stored()
-
-    def _on_scene(self, msg):
-        with self._changed:
-            self.scenes.append((time.monotonic(), msg.data))
-
-    def _on_confidence(self, msg):
-        with self._changed:
-            self.confidences.append((time.monotonic(), float(msg.data)))
-
-    def _on_tf(self, msg):
-        corrections = {_stamp_ns(t.header.stamp): _transform_values(t.transform)
-                       for t in msg.transforms
-                       if t.header.frame_id.lstrip('/') == self._map_frame
-                       and t.child_frame_id.lstrip('/') == self._odom_frame}
-        if corrections:
-            with self._changed:
-                self.map_odom.update(corrections)
-
-    def map_odom_steps(self) -> list[int]:
-        """Return the stamps, in order, at which the broadcast map -> odom changes value.
-
-        The node re-sends its newest correction at a steady rate; a new accepted correction is
-        where the value steps. The first broadcast counts as a step.
-        """
-        with self._changed:
-            ordered = sorted(self.map_odom.items())
-        steps = []
-        for (_, before), (stamp, after) in zip([(None, None)] + ordered, ordered):
-            if before is None or not np.allclose(before, after, rtol=0, atol=1e-9):
-                steps.append(stamp)
-        return steps
-
-    def _on_diagnostics(self, msg):
-        for status in msg.status:
-            if status.name == self._status_name:
-                with self._changed:
-                    self.diagnostics = {kv.key: kv.value for kv in status.values}
-                    self.diagnostics['level message'] = status.message
-                    self.diagnostics_count += 1
-
-    def wait_idle(self, expected: set, last_publish: float, idle_s: float):
-        """Wait until every expected stamp is answered, or no output came for ``idle_s``."""
-        with self._changed:
-            while True:
-                missing = {s for s in expected
-                           if s not in self.camera_poses and s not in self.poses}
-                if not missing:
-                    return
-                latest = max(last_publish, self.last_arrival or last_publish)
-                remaining = latest + idle_s - time.monotonic()
-                if remaining <= 0:
-                    return
-                self._changed.wait(remaining)
 
 
 class _Timeline:
@@ -508,7 +406,7 @@ class LiveSession:
             header = reader.deserialize(raw, connection.msgtype).header
         except Exception:  # noqa: BLE001 - corrupt bytes: counted as a bad image, not sent
             return int(log_time), None
-        stamp = _stamp_ns(header.stamp) or int(log_time)
+        stamp = stamp_ns(header.stamp) or int(log_time)
         sent = time.monotonic()
         self.image_publisher.publish(bytes(raw))
         return stamp, sent
@@ -525,7 +423,8 @@ class LiveSession:
             raise ValueError(f'rate must be positive, got {rate}')
         bag_path = Path(bag_path)
         gt = load_ground_truth(bag_path, ground_truth)
-        transforms = read_bag_transforms(bag_path) if needs_transforms(gt) else None
+        # Also for camera ground truth: the fused base pose is moved to the camera with it.
+        transforms = read_bag_transforms(bag_path) if gt.trajectory is not None else None
         # What the offline decoder says about each image, to tell bad images from drops.
         decoded = [(image.stamp_ns, image.frame_id, image.error)
                    for image in iter_bag_images(bag_path, self.image_topic)]
@@ -545,7 +444,8 @@ class LiveSession:
                                 'the replay')
         records = self._records(published, decoded)
         records = match_ground_truth(records, gt, transforms, self.params['base_frame_id'])
-        return self._evaluation(bag_path, records, gt, rate)
+        fusion, notes = self._fusion_block(records, gt, transforms)
+        return self._evaluation(bag_path, records, gt, rate, fusion, notes)
 
     def _await_diagnostics(self, clock_ns, timeout_s=DIAGNOSTICS_TIMEOUT_S):
         """Advance /clock after the bag until the node sends /diagnostics once more.
@@ -577,11 +477,11 @@ class LiveSession:
             arrival = min(a for a, _ in (camera, base) if a is not None)
             values = {}
             if camera is not None:
-                pose = _transform(camera[1])
+                pose = pose_transform(camera[1])
                 values.update(camera_position=np.array(pose.translation),
                               camera_orientation=np.array(pose.rotation))
             if base is not None:
-                pose = _transform(base[1].pose)
+                pose = pose_transform(base[1].pose)
                 values.update(base_position=np.array(pose.translation),
                               base_orientation=np.array(pose.rotation),
                               covariance=np.asarray(base[1].covariance).reshape(6, 6))
@@ -603,9 +503,47 @@ class LiveSession:
             records[i] = replace(records[i], map_odom=flag)
         return records
 
-    def _evaluation(self, bag_path, records, gt, rate):
+    def _fusion_block(self, records, gt, transforms) -> tuple[dict | None, list[str]]:
+        """Return (per-frame vs fused of the node's outputs or None, notes on its absence)."""
+        if gt.trajectory is None:
+            return None, []
+        bundle = load_bundle(self.options.weights)
+        config = fusion_config(self.params, bundle)
+        if config is None:
+            return None, ['per-frame vs fused: absent, the node parameters say fusion: none']
+        recorder, base = self.recorder, str(self.params['base_frame_id'])
+        truth, missing = {}, []
+        for record in records:
+            if record.gt_position is None:
+                continue
+            child = (gt.child_frame or record.frame_id).lstrip('/')
+            try:
+                T_base_child = (Transform.identity() if child == base
+                                else transforms.lookup(base, child, record.stamp_ns))
+            except LookupError as error:
+                missing.append(str(error))
+                continue
+            truth[record.stamp_ns] = (record.gt_position, record.gt_orientation, T_base_child)
+        updates = None
+        if recorder.publishes('pose_update'):
+            updates = (_with_covariance(recorder.pose_updates), recorder.pose_update_count)
+        rejected = {key.removeprefix('rejected '): int(value)
+                    for key, value in recorder.diagnostics.items()
+                    if key.startswith('rejected ') and value.isdigit() and int(value)}
+        block = node_comparison(
+            truth, _with_covariance(recorder.raw_poses),
+            _with_covariance({stamp: msg for stamp, (_, msg) in recorder.poses.items()}),
+            updates, compared_frame=gt.child_frame or 'camera', config=config,
+            correlation=correlation_report(self.params, bundle), rejected=rejected)
+        if block is None:
+            reason = (f'no {base} -> {gt.child_frame or "camera"} transform ({missing[0]})'
+                      if missing else 'no frame has ~/pose_raw, ~/pose and ground truth')
+            return None, [f'per-frame vs fused: absent, {reason}']
+        return block, []
+
+    def _evaluation(self, bag_path, records, gt, rate, fusion, notes):
         answered = [r for r in records if r.status == FrameStatus.ANSWERED]
-        notes = []
+        notes = list(notes)
         if not answered and any(r.published for r in records):
             notes.append('the node answered no frame: it publishes only poses that pass its '
                          'gating (min_scene_confidence, jump limits); see the rejected counts '
@@ -621,14 +559,14 @@ class LiveSession:
             compared_frame=gt.child_frame or 'camera', latency_kind='end-to-end',
             device=self.recorder.diagnostics.get('device', self.options.device), rate=rate,
             node_diagnostics=dict(self.recorder.diagnostics),
-            map_odom_frames=sum(bool(r.map_odom) for r in answered), notes=notes)
+            map_odom_frames=sum(bool(r.map_odom) for r in answered), notes=notes,
+            fusion=fusion)
 
 
-def _transform_values(transform) -> tuple[float, ...]:
-    """Return a geometry_msgs/Transform as (x, y, z, qx, qy, qz, qw) with qw >= 0."""
-    t, q = transform.translation, transform.rotation
-    sign = -1.0 if q.w < 0 else 1.0
-    return (t.x, t.y, t.z, sign * q.x, sign * q.y, sign * q.z, sign * q.w)
+def _with_covariance(poses) -> dict:
+    """Return stamp -> (``Transform``, 6x6 covariance) of ``geometry_msgs/PoseWithCovariance``."""
+    return {stamp: (pose_transform(msg.pose), np.asarray(msg.covariance, float).reshape(6, 6))
+            for stamp, msg in poses.items()}
 
 
 def assign_corrections(image_stamps_ns, steps_ns, tolerance_ns) -> list[bool]:
@@ -650,11 +588,6 @@ def assign_corrections(image_stamps_ns, steps_ns, tolerance_ns) -> list[bool]:
         matched[index] = True
         correction = next(corrections, None)
     return matched
-
-
-def _transform(pose) -> Transform:
-    p, q = pose.position, pose.orientation
-    return Transform([p.x, p.y, p.z], [q.x, q.y, q.z, q.w]).canonical()
 
 
 def _stop_process_group(process, timeout_s=15.0):

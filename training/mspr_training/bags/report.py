@@ -7,8 +7,9 @@ into a ``BagReport``: frame accounting, latency median/p95, the accuracy metrics
 the absolute pose error statistics ``evo_ape`` reports (RMSE, mean, median, ...), so that our
 numbers can be checked against evo's on the exported trajectories. The files (JSON, Markdown,
 plots, TUM trajectories, an estimates bag) are written by ``mspr_training.bags.report_files``.
-Offline runs also carry the per-frame vs fused comparison
-(``bags.fusion_replay.fusion_comparison``), rendered by ``fusion_markdown``.
+Both carry the per-frame vs fused comparison when the node fuses
+(``mspr_training.bags.fusion_compare``: offline from the node's stream replayed, live from the
+node's own ``~/pose_raw`` and ``~/pose``), rendered by ``fusion_compare.fusion_markdown``.
 """
 from dataclasses import asdict, dataclass, field, replace
 import enum
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from mspr_training.bags.fusion_compare import fusion_markdown
 from mspr_training.metrics import (compute_metrics, DEFAULT_RECALL_THRESHOLDS, MetricsReport,
                                    orientation_errors_deg, position_errors, TimingStats)
 from mspr_training.plain_json import jsonable
@@ -108,9 +110,9 @@ class BagEvaluation:
         map_odom_frames: answered frames whose new map -> odom correction, stamped at or
             after image stamp + transform_tolerance, arrived (live).
         notes: warnings for the reader of the report.
-        fusion: offline: per-frame vs fused figures on the same frames
-            (``mspr_training.bags.fusion_replay.fusion_comparison``); None when absent, with a
-            note.
+        fusion: per-frame vs fused figures on the same frames
+            (``mspr_training.bags.fusion_compare.fusion_comparison``); None when absent, with
+            a note.
     """
 
     mode: str
@@ -346,34 +348,3 @@ def build_report(evaluation: BagEvaluation,
     metrics, with_scene = _accuracy(frames, thresholds)
     pos, rot = frame_errors(frames)
     return BagReport(evaluation, count_frames(frames), latency, metrics, with_scene, pos, rot)
-
-
-def fusion_markdown(comparison: dict[str, Any]) -> list[str]:
-    """Return the Markdown lines of a per-frame vs fused comparison."""
-    lines = ['## Per-frame vs fused', '',
-             f'{comparison["compared_frame"]} pose as the node publishes it with `fusion: none` '
-             'and with `fusion: window`, its gates and fusion replayed on the bag, on the same '
-             'frames.', '',
-             '| estimate | frames | position median / p95 (m) | orientation median / p95 (deg) '
-             '| jitter (m / deg RMS) | inside 2σ (position) | minus nominal |',
-             '| --- | --- | --- | --- | --- | --- | --- |']
-    for name in ('per_frame', 'fused'):
-        row = comparison[name]
-        position, orientation, jitter = row['position_m'], row['orientation_deg'], row['jitter']
-        lines.append(f'| {name.replace("_", "-")} | {row["frames"]} | {position["median"]:.3f} / '
-                     f'{position["p95"]:.3f} | {orientation["median"]:.2f} / '
-                     f'{orientation["p95"]:.2f} | {jitter["position_m"]:.3f} / '
-                     f'{jitter["orientation_deg"]:.2f} | '
-                     f'{100 * row["coverage_2sigma_position"]:.1f} % | '
-                     f'{row["coverage_minus_nominal_points"]:+.1f} points |')
-    ratios = comparison['ratios_fused_over_per_frame']
-    rejected = comparison.get('rejected_by_node') or {}
-    if rejected:
-        lines += ['', 'Frames the node would not publish: ' + ', '.join(
-            f'{count} {reason}' for reason, count in rejected.items()) + '.']
-    return lines + ['', f'Fused / per-frame: p95 position {ratios["p95_position"]:.2f}, jitter '
-                    f'{ratios["jitter_position_m"]:.2f} (position), '
-                    f'{ratios["jitter_orientation_deg"]:.2f} (orientation). Nominal 2σ coverage '
-                    f'of a 3-D Gaussian: {100 * comparison["nominal_coverage_2sigma_3d"]:.1f} %; '
-                    'jitter is the RMS over consecutive compared frames of the estimated change '
-                    'minus the true change.', '']
