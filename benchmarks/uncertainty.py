@@ -43,8 +43,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from common import add_common_arguments, apply_omp_wait_policy, default_out, run_mode
-from common import set_threads, start_report, WORK_DIR, write_results
+from common import add_common_arguments, begin, default_out, run_mode, WORK_DIR, write_results
 from mspr_ros.bundle import load_bundle
 from mspr_ros.localizer import Localizer
 from mspr_training.bags.offline import evaluate_offline
@@ -154,13 +153,14 @@ def train_recipe(recipe: str, config: str, budget: Budget, seed: int, device: st
                                   for scene, model in bundle.error_correlation.items()}}
 
 
-def replay(bundle_path: str, world: Path, device: str) -> Dict[str, Any]:
+def replay(bundle_path: str, world: Path, device: str,
+           parameters: Dict[str, Any]) -> Dict[str, Any]:
     """Return the bag evaluator's per-frame vs fused comparison for each correlation mode."""
     localizer = Localizer(load_bundle(bundle_path), device=device)
     comparisons = {}
     for mode in CORRELATION_MODES:
         evaluation = evaluate_offline(world / 'bag', localizer,
-                                      parameters={'fusion.error_correlation': mode})
+                                      parameters={**parameters, 'fusion.error_correlation': mode})
         comparisons[mode] = {'fusion': evaluation.fusion, 'notes': evaluation.notes}
     return comparisons
 
@@ -204,20 +204,22 @@ def goals(runs: List[Dict[str, Any]], world: int) -> Dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
-    apply_omp_wait_policy(args)
-    mode = run_mode(args)
+    mode, machine, notes = begin(args)
     budget = args.budget
-    set_threads(args.threads)
-    machine, notes = start_report(args.threads)
+    # The node's defaults, except in a smoke run: its one-epoch model is rarely confident of a
+    # scene, and the replay must still run the fusion for the smoke test to check it.
+    node_parameters: Dict[str, Any] = {}
     if mode == 'smoke':
-        notes.append('smoke run: a handful of images and one epoch; the figures mean nothing')
+        notes.append('smoke run: a handful of images and one epoch, min_scene_confidence 0 in '
+                     'the replay; the figures mean nothing')
+        node_parameters['min_scene_confidence'] = 0.0
     work = WORK_DIR / f'uncertainty_runs_{mode}'
     out_path = args.out or default_out(NAME, mode)
     settings = {'threads': args.threads, 'budget': budget, 'config': args.config,
                 'world_seeds': args.world_seeds, 'recipes': SPLITS,
                 'correlation_modes': CORRELATION_MODES, 'device': args.device,
                 'coverage_tolerance_points': COVERAGE_TOLERANCE_POINTS,
-                'jitter_goal': JITTER_GOAL}
+                'jitter_goal': JITTER_GOAL, 'node_parameters': node_parameters}
     planned = len(args.world_seeds) * len(budget.seeds)
     runs: List[Dict[str, Any]] = []
     # Seeds outer, worlds inner, and the file rewritten after every run: a run stopped early
@@ -237,7 +239,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"  {run[recipe]['train_seconds']:.0f} s, average median "
                       f"{metrics['average_median_position_m']:.3f} m / "
                       f"{metrics['average_median_orientation_deg']:.2f} deg", flush=True)
-            run['replay'] = replay(run['crossfit']['bundle'], world, args.device)
+            run['replay'] = replay(run['crossfit']['bundle'], world, args.device,
+                                   node_parameters)
             runs.append(run)
             summary = {str(world): goals(runs, world) for world in args.world_seeds}
             partial = ([] if len(runs) == planned else

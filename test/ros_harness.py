@@ -6,10 +6,12 @@ CLI test; ``ros_env``; ``NodeProcess``: the node in its own process group, one O
 stopped by SIGINT then SIGKILL) and ``mspr_training.ros_client`` (``RosClient``, ``Inbox``,
 ``wait_until``: waits on deadlines, no sleep polling). This module re-exports them under the
 names the tests use, with tf2's QoS profiles from ``mspr_ros.ros.tf``, and adds what only the
-tests need: the QoS a user subscribes to latched outputs with, and small real photos.
+tests need: the QoS a user subscribes to latched outputs with, small real photos, and a robot
+that drives (its odometry on /tf, its camera on /tf_static).
 """
 from pathlib import Path
 import sys
+import threading
 from typing import Dict
 
 import cv2
@@ -17,8 +19,10 @@ from geometry_msgs.msg import TransformStamped
 import numpy as np
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from scipy.spatial.transform import Rotation
+from tf2_msgs.msg import TFMessage
 
-from mspr_ros.ros.conversions import ns_to_stamp
+from mspr_ros.geometry.transforms import Transform
+from mspr_ros.ros.conversions import ns_to_stamp, transform_to_msg
 from mspr_ros.ros.tf import TF_QOS  # noqa: F401 - tf2's profiles, as the node's listener
 from mspr_ros.ros.tf import TF_STATIC_LISTENER_QOS as TF_STATIC_QOS  # noqa: F401
 from mspr_training.node_process import domain_id, NODE_NAME, NodeProcess  # noqa: F401
@@ -57,3 +61,64 @@ def small_photos(size=(160, 120)) -> Dict[str, np.ndarray]:
     photos = {'astronaut': data.astronaut(), 'coffee': data.coffee(), 'chelsea': data.chelsea()}
     return {name: np.ascontiguousarray(cv2.resize(img, size, interpolation=cv2.INTER_AREA))
             for name, img in photos.items()}
+
+
+class OdometryRobot:
+    """Drives along x at a speed the test sets: ``odom -> base_link`` at 50 Hz, the camera static.
+
+    ``position(stamp)`` is the odometry x it publishes for any stamp, so a test can tell how far
+    the robot went between two images. ``drive(speed)`` changes the speed from now on and waits
+    ``settle_s``, so that images stamped in the past stay clear of the corner.
+    """
+
+    def __init__(self, client, camera_frame: str, T_base_cam: Transform, speed: float = 0.0,
+                 settle_s: float = 0.0):
+        self._client, self._camera = client, (camera_frame, T_base_cam)
+        self._tf = client.publisher(TFMessage, '/tf', TF_QOS)
+        self._static = client.publisher(TFMessage, '/tf_static', TF_STATIC_QOS)
+        self._settle_s = settle_s
+        self._lock = threading.Lock()
+        # (from ns, x there, speed); starts a second back so the first images have odometry.
+        self._segments = [(client.now_ns() - 10 ** 9, 0.0, float(speed))]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def position(self, stamp_ns: int) -> float:
+        """Return the base's odometry x coordinate (m) at ``stamp_ns``."""
+        with self._lock:
+            return self._x(stamp_ns)
+
+    def odom_base(self, stamp_ns: int) -> Transform:
+        """Return the ``odom -> base_link`` the robot publishes for ``stamp_ns``."""
+        return Transform.from_xyz_rpy([self.position(stamp_ns), 0.0, 0.0], [0.0, 0.0, 0.0])
+
+    def _x(self, stamp_ns):
+        start, x, speed = [s for s in self._segments if s[0] <= stamp_ns][-1]
+        return x + speed * (stamp_ns - start) * 1e-9
+
+    def drive(self, speed: float) -> None:
+        """Go on at ``speed`` (m/s) from now."""
+        now = self._client.now_ns()
+        with self._lock:
+            self._segments.append((now, self._x(now), float(speed)))
+        threading.Event().wait(self._settle_s)
+
+    def start(self) -> None:
+        """Publish the camera extrinsic and start the odometry; wait for a /tf subscriber."""
+        frame, T_base_cam = self._camera
+        self._static.publish(TFMessage(transforms=[
+            transform_to_msg(T_base_cam, 'base_link', frame, self._client.now_ns())]))
+        self._thread.start()
+        wait_until(lambda: self._tf.get_subscription_count() > 0, 20.0, 'a /tf subscriber')
+
+    def _run(self):
+        while not self._stop.wait(0.02):
+            stamp = self._client.now_ns()
+            self._tf.publish(TFMessage(transforms=[
+                transform_to_msg(self.odom_base(stamp), 'odom', 'base_link', stamp)]))
+
+    def stop(self) -> None:
+        """Stop publishing odometry."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)

@@ -22,14 +22,14 @@ PACKAGES = {'torch', 'numpy', 'onnxruntime', 'rclpy'}
 SMOKE_TIMEOUT_S = 300
 
 
-def run_smoke(name: str, tmp_path: Path) -> dict:
-    """Run ``benchmarks/<name>.py --smoke`` in its own process; return the JSON it wrote."""
+def run_smoke(name: str, tmp_path: Path, *extra: str) -> dict:
+    """Run ``benchmarks/<name>.py --smoke [extra]`` in its own process; return its JSON."""
     out = tmp_path / f'{name}.json'
     env = dict(os.environ, OMP_NUM_THREADS='1', MSPR_BENCHMARK_WORK=str(tmp_path / 'work'),
                PYTHONUNBUFFERED='1')
     result = subprocess.run(
         [sys.executable, str(REPO / 'benchmarks' / f'{name}.py'), '--smoke', '--threads', '1',
-         '--out', str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+         '--out', str(out), *extra], cwd=REPO, env=env, capture_output=True, text=True,
         timeout=SMOKE_TIMEOUT_S, check=False)
     assert result.returncode == 0, (f'{name} --smoke exited {result.returncode}:\n'
                                     f'{result.stdout[-3000:]}\n{result.stderr[-3000:]}')
@@ -362,3 +362,27 @@ def test_feature_views_smoke(tmp_path):
     # The second view of every image is cached beside the first.
     assert rows[1]['cache_mb'] > rows[0]['cache_mb']
     rendered(tmp_path, document, 'feature_views.json', 'feature-views')
+
+
+@pytest.mark.slow
+def test_uncertainty_smoke(tmp_path):
+    """Both recipes train, export and evaluate; the cross-fitted bundle is replayed fused."""
+    document = run_smoke('uncertainty', tmp_path, '--world-seeds', '0')
+    (run,) = document['results']['runs']
+    assert run['crossfit']['calibration_method'] == 'cross-fitting'
+    # The fold runs were timed beside the deployed run.
+    timing = run['crossfit']['timing']
+    assert timing['main_s'] > 0 and len(timing['folds_s']) == 2 and timing['extra_ratio'] > 0
+    assert run['held_out']['calibration_method'] != 'cross-fitting'
+    for recipe in ('crossfit', 'held_out'):
+        assert set(run[recipe]['coverage']['per_scene']) == {'atrium', 'corridor', 'lab'}
+    for mode in ('bundle', 'independent'):
+        fused = run['replay'][mode]['fusion']
+        assert fused is not None, run['replay'][mode]['notes']
+        assert fused['error_correlation']['mode'] == mode
+        for estimate in ('per_frame', 'fused'):
+            assert set(fused[estimate]['coverage_2sigma']) == {'position', 'rotation'}
+    goals = document['results']['goals']['0']
+    assert goals['coverage_worst_gap_points'] is not None
+    text = rendered(tmp_path, document, 'uncertainty.json', 'uncertainty')
+    assert 'Per frame vs fused on the recordings' in text

@@ -33,9 +33,9 @@ from tf2_msgs.msg import TFMessage
 from mspr_ros.geometry.tf_history import TransformBuffer
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.ros.conversions import ns_to_stamp, rgb_to_image_msg, stamp_to_ns
-from mspr_ros.ros.conversions import transform_from_msg, transform_to_msg
+from mspr_ros.ros.conversions import transform_from_msg
 from ros_harness import diagnostic_values, domain_id, NodeProcess, own_status, RosClient
-from ros_harness import TF_QOS, TF_STATIC_QOS, wait_until
+from ros_harness import OdometryRobot, TF_QOS, wait_until
 
 pytestmark = pytest.mark.ros
 NS = '/mspr_localizer'
@@ -62,7 +62,7 @@ def system(tiny_bundle_path, tmp_path_factory):
         'relocalization_agreement_frames': AGREEMENT_FRAMES,
         'fusion.error_correlation': 'time', 'fusion.error_correlation_s': CORRELATION_S})
     client = RosClient(domain)
-    robot = _Robot(client)
+    robot = OdometryRobot(client, CAMERA_FRAME, T_BASE_CAM, speed=0.3)
     try:
         inboxes = {
             'pose': client.subscribe(PoseWithCovarianceStamped, f'{NS}/pose', 100),
@@ -80,38 +80,6 @@ def system(tiny_bundle_path, tmp_path_factory):
         robot.stop()
         client.close()
         node.stop()
-
-
-class _Robot:
-    """Drives at 0.3 m/s along x: ``odom -> base_link`` at 50 Hz, the camera on /tf_static."""
-
-    def __init__(self, client):
-        self._client = client
-        self._tf = client.publisher(TFMessage, '/tf', TF_QOS)
-        self._static = client.publisher(TFMessage, '/tf_static', TF_STATIC_QOS)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._t0 = client.now_ns()
-
-    def odom_base(self, stamp_ns):
-        return Transform.from_xyz_rpy([0.3 * (stamp_ns - self._t0) * 1e-9, 0.0, 0.0], [0, 0, 0])
-
-    def start(self):
-        self._static.publish(TFMessage(transforms=[
-            transform_to_msg(T_BASE_CAM, 'base_link', CAMERA_FRAME, self._client.now_ns())]))
-        self._thread.start()
-        wait_until(lambda: self._tf.get_subscription_count() > 0, 20.0, 'a /tf subscriber')
-
-    def _run(self):
-        while not self._stop.wait(0.02):
-            stamp = self._client.now_ns()
-            self._tf.publish(TFMessage(transforms=[
-                transform_to_msg(self.odom_base(stamp), 'odom', 'base_link', stamp)]))
-
-    def stop(self):
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5.0)
 
 
 def _map_odom(inboxes):

@@ -23,16 +23,15 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
-from tf2_msgs.msg import TFMessage
 import torch
 
 from mspr_ros.bundle import save_bundle
 from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.model.ms_transformer import build_model
-from mspr_ros.ros.conversions import rgb_to_image_msg, stamp_to_ns, transform_to_msg
+from mspr_ros.ros.conversions import rgb_to_image_msg, stamp_to_ns
 from ros_harness import diagnostic_values, domain_id, NodeProcess, RosClient, stop_all
-from ros_harness import TF_QOS, TF_STATIC_QOS, wait_until
+from ros_harness import OdometryRobot
 
 pytestmark = pytest.mark.ros
 SCENES = ['atrium', 'corridor', 'lab']
@@ -66,7 +65,9 @@ def system(tiny_model_config, tiny_bundle_path, tmp_path_factory):
                                params=common | {'weights': str(path)})
              for name, path in (('learned', learned_path), ('plain', tiny_bundle_path))}
     client = RosClient(domain)
-    robot = _Robot(client)
+    # Images are stamped IMAGE_LAG_NS back: after a change of speed, keep their stamps, and the
+    # TF samples around them, clear of the corner, where TF's interpolation cuts it.
+    robot = OdometryRobot(client, CAMERA_FRAME, T_BASE_CAM, settle_s=2 * IMAGE_LAG_NS * 1e-9)
     try:
         diagnostics = client.subscribe(DiagnosticArray, '/diagnostics', 100)
         sides = {name: _Side(client, name, diagnostics) for name in nodes}
@@ -135,55 +136,6 @@ class _Side:
     def relocalize(self):
         """Restart the node's fusion and updates with the next frame."""
         assert self.client.call(Trigger, f'{self.fqn}/relocalize').success
-
-
-class _Robot:
-    """``odom -> base_link`` along x at a speed the test sets, at 50 Hz; the camera static."""
-
-    def __init__(self, client):
-        self._client = client
-        self._tf = client.publisher(TFMessage, '/tf', TF_QOS)
-        self._static = client.publisher(TFMessage, '/tf_static', TF_STATIC_QOS)
-        self._lock = threading.Lock()
-        self._segments = [(client.now_ns() - 10 ** 9, 0.0, 0.0)]  # (from ns, x there, speed)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def position(self, stamp_ns):
-        """Return the base's odometry x coordinate (m) at ``stamp_ns``."""
-        with self._lock:
-            return self._x(stamp_ns)
-
-    def _x(self, stamp_ns):
-        start, x, speed = [s for s in self._segments if s[0] <= stamp_ns][-1]
-        return x + speed * (stamp_ns - start) * 1e-9
-
-    def drive(self, speed):
-        """Go on at ``speed`` (m/s) from now."""
-        now = self._client.now_ns()
-        with self._lock:
-            self._segments.append((now, self._x(now), float(speed)))
-        # Images are stamped IMAGE_LAG_NS back: keep their stamps, and the TF samples around
-        # them, clear of the corner, where TF's interpolation cuts it.
-        threading.Event().wait(2 * IMAGE_LAG_NS * 1e-9)
-
-    def start(self):
-        self._static.publish(TFMessage(transforms=[
-            transform_to_msg(T_BASE_CAM, 'base_link', CAMERA_FRAME, self._client.now_ns())]))
-        self._thread.start()
-        wait_until(lambda: self._tf.get_subscription_count() > 0, 20.0, 'a /tf subscriber')
-
-    def _run(self):
-        while not self._stop.wait(0.02):
-            stamp = self._client.now_ns()
-            pose = Transform.from_xyz_rpy([self.position(stamp), 0.0, 0.0], [0.0, 0.0, 0.0])
-            self._tf.publish(TFMessage(transforms=[
-                transform_to_msg(pose, 'odom', 'base_link', stamp)]))
-
-    def stop(self):
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5.0)
 
 
 def _covariance(msg):

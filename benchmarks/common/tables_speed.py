@@ -1,4 +1,4 @@
-"""Tables of the speed benchmarks (latency, stream, throughput, ONNX, GPU, model speed, fusion).
+"""Tables of the speed benchmarks (latency, stream, throughput, ONNX, GPU, model speed).
 
 Each function takes the loaded results file (``common.markdown.Source``) and returns Markdown
 starting with its caption; ``benchmarks/figures.py`` places it between the markers. Every
@@ -220,58 +220,4 @@ def model_speed(source: Source) -> str:
                       [[clock, num(step['without_qka'][clock] / 1e3, 2, ' s'),
                         num(step['with_qka'][clock] / 1e3, 2, ' s'),
                         pct(training['qka_overhead'][clock], 1)] for clock in ('wall', 'cpu')])]
-    return '\n'.join(parts)
-
-
-def fusion(source: Source) -> str:
-    """Per-frame vs fused on the simulated robot: settings, errors, goals, add() time, GTSAM."""
-    s, seeds = source.settings, source.results.get('seeds', [])
-    odo, reg, cfg = s.get('odometry', {}), s.get('regression', {}), s.get('fusion', {})
-    rows, goal_rows = [], []
-    for r in seeds:
-        for name, label in (('per_frame', 'per frame'), ('fused', 'fused')):
-            e = r[name]
-            cover = e['coverage_2sigma']
-            rows.append([r['seed'], label, f"{num(e['position_m']['median'], 3)} / "
-                         f"{num(e['position_m']['p95'], 3)} m",
-                         f"{num(e['orientation_deg']['median'], 2)} / "
-                         f"{num(e['orientation_deg']['p95'], 2)}°",
-                         f"{num(e['jitter']['position_m'], 3)} m / "
-                         f"{num(e['jitter']['orientation_deg'], 2)}°",
-                         f"{pct(cover['position'], 1)} / {pct(cover.get('orientation'), 1)}"])
-        g = r['goals']
-        goal_rows.append([r['seed'],
-                          f"{num(g['p95_position_ratio'], 3)} ({verdict(g['p95_met'])})",
-                          f"{num(g['jitter_ratio'], 3)} ({verdict(g['jitter_met'])})",
-                          f"{num(g['coverage_gap_points'], 1)} ({verdict(g['coverage_met'])})",
-                          f"{num(get(r, 'add_ms.median'), 2)} / {num(get(r, 'add_ms.p95'), 2)} ms",
-                          f"{num(r.get('frames'), 0)}, {num(r.get('travelled_m'), 0)} m, "
-                          f"{num(r.get('odometry_end_error_m'), 1)} m"])
-    nominal = get(seeds[0], 'fused.coverage_2sigma.nominal_position') if seeds else None
-    parts = [caption(source), '', settings_table([
-        ['run', f"{num(s.get('duration_s'), 0)} s at {num(s.get('frame_rate_hz'), 0)} Hz"],
-        ['odometry', f"scale error {pct(odo.get('scale_error'), 1)}, heading drift "
-                     f"{odo.get('heading_drift_deg_per_m')}°/m, random walks "
-                     f"{odo.get('distance_noise')} m/√m and {odo.get('heading_noise_deg')}°/√m"],
-        ['per-frame regression', f"Student-t ({num(reg.get('dof'), 0)} dof), "
-                                 f"{reg.get('position_stddev')} m and "
-                                 f"{reg.get('orientation_stddev_deg')}° per axis, "
-                                 f"{pct(reg.get('outlier_fraction'))} gross outliers, AR(1) "
-                                 f"correlation {reg.get('correlation')}"],
-        ['fusion', ', '.join(f'`{k}: {v if not isinstance(v, float) else round(v, 3)}`'
-                             for k, v in cfg.items())]]), '',
-        table(['seed', 'estimate', 'position median / p95', 'orientation median / p95',
-               'jitter position / rotation',
-               f"2σ coverage position / orientation (nominal {pct(nominal, 1)})"], rows), '',
-        table(['seed', 'fused p95 position / per frame (goal <= 0.5)',
-               'jitter ratio (goal <= 0.2)',
-               'position coverage - nominal, points (goal within 10)',
-               '`add()` median / p95', 'frames, travelled, odometry end error'], goal_rows)]
-    gtsam = source.results.get('gtsam_difference')
-    if gtsam:
-        parts += ['', table(['GTSAM vs our robust mean, worst case', 'position', 'orientation',
-                             'covariance (relative Frobenius)'],
-                            [['difference', num(gtsam['position_m'] * 1e3, 1, ' mm'),
-                              num(gtsam['orientation_rad'] * 57.29577951308232, 2, '°'),
-                              pct(gtsam['covariance_rel'], 1)]])]
     return '\n'.join(parts)
