@@ -35,9 +35,16 @@ NOTES = {
     ('accuracy.json', 'a14a6418c7723c23c395b6e134c3ea4379ed6bf9'): (
         'This run is stamped with commit a14a641, which is older than the code it ran: it used '
         'the covariance shrinkage toward isotropic (OAS) of b709b75, then uncommitted (committed '
-        'a minute after the run started), and the file predates the record of a dirty tree. A '
+        'a minute after the run started), and the file predates the record of a dirty tree. '
+        'Its covariance coverage was calibrated on a held-out training walk per scene, which '
+        'the models did not train on (cross-fitting is the default since issue 25: '
+        '`uncertainty.py` measures what that changes). A '
         'rerun on a clean tree takes about 4 hours on 2 cores '
         '(`python benchmarks/accuracy.py --world-seeds 0 1`).'),
+    ('demo.json', '43e4f843b5afc40115f3252cf00245d3641021be'): (
+        'Measured before issue 25: its model did not train on the held-out walk of each scene, '
+        'which calibrated the covariance; `make demo` now trains on every walk and calibrates '
+        'by cross-fitting (refresh: `make demo`).'),
     ('latency.json', '664483cf297ca9b0149af23e643cb07fbdff7d60'): _STALE_NODE.format(
         date='2026-11-26', commit='664483c',
         what=", so this run has no fusion-on / fusion-off pair",

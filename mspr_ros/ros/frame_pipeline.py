@@ -203,11 +203,6 @@ class FramePipeline:
             if not fused.accepted:
                 self._log('fusion_gated', f'fusion kept this frame out: {fused.detail}', 'info')
             self._stats.fusion_window(fused.window_size)
-        # TF first, so that a consumer of the pose can already transform with it.
-        self.map_odom.accepted(output.T_map_odom, stamp_ns)
-        self.outputs.pose(estimate, output.T_map_base, output.covariance,
-                          params.global_frame_id, stamp_ns)
-        self._stats.pose_published(stamp_ns)
         if estimate.relocalized:  # the fusion restarted on it (pose_stream): so do these
             self.filter_updates.reset()
         update = self.filter_updates.offer(estimate.scene_name, stamp_ns, T_odom_base,
@@ -216,6 +211,11 @@ class FramePipeline:
             self.outputs.pose_update(estimate.T_map_base, update.covariance,
                                      params.global_frame_id, stamp_ns)
         self._stats.pose_update(update.publish, f'{update.reason}: {update.detail}')
+        # TF before the pose (a consumer can transform with it), the pose last of all outputs.
+        self.map_odom.accepted(output.T_map_odom, stamp_ns)
+        self.outputs.pose(estimate, output.T_map_base, output.covariance,
+                          params.global_frame_id, stamp_ns)
+        self._stats.pose_published(stamp_ns)
 
     def update_params(self, params: NodeParams) -> None:
         """Use new parameters; a changed fusion configuration restarts the fusion."""
