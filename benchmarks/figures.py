@@ -139,6 +139,11 @@ def renderers() -> Dict[str, Callable[[], str]]:
         'uncertainty': from_file(('uncertainty.json', 'uncertainty.quick.json'),
                                  'python benchmarks/uncertainty.py --quick --seeds 0 1 2',
                                  tables_uncertainty.uncertainty),
+        'uncertainty-folds': from_file(
+            ('uncertainty.folds6.json',),
+            'python benchmarks/uncertainty.py --quick --seeds 0 --world-seeds 1 --folds 6 '
+            '--crossfit-only --out benchmarks/results/uncertainty.folds6.json',
+            tables_uncertainty.uncertainty),
         'train-speed-paper': from_file(train, train_command,
                                        lambda s: training.train_speed(s, 'paper')),
         'train-speed-demo': from_file(train, train_command,

@@ -93,7 +93,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--world-seeds', type=int, nargs='+', default=[0, 1])
     parser.add_argument('--seeds', type=int, nargs='+', help='training seeds (default: mode)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--folds', type=int,
+                        help="cross-fitting's data.calibration_folds (default: the recipe's)")
+    parser.add_argument('--crossfit-only', action='store_true',
+                        help='train only the cross-fitted recipe (e.g. to compare --folds)')
     args = parser.parse_args(argv)
+    args.recipes = ('crossfit',) if args.crossfit_only else RECIPES
+    args.splits = {recipe: SPLITS[recipe] for recipe in args.recipes}
+    if args.folds is not None:
+        args.splits['crossfit'] = [*SPLITS['crossfit'], f'data.calibration_folds={args.folds}']
     budget = BUDGETS[run_mode(args)]
     args.budget = replace(budget, seeds=tuple(args.seeds)) if args.seeds else budget
     return args
@@ -114,20 +122,20 @@ def rendered_world(budget: Budget, seed: int) -> Path:
     return folder
 
 
-def overrides(budget: Budget, seed: int, device: str, recipe: str) -> List[str]:
+def overrides(budget: Budget, seed: int, device: str, split: List[str]) -> List[str]:
     """Return the config overrides of one run (schedule, seeds, bookkeeping, calibration)."""
     return [f'schedule.epochs={budget.epochs}', f'schedule.step_size={budget.step_size}',
             f'seed.torch={seed}', f'seed.numpy={seed + 2}', f'seed.python={seed}',
             f'seed.sampler={seed}', 'checkpoint.every_epochs=0', 'checkpoint.every_iters=0',
             'validation.every_epochs=0', 'validation.at_end=false', 'logging.progress=false',
             'logging.tensorboard=false', f'device={device}', 'data.format=cambridge',
-            'data.scenes=null', *SPLITS[recipe]]
+            'data.scenes=null', *split]
 
 
-def train_recipe(recipe: str, config: str, budget: Budget, seed: int, device: str,
-                 world: Path, run_dir: Path, shared_cache: Path) -> Dict[str, Any]:
+def train_recipe(recipe: str, split: List[str], config: str, budget: Budget, seed: int,
+                 device: str, world: Path, run_dir: Path, shared_cache: Path) -> Dict[str, Any]:
     """Train, export and evaluate one recipe; return its figures and the bundle path."""
-    cfg = load_config(config, overrides(budget, seed, device, recipe))
+    cfg = load_config(config, overrides(budget, seed, device, split))
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -171,12 +179,12 @@ def goals(runs: List[Dict[str, Any]], world: int) -> Dict[str, Any]:
     nominal = 100.0 * NOMINAL_COVERAGE_3D[2]
 
     def per_seed(recipe: str, key: str) -> List[float]:
-        return [run[recipe]['metrics'][key] for run in mine]
+        return [run[recipe]['metrics'][key] for run in mine if recipe in run]
 
     accuracy = {}
     for key in ('average_median_position_m', 'average_median_orientation_deg'):
         crossfit, held = per_seed('crossfit', key), per_seed('held_out', key)
-        spread = float(np.std(crossfit)) if len(crossfit) > 1 else None
+        spread = float(np.std(crossfit, ddof=1)) if len(crossfit) > 1 else None
         accuracy[key] = {'crossfit': crossfit, 'held_out': held, 'crossfit_std': spread}
     coverage_gaps, jitter, p95 = [], [], []
     for run in mine:
@@ -216,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work = WORK_DIR / f'uncertainty_runs_{mode}'
     out_path = args.out or default_out(NAME, mode)
     settings = {'threads': args.threads, 'budget': budget, 'config': args.config,
-                'world_seeds': args.world_seeds, 'recipes': SPLITS,
+                'world_seeds': args.world_seeds, 'recipes': args.splits,
                 'correlation_modes': CORRELATION_MODES, 'device': args.device,
                 'coverage_tolerance_points': COVERAGE_TOLERANCE_POINTS,
                 'jitter_goal': JITTER_GOAL, 'node_parameters': node_parameters}
@@ -228,12 +236,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for world_seed in args.world_seeds:
             world = rendered_world(budget, world_seed)
             run: Dict[str, Any] = {'world_seed': world_seed, 'seed': seed}
-            for recipe in RECIPES:
+            for recipe in args.recipes:
                 print(f'world {world_seed} seed {seed}: training {recipe} '
                       f'({budget.epochs} epochs)', flush=True)
+                folds = '' if args.folds is None or recipe != 'crossfit' else f'_k{args.folds}'
                 run[recipe] = train_recipe(
-                    recipe, args.config, budget, seed, args.device, world,
-                    work / f'world{world_seed}_{recipe}_seed{seed}',
+                    recipe, args.splits[recipe], args.config, budget, seed, args.device, world,
+                    work / f'world{world_seed}_{recipe}{folds}_seed{seed}',
                     work / f'feature_cache_world{world_seed}')
                 metrics = run[recipe]['metrics']
                 print(f"  {run[recipe]['train_seconds']:.0f} s, average median "

@@ -136,9 +136,14 @@ def uncertainty(source: Source) -> str:
     nominal = None
     for world in worlds:
         mine = [r for r in runs if r['world_seed'] == world]
-        for recipe, label in (('crossfit', 'cross-fitted (every walk trained)'),
-                              ('held_out', 'held-out walk')):
-            got = [r[recipe] for r in mine]
+        folds = next((x.split('=')[1] for x in s.get('recipes', {}).get('crossfit', [])
+                      if x.startswith('data.calibration_folds=')), None)
+        crossfit_label = ('cross-fitted (every walk trained)' if folds is None else
+                          f'cross-fitted, {folds} folds (every walk trained)')
+        for recipe, label in (('crossfit', crossfit_label), ('held_out', 'held-out walk')):
+            got = [r[recipe] for r in mine if recipe in r]
+            if not got:
+                continue
             timing = [g.get('timing') or {} for g in got]
             scenes = [sc['scene'] for sc in got[0]['metrics']['scenes']]
             per_scene = ', '.join(
