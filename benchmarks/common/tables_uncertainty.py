@@ -216,7 +216,7 @@ def uncertainty(source: Source) -> str:
         'Accuracy on the test walks (mean ± standard deviation over training seeds) and '
         'training time:', '',
         table(['world', 'recipe', 'seeds', 'median position', 'median orientation',
-               'median position per scene (m)', 'training time (deployed run)',
+               'median position per scene (m)', 'mspr-train wall time (fold runs included)',
                'fold runs / deployed run time'], accuracy_rows), '',
         'Per-frame covariance on the test walks (the Localizer, every image):', '',
         table(['world', 'recipe', '2σ inside, position', '2σ inside, rotation'],
