@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -33,6 +32,7 @@ from mspr_training.engine import Predictions
 from mspr_training.export import CalibrationSplitError, export_bundle
 from mspr_training.feature_cache import FeatureCache
 from mspr_training.train import train
+from training_runs import wait_for_mid_epoch_checkpoint
 
 # tiny_test.yaml cross-fitted with a frozen ImageNet backbone on cached maps (the frozen-backbone
 # recipe's path, and scenes the tiny model tells apart): 3 scenes x 2 walks of 6 frames.
@@ -375,13 +375,7 @@ def test_a_killed_crossfit_run_resumes_to_the_same_models(crossfit_run, tiny_wor
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
     with log.open('w') as stream:
         process = subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
-        while not any(p.name.endswith('_iter.pt') for p in list_checkpoints(fold_dir(killed, 0))):
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f'no fold checkpoint before exit or deadline:\n'
-                            f'{log.read_text()[-3000:]}')
-            time.sleep(0.01)
+        wait_for_mid_epoch_checkpoint(process, fold_dir(killed, 0), log, SUBPROCESS_TIMEOUT_S)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=SUBPROCESS_TIMEOUT_S)
     assert process.returncode == -signal.SIGKILL

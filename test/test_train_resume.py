@@ -4,7 +4,6 @@ from pathlib import Path
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from mspr_training.datasets import build_dataset, read_split
 from mspr_training.feature_cache import CachedFeatureDataset, load_or_compute
 from mspr_training.train import train
 from mspr_training.transforms import eval_transform
+from training_runs import wait_for_mid_epoch_checkpoint
 
 # tiny_test.yaml: 3 scenes x 12 frames, of which one 6-frame sequence per scene is the calibration
 # split: 18 training frames, balanced, batch 4 -> 5 iterations per epoch, 2 epochs.
@@ -42,20 +42,6 @@ def _train_command(data_root: Path, out: Path, *extra: str) -> list[str]:
 
 def _subprocess_env() -> dict[str, str]:
     return {**os.environ, 'OMP_NUM_THREADS': '1'}
-
-
-def _wait_for_mid_epoch_checkpoint(process: subprocess.Popen, out: Path, log: Path) -> None:
-    """Wait (with a deadline) until the run has written a mid-epoch checkpoint."""
-    deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if any(path.name.endswith('_iter.pt') for path in list_checkpoints(out)):
-            return
-        if process.poll() is not None:
-            pytest.fail(f'training exited ({process.returncode}) before its first mid-epoch '
-                        f'checkpoint:\n{log.read_text()[-3000:]}')
-        time.sleep(0.01)
-    process.kill()
-    pytest.fail(f'no mid-epoch checkpoint within {SUBPROCESS_TIMEOUT_S} s')
 
 
 def _latest_mid_epoch_checkpoint(out: Path) -> dict:
@@ -83,7 +69,7 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_parameters(
     with log.open('w') as stream:
         process = subprocess.Popen(command, env=_subprocess_env(), stdout=stream,
                                    stderr=subprocess.STDOUT)
-        _wait_for_mid_epoch_checkpoint(process, out, log)
+        wait_for_mid_epoch_checkpoint(process, out, log, SUBPROCESS_TIMEOUT_S)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=SUBPROCESS_TIMEOUT_S)
     assert process.returncode == -signal.SIGKILL

@@ -261,6 +261,24 @@ def design_factors(rho: np.ndarray, weights: np.ndarray, masks: np.ndarray) -> n
 MODES = ('bundle', 'time', 'independent')
 
 
+def mode_default(mode: str, time_s: float) -> ErrorCorrelation:
+    """Return the model ``mode`` gives a scene without a learned one (see below).
+
+    Raises:
+        ValueError: an unknown mode, or 'time' without a positive ``time_s``.
+    """
+    if mode == 'independent':
+        return ErrorCorrelation.independent()
+    if mode == 'time':
+        if not (math.isfinite(float(time_s)) and float(time_s) > 0.0):
+            raise ValueError("fusion.error_correlation 'time' needs fusion.error_correlation_s "
+                             f'> 0, got {time_s!r}')
+        return ErrorCorrelation.from_time(time_s)
+    if mode != 'bundle':
+        raise ValueError(f'error correlation mode must be one of {MODES}, got {mode!r}')
+    return ErrorCorrelation.one_frame()
+
+
 def resolve_error_correlation(mode: str, time_s: float,
                               learned: Mapping[str, ErrorCorrelation],
                               scenes: Sequence[str]) -> tuple[dict[str, ErrorCorrelation],
@@ -279,15 +297,8 @@ def resolve_error_correlation(mode: str, time_s: float,
     Raises:
         ValueError: an unknown mode, or 'time' without a positive ``time_s``.
     """
-    if mode == 'independent':
-        return {scene: ErrorCorrelation.independent() for scene in scenes}, []
-    if mode == 'time':
-        if not (math.isfinite(float(time_s)) and float(time_s) > 0.0):
-            raise ValueError("fusion.error_correlation 'time' needs fusion.error_correlation_s "
-                             f'> 0, got {time_s!r}')
-        return {scene: ErrorCorrelation.from_time(time_s) for scene in scenes}, []
+    default = mode_default(mode, time_s)
     if mode != 'bundle':
-        raise ValueError(f'error correlation mode must be one of {MODES}, got {mode!r}')
+        return {scene: default for scene in scenes}, []
     missing = [scene for scene in scenes if scene not in learned]
-    return ({scene: learned.get(scene, ErrorCorrelation.one_frame()) for scene in scenes},
-            missing)
+    return {scene: learned.get(scene, default) for scene in scenes}, missing

@@ -18,7 +18,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from mspr_ros.estimation.amcl_seed import AmclSeedPolicy
-from mspr_ros.estimation.error_correlation import ErrorCorrelation, resolve_error_correlation
+from mspr_ros.estimation.error_correlation import ErrorCorrelation, mode_default
+from mspr_ros.estimation.error_correlation import resolve_error_correlation
 from mspr_ros.estimation.frame_processor import CovarianceSettings, ProcessorSettings
 from mspr_ros.estimation.fusion import FusionConfig
 from mspr_ros.estimation.gating import GateConfig
@@ -346,9 +347,7 @@ def error_correlations(params: NodeParams, learned: Mapping[str, ErrorCorrelatio
     """
     mode, time_s = params.fusion_error_correlation, params.fusion_error_correlation_s
     models, fallback = resolve_error_correlation(mode, time_s, learned, scenes)
-    default = {'time': lambda: ErrorCorrelation.from_time(time_s),
-               'independent': ErrorCorrelation.independent}.get(mode, ErrorCorrelation.one_frame)
-    return ErrorCorrelations(models, default(), tuple(fallback))
+    return ErrorCorrelations(models, mode_default(mode, time_s), tuple(fallback))
 
 
 def fusion_config(params: NodeParams, correlations: ErrorCorrelations) -> Optional[FusionConfig]:

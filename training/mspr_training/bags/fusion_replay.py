@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import logging
 import math
 
-from mspr_ros.estimation.error_correlation import ErrorCorrelation, resolve_error_correlation
+from mspr_ros.estimation.error_correlation import ErrorCorrelation, mode_default
+from mspr_ros.estimation.error_correlation import resolve_error_correlation
 from mspr_ros.estimation.frame_processor import (CovarianceSettings, FrameProcessor,
                                                  NON_FINITE, NonFiniteEstimate,
                                                  ProcessorSettings)
@@ -49,15 +50,6 @@ def _correlation_parameters(parameters: dict) -> tuple[str, float]:
     """Return the node's ``fusion.error_correlation`` mode and ``fusion.error_correlation_s``."""
     return (str(parameters.get('fusion.error_correlation', 'bundle')),
             float(parameters.get('fusion.error_correlation_s', 0.0)))
-
-
-def _default_correlation(mode: str, time_s: float) -> ErrorCorrelation:
-    """Return the model of a scene the resolver did not name (e.g. an unknown scene)."""
-    if mode == 'independent':
-        return ErrorCorrelation.independent()
-    if mode == 'time':
-        return ErrorCorrelation.from_time(time_s)
-    return ErrorCorrelation.one_frame()
 
 
 def error_correlation(parameters: dict, bundle) -> tuple[dict[str, ErrorCorrelation],
@@ -110,7 +102,7 @@ def fusion_config(parameters: dict, bundle=None) -> FusionConfig | None:
                                                   default.odometry_drift_per_m)),
         two_d=bool(parameters.get('two_d_mode', default.two_d)),
         error_correlation=models,
-        default_correlation=_default_correlation(*_correlation_parameters(parameters)))
+        default_correlation=mode_default(*_correlation_parameters(parameters)))
 
 
 def covariance_settings(parameters: dict) -> CovarianceSettings:
