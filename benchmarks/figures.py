@@ -2,11 +2,12 @@
 
 Every table of measured figures in those two files sits between ``<!-- figures:NAME -->`` and
 ``<!-- /figures:NAME -->`` and is made here from the committed ``benchmarks/results/*.json``
-(``common.tables_speed``, ``common.tables_training``, ``common.tables_uncertainty``), each with
-a caption naming the file, the commit of its run, its date and mode, and "dirty tree" when the
-checkout had uncommitted changes. ``NOTES`` adds what a file cannot say about itself (a stamp
-older than the code it ran, a run older than the code it describes); a note belongs to one file
-at one commit, so a rerun drops it. Prose outside the blocks quotes no measured number.
+(``common.tables_speed``, ``common.tables_training``, ``common.tables_uncertainty``,
+``common.tables_camera``), each with a caption naming the file, the commit of its run, its date
+and mode, and "dirty tree" when the checkout had uncommitted changes. ``NOTES`` adds what a file
+cannot say about itself (a stamp older than the code it ran, a run older than the code it
+describes); a note belongs to one file at one commit, so a rerun drops it. Prose outside the
+blocks quotes no measured number.
 
 ``python benchmarks/figures.py`` rewrites the blocks; ``--check`` changes nothing and exits 1
 (printing a diff) when a block differs from what the results files give: a hand-edited number
@@ -18,7 +19,7 @@ from pathlib import Path
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
-from common import tables_speed, tables_training, tables_uncertainty
+from common import tables_camera, tables_speed, tables_training, tables_uncertainty
 from common.markdown import load_source, missing, num, render_blocks, RESULTS_DIR, Source
 from common.markdown import table, tree_state
 
@@ -144,6 +145,9 @@ def renderers() -> Dict[str, Callable[[], str]]:
             'python benchmarks/uncertainty.py --quick --seeds 0 --world-seeds 1 --folds 6 '
             '--crossfit-only --out benchmarks/results/uncertainty.folds6.json',
             tables_uncertainty.uncertainty),
+        'camera': from_file(('camera.json', 'camera.quick.json'),
+                            'python benchmarks/camera.py --world-seeds 0 1',
+                            tables_camera.camera),
         'train-speed-paper': from_file(train, train_command,
                                        lambda s: training.train_speed(s, 'paper')),
         'train-speed-demo': from_file(train, train_command,

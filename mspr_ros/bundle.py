@@ -11,6 +11,9 @@ The file holds the model state dict and, under the safetensors header metadata k
     covariance       {scene: 6 x 6 nested list}  (x y z roll pitch yaw; m^2 and rad^2)
     error_correlation  optional: {scene: ErrorCorrelation.to_dict()} for the scenes that have
                      one (mspr_ros.estimation.error_correlation: how alike two frames' errors are)
+    training_camera  optional: {scene: CameraModel.to_dict()} for the scenes whose camera is
+                     known: the pinhole the network saw, at the crop size it receives
+                     (mspr_ros.camera; absent in bundles exported before it was recorded)
     provenance       free-form JSON object
     inference        optional: the back-end the bundle asks for (absent: torch), see
                      check_inference; the tensors are always there, so torch stays possible
@@ -32,6 +35,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from mspr_ros.camera.model import CameraModel
 from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.geometry.transforms import SceneAlignment
 from mspr_ros.model.config import ModelConfig
@@ -68,6 +72,9 @@ class Bundle:
     inference: dict[str, Any] | None = None  # the checked entry; None: the bundle asks for torch
     # Scenes with a learned error correlation; empty for bundles exported without one.
     error_correlation: dict[str, ErrorCorrelation] = field(default_factory=dict)
+    # Scenes whose training camera is known (the network's input pinhole); empty for bundles
+    # exported before it was recorded, or trained on data that does not say its camera.
+    training_camera: dict[str, CameraModel] = field(default_factory=dict)
 
 
 def _finite_floats(values: Any, length: int, name: str) -> tuple[float, ...]:
@@ -156,6 +163,21 @@ def _to_correlation(value: Any, scene: str) -> ErrorCorrelation:
         raise ValueError(f'error_correlation of scene {scene!r}: {error}') from error
 
 
+def _training_camera_checker(crop: int):
+    """Return the converter of one scene's training camera: a pinhole at the crop size."""
+    def convert(value: Any, scene: str) -> CameraModel:
+        try:
+            camera = value if isinstance(value, CameraModel) else CameraModel.from_dict(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f'training_camera of scene {scene!r}: {error}') from error
+        if not camera.is_pinhole or (camera.width, camera.height) != (crop, crop):
+            raise ValueError(f'training_camera of scene {scene!r} must be a pinhole of the '
+                             f'{crop} x {crop} network input, got {camera.distortion_model} '
+                             f'{camera.width} x {camera.height}')
+        return camera
+    return convert
+
+
 def check_inference(value: Any) -> dict[str, Any]:
     """Return a bundle's ``inference`` entry, validated (ValueError names the problem).
 
@@ -217,13 +239,14 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, config: ModelConfig,
                 covariance: Mapping[str, Any] | None = None,
                 provenance: Mapping[str, Any] | None = None,
                 inference: Mapping[str, Any] | None = None,
-                error_correlation: Mapping[str, ErrorCorrelation] | None = None) -> Path:
+                error_correlation: Mapping[str, ErrorCorrelation] | None = None,
+                training_camera: Mapping[str, CameraModel | Mapping] | None = None) -> Path:
     """Write ``model`` and its metadata atomically to ``path`` (a ``.safetensors`` file).
 
     Scenes missing from ``scene_alignment``/``covariance`` get the identity alignment and
     :func:`default_covariance`. ``inference`` (:func:`check_inference`) and
-    ``error_correlation`` (scenes without a model are left out) are written only when given.
-    Returns the path written.
+    ``error_correlation`` and ``training_camera`` (scenes without one are left out) are
+    written only when given. Returns the path written.
 
     Raises:
         ValueError: inconsistent metadata, or a model that does not match ``config``.
@@ -239,11 +262,13 @@ def save_bundle(path: str | os.PathLike, model: nn.Module, config: ModelConfig,
     covariances = _per_scene(covariance, names, 'covariance', _check_covariance,
                              default_covariance)
     correlations = _per_scene(error_correlation, names, 'error_correlation', _to_correlation)
+    cameras = _per_scene(training_camera, names, 'training_camera',
+                         _training_camera_checker(preprocessing.crop))
     tensors = {k: v.detach().to('cpu').contiguous() for k, v in model.state_dict().items()}
     _check_tensors(tensors, config)
     document = _document(config, names, preprocessing, alignments, covariances, provenance,
                          None if inference is None else check_inference(inference),
-                         correlations)
+                         correlations, cameras)
     try:
         metadata = {METADATA_KEY: json.dumps(document, allow_nan=False)}
     except (TypeError, ValueError) as error:
@@ -368,6 +393,8 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         inference = check_inference(document['inference']) if 'inference' in document else None
         correlation = _per_scene(document.get('error_correlation'), names,
                                  'error_correlation', _to_correlation)
+        cameras = _per_scene(document.get('training_camera'), names, 'training_camera',
+                             _training_camera_checker(preprocessing.crop))
     except (TypeError, ValueError) as error:
         raise BundleError(f'{path}: invalid bundle metadata: {error}') from error
     try:
@@ -382,7 +409,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
                   scene_alignment=alignments, covariance=covariances,
                   provenance=document['provenance'], state_dict=tensors, path=path,
                   sha256=hashlib.sha256(data).hexdigest(), inference=inference,
-                  error_correlation=correlation)
+                  error_correlation=correlation, training_camera=cameras)
 
 
 def build_model_from_bundle(bundle: Bundle) -> MSTransformer:
@@ -398,7 +425,8 @@ def build_model_from_bundle(bundle: Bundle) -> MSTransformer:
 def _document(config: ModelConfig, names: Sequence[str], preprocessing: PreprocessingConfig,
               alignments: Mapping[str, SceneAlignment], covariances: Mapping[str, np.ndarray],
               provenance: Mapping[str, Any] | None, inference: Mapping[str, Any] | None,
-              correlations: Mapping[str, ErrorCorrelation]) -> dict[str, Any]:
+              correlations: Mapping[str, ErrorCorrelation],
+              cameras: Mapping[str, CameraModel]) -> dict[str, Any]:
     """Return the ``mspr_bundle`` JSON document of checked metadata (optional keys if given)."""
     document = {
         'format_version': FORMAT_VERSION,
@@ -413,6 +441,8 @@ def _document(config: ModelConfig, names: Sequence[str], preprocessing: Preproce
         document['inference'] = dict(inference)
     if correlations:
         document['error_correlation'] = {n: m.to_dict() for n, m in correlations.items()}
+    if cameras:
+        document['training_camera'] = {n: c.to_dict() for n, c in cameras.items()}
     return document
 
 
@@ -420,4 +450,4 @@ def bundle_metadata(bundle: Bundle) -> dict[str, Any]:
     """Return the bundle's metadata in its JSON form (for logs, diagnostics and tests)."""
     return _document(bundle.config, bundle.scene_names, bundle.preprocessing,
                      bundle.scene_alignment, bundle.covariance, bundle.provenance,
-                     bundle.inference, bundle.error_correlation)
+                     bundle.inference, bundle.error_correlation, bundle.training_camera)

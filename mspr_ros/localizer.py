@@ -6,6 +6,11 @@ Two inference back-ends run the same graph: torch (eager, the bundle's tensors) 
 With torch, ``precision`` 'fp16' or 'bf16' runs the model under autocast
 (:mod:`mspr_ros.precision` says where each runs), and ``cuda_graphs`` replays single images from
 a captured CUDA graph (:mod:`mspr_ros.cuda_graph`); batches of several images run eagerly.
+
+Any camera: given the :class:`~mspr_ros.camera.model.CameraModel` an image was taken with, the
+image is reprojected into the camera the network was trained with (the bundle's
+``training_camera``; :mod:`mspr_ros.camera.reprojection`, maps built once per camera) instead of
+being resized and cropped.
 """
 from dataclasses import dataclass
 import logging
@@ -18,6 +23,8 @@ import numpy as np
 import torch
 
 from mspr_ros.bundle import build_model_from_bundle, Bundle, load_bundle
+from mspr_ros.camera.model import CameraModel
+from mspr_ros.camera.reprojection import Reprojection, ReprojectionCache
 from mspr_ros.cuda_graph import autocast, cuda_graph_obstacle, CudaGraphForward
 from mspr_ros.device import resolve_device, supports_bf16
 from mspr_ros.geometry.quaternions import canonical_quaternion
@@ -28,6 +35,43 @@ from mspr_ros.preprocess import preprocess_batch, validate_rgb_image
 LOGGER = logging.getLogger(__name__)
 BACKENDS = ('auto', 'torch', 'onnxruntime')
 AUTOCAST_DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+#: Largest relative difference of two scenes' training cameras (focal lengths; principal points
+#: relative to the crop) for them to count as one camera, as mspr_training.training_camera's
+#: mixed-camera spread.
+TRAINING_CAMERA_TOLERANCE = 0.02
+
+
+class CameraError(ValueError):
+    """An image's camera cannot be brought to the training camera; the message says why."""
+
+
+def bundle_training_camera(bundle: Bundle) -> tuple[CameraModel | None, str | None]:
+    """Return the one camera every scene of ``bundle`` was trained with, or None and why.
+
+    The network sees an image before it knows the scene, so an image can be brought to one
+    training camera only: the scenes' cameras must agree within
+    :data:`TRAINING_CAMERA_TOLERANCE`.
+    """
+    cameras = bundle.training_camera
+    missing = [name for name in bundle.scene_names if name not in cameras]
+    if len(missing) == len(bundle.scene_names):
+        return None, ('the bundle records no training camera (exported before cameras were '
+                      'recorded, or trained on images that state none)')
+    if missing:
+        return None, f'the bundle records no training camera for scenes {missing}'
+    first = bundle.scene_names[0]
+    reference = cameras[first]
+    crop = reference.width
+    for name in bundle.scene_names[1:]:
+        camera = cameras[name]
+        focal = max(abs(camera.fx - reference.fx) / reference.fx,
+                    abs(camera.fy - reference.fy) / reference.fy)
+        centre = max(abs(camera.cx - reference.cx), abs(camera.cy - reference.cy)) / crop
+        if max(focal, centre) > TRAINING_CAMERA_TOLERANCE:
+            return None, (f'scenes {first!r} and {name!r} were trained with different cameras '
+                          f'(fx {reference.fx:.1f} vs {camera.fx:.1f} px at the network input); '
+                          'one image cannot be brought to both')
+    return reference, None
 
 
 @dataclass(frozen=True)
@@ -161,6 +205,8 @@ class Localizer:
                 self._graph = CudaGraphForward(self._model, self._device, (1, 3, crop, crop),
                                                self._autocast_dtype)
         self._covariances = [bundle.covariance[name] for name in bundle.scene_names]
+        self._training_camera, self._training_camera_problem = bundle_training_camera(bundle)
+        self._reprojections = ReprojectionCache()
         self.timings = LocalizerTimings(preprocess_ms=0.0, inference_ms=0.0)
 
     @classmethod
@@ -190,6 +236,34 @@ class Localizer:
     def onnx_session(self) -> OnnxSession | None:
         """The ONNX Runtime session (onnxruntime back-end), else None."""
         return self._session
+
+    @property
+    def training_camera(self) -> CameraModel | None:
+        """The pinhole the network was trained with, at the crop size; None when unknown."""
+        return self._training_camera
+
+    @property
+    def training_camera_problem(self) -> str | None:
+        """Why :attr:`training_camera` is None (None when it is known)."""
+        return self._training_camera_problem
+
+    @property
+    def reprojection_builds(self) -> int:
+        """How many camera reprojections were built (once per camera, not per frame)."""
+        return self._reprojections.builds
+
+    def reprojection(self, camera: CameraModel) -> Reprojection:
+        """Return the reprojection of ``camera`` into the training camera (built once, cached).
+
+        Its ``covers`` says whether ``camera`` sees the whole training field of view.
+
+        Raises:
+            CameraError: the bundle has no single training camera (the reason is in the message).
+        """
+        if self._training_camera is None:
+            raise CameraError(f'cannot bring a camera to the training camera: '
+                              f'{self._training_camera_problem}')
+        return self._reprojections.get(camera, self._training_camera)
 
     @property
     def scene_names(self) -> list[str]:
@@ -223,27 +297,38 @@ class Localizer:
         for _ in range(n):
             self.localize(grey)
 
-    def localize(self, rgb: np.ndarray) -> LocalizationResult:
+    def localize(self, rgb: np.ndarray, camera: CameraModel | None = None
+                 ) -> LocalizationResult:
         """Localise one ``H x W x 3`` uint8 RGB image of any size.
 
+        ``camera``: the camera that took it (at the image's size). Given, the image is
+        reprojected into the training camera (:meth:`reprojection`); None: resized and cropped.
+
         Raises:
-            ValueError: the image is not a non-empty H x W x 3 uint8 array.
+            ValueError: the image is not a non-empty H x W x 3 uint8 array, or not the size of
+                ``camera``.
+            CameraError: a camera is given but the bundle has no single training camera.
         """
         validate_rgb_image(rgb)
-        return self.localize_batch([rgb], batch_size=1)[0]
+        return self.localize_batch([rgb], batch_size=1, camera=camera)[0]
 
-    def localize_batch(self, images: Sequence[np.ndarray],
-                       batch_size: int = 16) -> list[LocalizationResult]:
-        """Localise several images (each ``H x W x 3`` uint8 RGB), ``batch_size`` at a time."""
+    def localize_batch(self, images: Sequence[np.ndarray], batch_size: int = 16,
+                       camera: CameraModel | None = None) -> list[LocalizationResult]:
+        """Localise several images (each ``H x W x 3`` uint8 RGB), ``batch_size`` at a time.
+
+        ``camera``: the camera of every image (see :meth:`localize`).
+        """
         if batch_size < 1:
             raise ValueError(f'batch_size must be positive, got {batch_size}')
         for index, rgb in enumerate(images):
             validate_rgb_image(rgb, name=f'image {index}')
+        reprojection = None if camera is None else self.reprojection(camera)
         results: list[LocalizationResult] = []
         preprocess_s = inference_s = 0.0
         for start in range(0, len(images), batch_size):
             started = time.perf_counter()
-            batch = preprocess_batch(images[start:start + batch_size], self._bundle.preprocessing)
+            batch = preprocess_batch(images[start:start + batch_size], self._bundle.preprocessing,
+                                     reprojection)
             preprocessed = time.perf_counter()
             scenes, log_probs, positions, orientations = self._infer(batch)
             inferred = time.perf_counter()

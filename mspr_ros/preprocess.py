@@ -1,7 +1,9 @@
 """Evaluation preprocessing: shorter side to ``resize``, centre crop ``crop``, ImageNet norm.
 
 This is the paper's test transform (docs/paper.md section 4.1) applied to ``H x W x 3`` uint8
-RGB arrays of any size, using torchvision.transforms.v2 functional ops.
+RGB arrays of any size, using torchvision.transforms.v2 functional ops. With a camera
+reprojection (``mspr_ros.camera.reprojection``) the image is instead remapped straight into the
+training camera at the crop size, then normalised alike.
 """
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping, Sequence
@@ -71,30 +73,42 @@ def validate_rgb_image(rgb: Any, name: str = 'image') -> None:
 
 
 def preprocess_image(rgb: np.ndarray,
-                     cfg: PreprocessingConfig = PreprocessingConfig()) -> torch.Tensor:
-    """Turn an ``H x W x 3`` uint8 RGB array into a normalised ``3 x crop x crop`` float tensor."""
+                     cfg: PreprocessingConfig = PreprocessingConfig(),
+                     reprojection: Any = None) -> torch.Tensor:
+    """Turn an ``H x W x 3`` uint8 RGB array into a normalised ``3 x crop x crop`` float tensor.
+
+    ``reprojection``: a ``Reprojection`` into the training camera at the crop size; it replaces
+    the resize and the crop (ValueError when the image is not its source camera's size).
+    """
     validate_rgb_image(rgb)
+    if reprojection is not None:
+        rgb = reprojection.apply(rgb)
+        if rgb.shape[:2] != (cfg.crop, cfg.crop):
+            raise ValueError(f'the reprojection gives {rgb.shape[1]} x {rgb.shape[0]} images, '
+                             f'the network takes {cfg.crop} x {cfg.crop}')
     # torch.from_numpy cannot wrap negative strides (a BGR->RGB flip view) and warns on the
     # read-only views image_to_rgb returns for zero-copy messages: copy only in those cases.
     if not (rgb.flags.c_contiguous and rgb.flags.writeable):
         rgb = np.array(rgb, order='C')
     image = torch.from_numpy(rgb).permute(2, 0, 1)
-    image = TF.resize(image, [cfg.resize], interpolation=InterpolationMode.BILINEAR,
-                      antialias=True)
-    image = TF.center_crop(image, [cfg.crop])
+    if reprojection is None:
+        image = TF.resize(image, [cfg.resize], interpolation=InterpolationMode.BILINEAR,
+                          antialias=True)
+        image = TF.center_crop(image, [cfg.crop])
     image = TF.to_dtype(image, torch.float32, scale=True)
     return TF.normalize(image, list(cfg.mean), list(cfg.std))
 
 
 def preprocess_batch(images: Sequence[np.ndarray],
-                     cfg: PreprocessingConfig = PreprocessingConfig()) -> torch.Tensor:
+                     cfg: PreprocessingConfig = PreprocessingConfig(),
+                     reprojection: Any = None) -> torch.Tensor:
     """Preprocess a non-empty sequence of RGB arrays into ``B x 3 x crop x crop``."""
     if len(images) == 0:
         raise ValueError('preprocess_batch needs at least one image')
     tensors = []
     for index, rgb in enumerate(images):
         try:
-            tensors.append(preprocess_image(rgb, cfg))
+            tensors.append(preprocess_image(rgb, cfg, reprojection))
         except ValueError as error:
             raise ValueError(f'image {index}: {error}') from error
     return torch.stack(tensors)

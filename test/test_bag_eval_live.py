@@ -5,13 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mspr_ros.camera.model import CameraModel
 from mspr_ros.localizer import Localizer
 from mspr_training.bags.cli import main
 from mspr_training.bags.live import assign_corrections, evaluate_live, LiveOptions
 from mspr_training.bags.offline import default_params_file, evaluate_offline, GroundTruthSpec
 from mspr_training.bags.offline import read_node_parameters
 from mspr_training.bags.report import build_report, FrameStatus
-from mspr_training.synth import build_world, Intrinsics, plan_sequences, write_rosbag
+from mspr_training.synth import build_world, plan_sequences, write_rosbag
 from ros_harness import domain_id
 
 pytestmark = pytest.mark.ros
@@ -26,7 +27,7 @@ def _bag(path, rate_hz, frames_per_scene, compressed=None):
     plans = plan_sequences(world, train_frames=1, test_frames=frames_per_scene,
                            train_sequences=1, test_sequences=1)
     write_rosbag(world, path, storage='mcap', rate_hz=rate_hz, plans=plans,
-                 intrinsics=Intrinsics.from_fov(160, 120), compressed=compressed)
+                 camera=CameraModel.from_fov(160, 120), compressed=compressed)
     return path
 
 

@@ -9,6 +9,7 @@ import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.camera.model import CameraModel
 from mspr_ros.geometry.transforms import SceneAlignment, Transform
 from mspr_ros.localizer import Localizer
 from mspr_training.bags.cli import main
@@ -18,7 +19,7 @@ from mspr_training.bags.report import build_report, FrameStatus
 from mspr_training.bags.report_files import write_report
 from mspr_training.data import read_bag_trajectory, read_rosbag
 from mspr_training.data.rosbag import typestore
-from mspr_training.synth import build_world, Intrinsics, plan_sequences, write_rosbag
+from mspr_training.synth import build_world, plan_sequences, write_rosbag
 
 IMAGE = '/camera/image_raw'
 COMPRESSED = '/camera/image_raw/compressed'
@@ -39,7 +40,7 @@ def world_plans():
 def _render_bag(world_plans, path, storage, compressed=None):
     world, plans = world_plans
     write_rosbag(world, path, storage=storage, rate_hz=5.0, plans=plans,
-                 intrinsics=Intrinsics.from_fov(160, 120), compressed=compressed)
+                 camera=CameraModel.from_fov(160, 120), compressed=compressed)
     return path
 
 

@@ -9,6 +9,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 from test_bag_eval_offline import copy_bag, OracleLocalizer
 
+from mspr_ros.camera.model import CameraModel
 from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.estimation.fusion import FusionConfig
 from mspr_ros.localizer import Localizer
@@ -21,7 +22,7 @@ from mspr_training.bags.offline import (default_params_file, evaluate_offline, G
                                         scene_alignments)
 from mspr_training.bags.report import build_report
 from mspr_training.data.rosbag import iter_bag_images
-from mspr_training.synth import build_world, Intrinsics, plan_sequences, write_rosbag
+from mspr_training.synth import build_world, plan_sequences, write_rosbag
 from mspr_training.synth.odometry_drift import OdometryDrift
 from mspr_training.synth.rosbag_writer import RosbagWriter
 from mspr_training.synth.writers import write_frames
@@ -39,7 +40,7 @@ def drifting_bag(tmp_path_factory) -> Path:
                            test_sequences=1)
     path = tmp_path_factory.mktemp('drift') / 'bag'
     metadata = write_rosbag(world, path, rate_hz=5.0, plans=plans,
-                            intrinsics=Intrinsics.from_fov(160, 120))
+                            camera=CameraModel.from_fov(160, 120))
     assert metadata['T_map_odom_changes']  # the odometry really drifts
     return path
 
@@ -50,11 +51,11 @@ def exact_odometry_bag(tmp_path_factory) -> Path:
     world = build_world(seed=0, num_scenes=3)
     plans = plan_sequences(world, train_frames=1, test_frames=5, train_sequences=1,
                            test_sequences=1)
-    intrinsics = Intrinsics.from_fov(160, 120)
+    camera = CameraModel.from_fov(160, 120)
     path = tmp_path_factory.mktemp('exact') / 'bag'
-    writer = RosbagWriter(path, intrinsics, rate_hz=5.0, seed=world.seed,
+    writer = RosbagWriter(path, camera, rate_hz=5.0, seed=world.seed,
                           odometry_drift=OdometryDrift.none())
-    write_frames(world, plans, intrinsics, [(writer, ('test',))])
+    write_frames(world, plans, camera, [(writer, ('test',))])
     writer.close()
     return path
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mspr_ros.camera.model import CameraModel
 from mspr_training.bags.cli import main
 from mspr_training.bags.tum import format_stamp, read_tum, write_tum
-from mspr_training.synth import build_world, Intrinsics, plan_sequences, write_rosbag
+from mspr_training.synth import build_world, plan_sequences, write_rosbag
 
 NS_PER_S = 1_000_000_000
 
@@ -39,7 +40,7 @@ def drifting_bag(tmp_path_factory) -> Path:
     plans = plan_sequences(world, train_frames=1, test_frames=4, train_sequences=1,
                            test_sequences=1)
     path = tmp_path_factory.mktemp('tum') / 'bag'
-    write_rosbag(world, path, rate_hz=5.0, plans=plans, intrinsics=Intrinsics.from_fov(160, 120))
+    write_rosbag(world, path, rate_hz=5.0, plans=plans, camera=CameraModel.from_fov(160, 120))
     return path
 
 

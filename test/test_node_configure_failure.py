@@ -70,3 +70,24 @@ def test_a_late_configure_failure_is_logged_releases_everything_and_a_retry_work
     assert '/tf' in configured['publishers'] and configured['timers'] > before['timers']
     assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
     assert _endpoints(node) == before
+
+
+def test_require_with_a_bundle_that_records_no_training_camera_fails_configure_saying_why(
+        tiny_bundle_path, capfd):
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain_id(13))
+    node = LocalizerNode(context=context, parameter_overrides=[
+        rclpy.parameter.Parameter('weights', value=str(tiny_bundle_path)),
+        rclpy.parameter.Parameter('camera_model', value='require'),
+        rclpy.parameter.Parameter('autostart', value=False)])
+    try:
+        before = _endpoints(node)
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.lifecycle_state() == 'unconfigured'
+        assert _endpoints(node) == before
+        log = capfd.readouterr().err
+        assert "camera_model is 'require' but the bundle records no training camera" in log
+    finally:
+        node._release()
+        node.destroy_node()
+        rclpy.shutdown(context=context)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.camera.model import CameraModel
 from mspr_ros.geometry.transforms import R_BODY_OPTICAL
-from mspr_training.synth import (build_world, camera_pose, Intrinsics, Lighting, plan_path,
-                                 plan_sequences, render)
+from mspr_training.synth import (build_world, camera_pose, Lighting, plan_path, plan_sequences,
+                                 render)
 from mspr_training.synth.textures import Material
 from mspr_training.synth.world import Box, Cylinder, MAX_SCENES, ROOM_FACES, Scene
 
@@ -42,12 +43,12 @@ def simple_room(*objects):
 
 
 def test_render_matches_hand_computed_geometry():
-    intrinsics = Intrinsics.from_fov(161, 121, 65.0)
-    cx, cy, f = intrinsics.cx, intrinsics.cy, intrinsics.fx
+    camera = CameraModel.from_fov(161, 121, 65.0)
+    cx, cy, f = camera.cx, camera.cy, camera.fx
     marker = Box((5.9, 3.9, 1.9), (6.1, 4.1, 2.1), RED, 'marker')
     pillar = Cylinder((6.0, 5.0), 0.5, 0.0, 3.0, GREY, 'pillar')
     scene = simple_room(marker, pillar)
-    result = render(scene, camera_pose((2.0, 4.0, 1.5), yaw=0.0), intrinsics)
+    result = render(scene, camera_pose((2.0, 4.0, 1.5), yaw=0.0), camera)
     # The marker's front face centre (5.9, 4, 2) is 3.9 m ahead and 0.5 m up: above the centre.
     u, v = round(cx), round(cy - f * 0.5 / 3.9)
     assert result.primitive_id[v, u] == len(ROOM_FACES)
@@ -58,7 +59,7 @@ def test_render_matches_hand_computed_geometry():
     assert result.primitive_id[round(cy), round(cx)] == 1
     assert result.depth[round(cy), round(cx)] == pytest.approx(8.0, abs=1e-4)
     assert result.primitive_id[0, round(cx)] == 5 and result.primitive_id[-1, round(cx)] == 4
-    row = intrinsics.height - 1
+    row = camera.height - 1
     assert result.depth[row, round(cx)] == pytest.approx(1.5 * f / (row - cy), rel=1e-5)
     # The pillar centre is 4 m ahead and 1 m to the left (world +Y): left of the image centre.
     pillar_u = cx - f * 1.0 / 4.0
@@ -69,21 +70,21 @@ def test_render_matches_hand_computed_geometry():
         along_ray * 4.0 / math.hypot(4.0, 1.0), abs=0.02)
     for outside in ((11.0, 4.0, 1.5), (6.0, 5.0, 1.5), (6.0, 4.0, 2.0)):
         with pytest.raises(ValueError, match='outside room .test. or inside one of its'):
-            render(scene, camera_pose(outside, yaw=0.0), intrinsics)
+            render(scene, camera_pose(outside, yaw=0.0), camera)
 
 
 def test_lighting_changes_shading_not_geometry():
-    intrinsics = Intrinsics.from_fov(64, 48)
+    camera = CameraModel.from_fov(64, 48)
     scene = build_world(0, 1).scenes[0]
     pose = plan_path(scene, 5, seed=3)[2]
-    bright = render(scene, pose, intrinsics, Lighting(ambient=0.9))
-    dim = render(scene, pose, intrinsics, Lighting(ambient=0.3, vignetting=0.3))
+    bright = render(scene, pose, camera, Lighting(ambient=0.9))
+    dim = render(scene, pose, camera, Lighting(ambient=0.3, vignetting=0.3))
     np.testing.assert_array_equal(bright.primitive_id, dim.primitive_id)
     np.testing.assert_array_equal(bright.depth, dim.depth)
     assert bright.rgb.mean() > dim.rgb.mean() + 20
     # Vignetting darkens the corners relative to the centre.
-    flat = render(scene, pose, intrinsics, Lighting(vignetting=0.0)).rgb.astype(float)
-    vignetted = render(scene, pose, intrinsics, Lighting(vignetting=0.5)).rgb.astype(float)
+    flat = render(scene, pose, camera, Lighting(vignetting=0.0)).rgb.astype(float)
+    vignetted = render(scene, pose, camera, Lighting(vignetting=0.5)).rgb.astype(float)
     assert vignetted[0, 0].sum() < 0.7 * flat[0, 0].sum() + 1
     np.testing.assert_allclose(vignetted[24, 32], flat[24, 32], atol=2)
 
@@ -102,14 +103,14 @@ def visible_face_centre(box, camera_centre):
 
 
 def test_known_marker_points_land_where_the_renderer_drew_them(world):
-    """Pose-convention proof: markers projected with the ground-truth pose and intrinsics."""
-    intrinsics = Intrinsics.from_fov(160, 120)
+    """Pose-convention proof: markers projected with the ground-truth pose and camera."""
+    camera = CameraModel.from_fov(160, 120)
     plans = plan_sequences(world, train_frames=24, test_frames=12, train_sequences=2)
     seen = occluded = 0
     for plan in plans:
         scene = world.scene(plan.scene)
         for pose in plan.poses[::3]:
-            result = render(scene, pose, intrinsics, plan.lighting)
+            result = render(scene, pose, camera, plan.lighting)
             rotation, centre = pose[:3, :3], pose[:3, 3]
             for marker_id in scene.marker_ids():
                 marker = scene.primitive(marker_id)
@@ -121,9 +122,9 @@ def test_known_marker_points_land_where_the_renderer_drew_them(world):
                 x, y, z = rotation.T @ (point - centre)  # scene -> optical frame
                 if z <= 0.1:
                     continue
-                u = intrinsics.fx * x / z + intrinsics.cx
-                v = intrinsics.fy * y / z + intrinsics.cy
-                if not (1 <= u <= intrinsics.width - 2 and 1 <= v <= intrinsics.height - 2):
+                u = camera.fx * x / z + camera.cx
+                v = camera.fy * y / z + camera.cy
+                if not (1 <= u <= camera.width - 2 and 1 <= v <= camera.height - 2):
                     continue
                 row, col = round(v), round(u)
                 if result.primitive_id[row, col] == marker_id:
@@ -143,15 +144,15 @@ def test_known_marker_points_land_where_the_renderer_drew_them(world):
 
 
 def test_same_seed_same_images_other_seed_other_world():
-    intrinsics = Intrinsics.from_fov(64, 48)
+    camera = CameraModel.from_fov(64, 48)
     first, again, other = build_world(5, 2), build_world(5, 2), build_world(6, 2)
     pose = plan_path(first.scenes[0], 4, seed=1)[1]
-    np.testing.assert_array_equal(render(first.scenes[0], pose, intrinsics).rgb,
-                                  render(again.scenes[0], pose, intrinsics).rgb)
+    np.testing.assert_array_equal(render(first.scenes[0], pose, camera).rgb,
+                                  render(again.scenes[0], pose, camera).rgb)
     np.testing.assert_array_equal(plan_path(first.scenes[1], 6, seed=2),
                                   plan_path(again.scenes[1], 6, seed=2))
-    assert not np.array_equal(render(first.scenes[0], pose, intrinsics).rgb,
-                              render(other.scenes[0], pose, intrinsics).rgb)
+    assert not np.array_equal(render(first.scenes[0], pose, camera).rgb,
+                              render(other.scenes[0], pose, camera).rgb)
 
 
 def test_scenes_are_named_and_distinct(world):
@@ -169,13 +170,13 @@ def test_scenes_are_named_and_distinct(world):
 
 
 def test_render_speed_at_320x240(world):
-    intrinsics = Intrinsics.from_fov(320, 240)
+    camera = CameraModel.from_fov(320, 240)
     scene = world.scenes[0]
     poses = plan_path(scene, 10, seed=4)
-    render(scene, poses[0], intrinsics)  # warm the texture and ray caches
+    render(scene, poses[0], camera)  # warm the texture and ray caches
     started = time.perf_counter()
     for pose in poses:
-        render(scene, pose, intrinsics)
+        render(scene, pose, camera)
     per_frame_ms = (time.perf_counter() - started) / len(poses) * 1000
     print(f'\nrender 320x240: {per_frame_ms:.1f} ms per frame')
     assert per_frame_ms < 500  # sanity only: the measured figure is ~20-30 ms on one core
@@ -223,11 +224,11 @@ def test_training_sequences_cover_both_directions_of_travel(world):
 
 
 def test_exposure_scales_the_image_and_nothing_else():
-    intrinsics = Intrinsics.from_fov(64, 48)
+    camera = CameraModel.from_fov(64, 48)
     scene = build_world(0, 1).scenes[0]
     pose = plan_path(scene, 5, seed=3)[2]
-    normal = render(scene, pose, intrinsics, Lighting(ambient=0.4, diffuse=0.2))
-    dark = render(scene, pose, intrinsics, Lighting(ambient=0.4, diffuse=0.2, exposure=0.5))
+    normal = render(scene, pose, camera, Lighting(ambient=0.4, diffuse=0.2))
+    dark = render(scene, pose, camera, Lighting(ambient=0.4, diffuse=0.2, exposure=0.5))
     np.testing.assert_array_equal(normal.depth, dark.depth)
     np.testing.assert_allclose(dark.rgb.astype(float), normal.rgb.astype(float) * 0.5, atol=1.0)
 

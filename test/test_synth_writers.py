@@ -1,14 +1,17 @@
 """Round trips synth -> Cambridge / 7-Scenes / rosbag2 -> readers, and the generate CLI."""
+import dataclasses
 import json
 
 import cv2
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 import yaml
 
+from mspr_ros.camera.model import CameraModel
 from mspr_training.data import (iter_bag_images, load_rgb, read_7scenes, read_bag_trajectory,
                                 read_cambridge, read_rosbag)
-from mspr_training.synth import build_world, generate, Intrinsics, plan_sequences
+from mspr_training.synth import build_world, generate, plan_sequences, wide_camera
 from mspr_training.synth.cli import main
 from mspr_training.synth.dataset_writers import CambridgeWriter, SevenScenesWriter
 from mspr_training.synth.odometry_drift import OdometryDrift
@@ -23,8 +26,8 @@ def rendered():
     """Two scenes, 2 train sequences of 2 frames and 1 test sequence of 3, rendered once."""
     world = build_world(seed=3, num_scenes=2)
     plans = plan_sequences(world, train_frames=4, test_frames=3, train_sequences=2)
-    intrinsics = Intrinsics.from_fov(64, 48)
-    return world, intrinsics, list(render_frames(world, plans, intrinsics))
+    camera = CameraModel.from_fov(64, 48)
+    return world, camera, list(render_frames(world, plans, camera))
 
 
 def frames_of(frames, scene, split):
@@ -59,8 +62,38 @@ def test_cambridge_round_trip(rendered, tmp_path):
         'Visual Landmark Dataset V1\n')
 
 
+def test_cambridge_nvm_states_each_image_camera_and_pose(rendered, tmp_path):
+    world, camera, frames = rendered
+    writer = CambridgeWriter(tmp_path)
+    for frame in frames:
+        writer.add(frame)
+    writer.close()
+    for scene in world.scene_names:
+        expected = [f for f in frames if f.plan.scene == scene]
+        lines = (tmp_path / scene / 'reconstruction.nvm').read_text().split('\n')
+        assert lines[:3] == ['NVM_V3', '', str(len(expected))]
+        for line, frame in zip(lines[3:], expected):
+            fields = line.split()
+            assert fields[0] == f'seq{frame.plan.number}/frame{frame.index + 1:05d}.png'
+            assert (tmp_path / scene / fields[0]).is_file()
+            assert float(fields[1]) == camera.fx  # exactly: the training camera is recovered
+            w, x, y, z, *centre = (float(v) for v in fields[2:9])
+            # World-to-camera rotation and camera centre, as in the dataset_*.txt listings.
+            np.testing.assert_allclose(Rotation.from_quat([x, y, z, w]).as_matrix(),
+                                       frame.pose[:3, :3].T, atol=1e-8)
+            np.testing.assert_allclose(centre, frame.pose[:3, 3], atol=1e-8)
+            assert fields[9:] == ['0', '0']
+        assert lines[3 + len(expected):] == ['', '0', '', '0', '']
+    # NVM states one square-pixel focal per image, centred: nothing else can be written.
+    with pytest.raises(ValueError, match='NVM file states only square-pixel pinholes'):
+        CambridgeWriter(tmp_path / 'wide').add(dataclasses.replace(frames[0],
+                                                                   camera=wide_camera(64, 48)))
+    with pytest.raises(ValueError, match='does not record its camera'):
+        CambridgeWriter(tmp_path / 'unknown').add(dataclasses.replace(frames[0], camera=None))
+
+
 def test_7scenes_round_trip_with_depth(rendered, tmp_path):
-    world, _, frames = rendered
+    world, camera, frames = rendered
     writer = SevenScenesWriter(tmp_path)
     for frame in frames:
         writer.add(frame)
@@ -75,6 +108,14 @@ def test_7scenes_round_trip_with_depth(rendered, tmp_path):
             for sample, frame in zip(samples, expected):
                 assert_same_pose(sample, frame.pose)
                 np.testing.assert_array_equal(load_rgb(sample), frame.rgb)
+    for scene in world.scene_names:
+        stated = json.loads((tmp_path / scene / 'camera.json').read_text())
+        assert stated == camera.to_dict()
+        assert CameraModel.from_dict(stated) == camera
+    mixed = SevenScenesWriter(tmp_path / 'mixed')
+    mixed.add(frames[0])
+    with pytest.raises(ValueError, match='states one camera'):
+        mixed.add(dataclasses.replace(frames[1], camera=wide_camera(64, 48)))
     frame = frames[0]
     depth_path = tmp_path / 'atrium/seq-01/frame-000000.depth.png'
     depth = cv2.imread(str(depth_path), cv2.IMREAD_UNCHANGED)
@@ -84,9 +125,9 @@ def test_7scenes_round_trip_with_depth(rendered, tmp_path):
 
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
 def test_rosbag_round_trip(rendered, tmp_path, storage):
-    world, intrinsics, frames = rendered
+    world, camera, frames = rendered
     bag_path = tmp_path / 'walk'
-    writer = RosbagWriter(bag_path, intrinsics, storage=storage, compressed='png', seed=9)
+    writer = RosbagWriter(bag_path, camera, storage=storage, compressed='png', seed=9)
     for frame in frames:
         writer.add(frame)
     metadata = writer.close()
@@ -137,7 +178,7 @@ def test_rosbag_round_trip(rendered, tmp_path, storage):
     sidecar = json.loads((tmp_path / 'walk.json').read_text())
     assert sidecar == json.loads(json.dumps(metadata))
     assert sidecar['scenes'] == world.scene_names and sidecar['storage'] == storage
-    assert sidecar['intrinsics']['fx'] == pytest.approx(intrinsics.fx)
+    assert sidecar['camera'] == sidecar['intrinsics'] == camera.to_dict()
     assert [s['frames'] for s in sidecar['sequences']] == [2, 2, 3, 2, 2, 3]
     assert np.linalg.norm(sidecar['T_map_odom']['position']) > 0.1
     np.testing.assert_allclose(sidecar['T_map_odom']['position'], map_odom.positions[0],
@@ -151,8 +192,8 @@ def test_rosbag_round_trip(rendered, tmp_path, storage):
 
 
 def test_rosbag_without_drift_keeps_map_odom_constant(rendered, tmp_path):
-    _, intrinsics, frames = rendered
-    writer = RosbagWriter(tmp_path / 'exact', intrinsics, seed=9,
+    _, camera, frames = rendered
+    writer = RosbagWriter(tmp_path / 'exact', camera, seed=9,
                           odometry_drift=OdometryDrift.none())
     for frame in frames:
         writer.add(frame)

@@ -4,7 +4,8 @@ from typing import List
 import numpy as np
 
 from common.models import SCENE_NAMES
-from mspr_training.synth import build_world, Intrinsics, plan_sequences
+from mspr_ros.camera.model import CameraModel
+from mspr_training.synth import build_world, plan_sequences
 from mspr_training.synth.sequences import render_frames
 
 
@@ -18,5 +19,5 @@ def rendered_frames(count: int, size: tuple = (640, 480), seed: int = 0) -> List
     plans = [plan for plan in plan_sequences(world, train_frames=1, test_frames=per_scene,
                                              train_sequences=1, test_sequences=1)
              if plan.split == 'test']
-    frames = [frame.rgb for frame in render_frames(world, plans, Intrinsics.from_fov(*size))]
+    frames = [frame.rgb for frame in render_frames(world, plans, CameraModel.from_fov(*size))]
     return frames[:count]

@@ -16,8 +16,9 @@ from geometry_msgs.msg import Transform as TransformMsg
 from geometry_msgs.msg import TransformStamped
 from nav_msgs.msg import Odometry
 import numpy as np
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from mspr_ros.camera.model import CameraModel
 from mspr_ros.geometry.covariance import flatten_row_major
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import decode_compressed, encode_compressed, image_to_rgb
@@ -129,6 +130,28 @@ def rgb_to_compressed_msg(rgb: np.ndarray, fmt: str, stamp_ns: int,
     msg.format = fmt
     msg.data = bytes(encode_compressed(rgb, fmt))
     return msg
+
+
+def camera_from_info(msg: CameraInfo) -> CameraModel:
+    """Return the camera of the images a ``sensor_msgs/CameraInfo`` describes.
+
+    ``k`` and ``d`` describe the full-resolution sensor; a region of interest and then binning
+    (REP-104) make the published image a window of it, shrunk: the camera follows both. ``r``
+    and ``p`` (stereo rectification) are not read (``CameraModel.from_camera_info``).
+
+    Raises:
+        ValueError: the message states no valid camera (an uncalibrated all-zero ``k``, an
+            unknown distortion model, a wrong coefficient count), saying which.
+    """
+    camera = CameraModel.from_camera_info(msg.width, msg.height, msg.distortion_model,
+                                          list(msg.d), list(msg.k))
+    roi = msg.roi
+    if roi.width and roi.height and (roi.width, roi.height) != (msg.width, msg.height):
+        camera = camera.cropped(roi.x_offset, roi.y_offset, roi.width, roi.height)
+    binning_x, binning_y = max(int(msg.binning_x), 1), max(int(msg.binning_y), 1)
+    if binning_x > 1 or binning_y > 1:
+        camera = camera.scaled(camera.width // binning_x, camera.height // binning_y)
+    return camera
 
 
 class ImageDecoder:

@@ -13,13 +13,15 @@ from typing import Deque, Dict, List, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
+from mspr_ros.camera.selection import REJECT_REASONS as CAMERA_REJECT_REASONS
+
 STAGES = ('decode', 'preprocess', 'inference', 'tf', 'pose_stream', 'publish', 'total')
 # Always listed (with zeros) so that dashboards see stable keys.
 REJECT_REASONS = ('stale', 'low_confidence', 'scene_not_allowed', 'jump_translation',
                   'jump_rotation', 'initial_pose', 'tf_unavailable', 'no_extrinsic',
-                  'bad_image', 'non_finite', 'inference_error')
+                  'bad_image', 'non_finite', 'inference_error') + CAMERA_REJECT_REASONS
 # Rejections that mean the set-up is broken (not the robot's whereabouts): ERROR, not WARN.
-FAULT_REASONS = ('no_extrinsic', 'inference_error')
+FAULT_REASONS = ('no_extrinsic', 'inference_error') + CAMERA_REJECT_REASONS
 LOCALIZED, LOST, RELOCALIZING = 'localized', 'lost', 'relocalizing'
 TOP_SCENES = 3
 RATE_WINDOW_S = 5.0
@@ -90,6 +92,10 @@ class StatsSnapshot:
     error_correlation: str = ''
     pose_updates: int = 0
     last_pose_update: str = ''
+    # How images are read (camera_model), and whether that is a fault of the set-up.
+    camera: str = ''
+    camera_warning: bool = False
+    camera_builds: int = 0
 
 
 @dataclass
@@ -141,6 +147,9 @@ class LocalizationStats:
             self._error_correlation = ''
             self._pose_updates = 0
             self._last_pose_update = ''
+            self._camera = ''
+            self._camera_warning = False
+            self._camera_builds = 0
 
     def image_received(self, superseded_unprocessed: bool) -> None:
         """Count one incoming image; ``superseded_unprocessed`` if it replaced a waiting one."""
@@ -193,6 +202,13 @@ class LocalizationStats:
         with self._lock:
             self._error_correlation = description
 
+    def camera(self, status: str, warning: bool, builds: int) -> None:
+        """Remember how images are read, whether that is a fault, and reprojections built."""
+        with self._lock:
+            self._camera = status
+            self._camera_warning = bool(warning)
+            self._camera_builds = int(builds)
+
     def pose_update(self, published: bool, decision: str) -> None:
         """Count a ``~/pose_update`` sent (``published``) and remember the last decision."""
         with self._lock:
@@ -244,7 +260,8 @@ class LocalizationStats:
                 fusion_window=self._fusion_window, amcl_seed=self._amcl_seed,
                 amcl_seed_warning=self._amcl_seed_warning,
                 error_correlation=self._error_correlation, pose_updates=self._pose_updates,
-                last_pose_update=self._last_pose_update)
+                last_pose_update=self._last_pose_update, camera=self._camera,
+                camera_warning=self._camera_warning, camera_builds=self._camera_builds)
 
 
 def no_image_warning(info: NodeInfo, stats: StatsSnapshot, active_for_s: float
@@ -287,6 +304,8 @@ def status_level(info: NodeInfo, stats: StatsSnapshot) -> Tuple[bytes, str]:
         return level, 'not localized' + why
     if stats.amcl_seed_warning:
         return DiagnosticStatus.WARN, f'localized in {stats.scene}; {stats.amcl_seed_warning}'
+    if stats.camera_warning:
+        return DiagnosticStatus.WARN, f'localized in {stats.scene}; {stats.camera}'
     return DiagnosticStatus.OK, f'localized in {stats.scene}'
 
 
@@ -319,6 +338,8 @@ def build_status(info: NodeInfo, stats: StatsSnapshot, relocalizing: bool = Fals
         ('error correlation', stats.error_correlation),
         ('pose updates published', str(stats.pose_updates)),
         ('last pose update', stats.last_pose_update),
+        ('camera', stats.camera),
+        ('camera reprojections built', str(stats.camera_builds)),
         ('last rejection', (f'{stats.last_reject_reason}: {stats.last_reject_detail}'
                             if stats.last_reject_reason else '')),
         ('input topic', info.input_topic),

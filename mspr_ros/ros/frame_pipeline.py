@@ -1,15 +1,15 @@
-"""One image through the node: decode, localize, look up TF, gate, fuse, publish.
+"""One image through the node: decode, read its camera, localize, look up TF, gate, fuse, publish.
 
 ``process`` runs on the inference thread (``mspr_ros.ros.worker``); the only thread that waits,
-for ``odom -> base`` at the image stamp, while the executor keeps receiving TF. The inputs that
-feed the decisions arrive on the executor: odometry (``use_odom_topic``), initial poses,
-relocalization requests. The decisions themselves are ROS-free: ``mspr_ros.estimation``
-(``pose_stream``: the frame chain and gates of ``frame_processor``, then ``fusion: window``), the
-same rule the offline bag replay runs.
-
-Each accepted frame is offered to ``mspr_ros.estimation.filter_updates`` for ``~/pose_update``
-(the thinned stream a Kalman filter may take as measurements), with ``odom -> base`` at its
-stamp; that state restarts with the fusion.
+for ``odom -> base`` at the image stamp, while the executor keeps receiving TF and camera_info
+(``camera_input``: the ``camera_model`` rule says whether the image is reprojected into the
+training camera, resized and cropped, or rejected). The other inputs of the decisions arrive on
+the executor too: odometry (``use_odom_topic``), initial poses, relocalization requests. The
+decisions themselves are ROS-free: ``mspr_ros.estimation`` (``pose_stream``: the frame chain and
+gates of ``frame_processor``, then ``fusion: window``), the same rule the offline bag replay
+runs. Each accepted frame is offered to ``mspr_ros.estimation.filter_updates`` for
+``~/pose_update`` (the thinned stream a Kalman filter may take as measurements), with
+``odom -> base`` at its stamp; that state restarts with the fusion.
 
 Fail closed on frames: the camera's pose in the base frame comes from TF (``base <- camera`` at
 the image stamp, so a camera on a pan-tilt head or a mast is followed as it moves) or from the
@@ -17,10 +17,9 @@ the image stamp, so a camera on a pan-tilt head or a mast is followed as it move
 the rejection names both frames.
 
 Clock jumps (``on_clock_jump``, from the node's jump callback on the executor): the TF history
-and the ``map -> odom`` stamps are cleared at once; the pose stream (gates, initial-pose guard,
-fusion window) is restarted by the worker before its next frame, so it never races a frame in
-flight. A frame that was in flight during the jump, or is stamped nearer the old time line than
-the new one, gives no output (``clock_jump``).
+and the ``map -> odom`` stamps are cleared at once; the pose stream is restarted by the worker
+before its next frame, so it never races a frame in flight. A frame in flight during the jump,
+or stamped nearer the old time line than the new one, gives no output (``clock_jump``).
 """
 import re
 import threading
@@ -36,6 +35,7 @@ from mspr_ros.estimation.pose_stream import PoseStream
 from mspr_ros.geometry.tf_history import TransformBuffer
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import ImageConversionError
+from mspr_ros.ros.camera_input import CameraInput
 from mspr_ros.ros.configure import error_correlation_models
 from mspr_ros.ros.conversions import ImageDecoder, odometry_transform
 from mspr_ros.ros.conversions import stamp_to_ns
@@ -59,13 +59,14 @@ class FramePipeline:
     def __init__(self, params: NodeParams, localizer, stream: PoseStream, tf, logger,
                  stats: LocalizationStats, outputs: OutputPublishers,
                  map_odom: MapOdomBroadcaster, now_ns: Callable[[], int], input_topic: str,
-                 correlations: ErrorCorrelations):
+                 correlations: ErrorCorrelations, camera_input: CameraInput):
         """Wire the pipeline; ``now_ns`` reads the node clock (sim time aware)."""
         self.params = params
         self.filter_updates = FilterUpdates(correlations.models, correlations.default,
                                             params.pose_update_max_correlation)
         stats.error_correlation(correlations.describe(params))
         self.localizer = localizer
+        self.camera_input = camera_input
         self.stream = stream
         self.processor = stream.processor
         self.decoder = ImageDecoder(params.max_image_pixels)
@@ -92,6 +93,7 @@ class FramePipeline:
         """Build the pipeline, its TF endpoints and its publishers on ``node`` (configure)."""
         calibrations = {name: np.asarray(cov) for name, cov in localizer.bundle.covariance.items()}
         correlations = error_correlation_models(params, localizer, node.get_logger())
+        camera_input = CameraInput(node, params, localizer, input_topic, stats)
         log = ThrottledLog(node.get_logger())
         tf = create_tf_interfaces(node, use_tf2_ros(params.tf_backend),
                                   on_bad_transform=lambda text: log('bad_tf', text))
@@ -105,7 +107,8 @@ class FramePipeline:
             raise
         return cls(params, localizer, stream, tf, node.get_logger(), stats, outputs,
                    MapOdomBroadcaster(tf.broadcaster, params),
-                   lambda: node.get_clock().now().nanoseconds, input_topic, correlations)
+                   lambda: node.get_clock().now().nanoseconds, input_topic, correlations,
+                   camera_input)
 
     def reject(self, reason: str, text: str, level: str = 'warn') -> None:
         """Log why a frame gave no output (throttled per reason), then count it.
@@ -146,8 +149,12 @@ class FramePipeline:
             self._stats.rejected('bad_image', str(error))
             return
         self._stats.stage_time('decode', (time.perf_counter() - started) * 1e3)
+        camera = self.camera_input.decide(stamp_ns, rgb.shape[1], rgb.shape[0])
+        if camera.reject:
+            self.reject(camera.reject, f'skipped a frame: {camera.status}')
+            return
         try:
-            result = self.localizer.localize(rgb)
+            result = self.localizer.localize(rgb, camera.camera)
         except ValueError as error:
             self.reject(NON_FINITE, f'skipped a frame: {error}')
             return

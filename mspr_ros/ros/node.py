@@ -47,7 +47,7 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import Empty, Trigger
 
 from mspr_ros.ros import interface
@@ -244,6 +244,11 @@ class LocalizerNode(LifecycleNode):
         if params.use_odom_topic:
             subscriptions.append(self.create_subscription(
                 Odometry, interface.ODOM_TOPIC, pipeline.on_odometry, interface.ODOM_QOS_DEPTH))
+        if pipeline.camera_input.subscribes:
+            # The camera's QoS is the images' (a driver publishes both alike).
+            subscriptions.append(self.create_subscription(
+                CameraInfo, pipeline.camera_input.topic, pipeline.camera_input.on_camera_info,
+                IMAGE_QOS[params.image_qos]))
         return subscriptions
 
     def _stop_processing(self) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Optional, Tuple
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rcl_interfaces.msg import ParameterType
 
+from mspr_ros.camera.selection import CAMERA_MODES
 from mspr_ros.estimation.error_correlation import MODES as ERROR_CORRELATION_MODES
 from mspr_ros.precision import PRECISIONS
 
@@ -80,6 +81,14 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
     ParamSpec('image_qos', 'sensor_data', _S,
               'QoS of the image subscription (sensor_data matches reliable and best-effort '
               'publishers).', read_only=True, constraints='|'.join(IMAGE_QOS_PROFILES)),
+    ParamSpec('camera_model', 'auto', _S,
+              "How each image's camera is read from camera_info: auto (reproject into the "
+              "training camera once camera_info arrives; resize and crop before), require (no "
+              "frame without camera_info covering the training view) or ignore (resize and "
+              "crop).", read_only=True, constraints='|'.join(CAMERA_MODES)),
+    ParamSpec('camera_info_topic', '', _S,
+              'sensor_msgs/CameraInfo topic; empty: camera_info beside the image topic (the '
+              'image_transport convention).', read_only=True),
     ParamSpec('max_image_age', 1.0, _D,
               'Drop frames older than this at processing time (s, node clock); 0 disables.',
               float_range=(0.0, 3600.0)),

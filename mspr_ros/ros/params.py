@@ -26,8 +26,8 @@ from mspr_ros.estimation.gating import GateConfig
 from mspr_ros.geometry.transforms import alignment_parameter_name, alignment_parameter_scene
 from mspr_ros.geometry.transforms import SceneAlignment
 from mspr_ros.precision import PRECISIONS
-from mspr_ros.ros.param_specs import COVARIANCE_MODES, ERROR_CORRELATION_MODES, FUSION_MODES
-from mspr_ros.ros.param_specs import IMAGE_QOS_PROFILES
+from mspr_ros.ros.param_specs import CAMERA_MODES, COVARIANCE_MODES, ERROR_CORRELATION_MODES
+from mspr_ros.ros.param_specs import FUSION_MODES, IMAGE_QOS_PROFILES
 from mspr_ros.ros.param_specs import IMAGE_TRANSPORTS, PARAM_NAMES, PARAM_SPECS, TF_BACKENDS
 
 _ARRAY_TYPES = {ParameterType.PARAMETER_STRING_ARRAY: Parameter.Type.STRING_ARRAY,
@@ -77,6 +77,8 @@ class NodeParams:
     cpu_threads: int
     image_transport: str
     image_qos: str
+    camera_model: str
+    camera_info_topic: str
     max_image_age: float
     max_rate: float
     global_frame_id: str
@@ -124,6 +126,7 @@ class NodeParams:
         problems = _frame_problems(values)
         for name, choices in (('image_transport', IMAGE_TRANSPORTS),
                               ('image_qos', IMAGE_QOS_PROFILES),
+                              ('camera_model', CAMERA_MODES),
                               ('covariance.mode', COVARIANCE_MODES),
                               ('fusion', FUSION_MODES),
                               ('fusion.error_correlation', ERROR_CORRELATION_MODES),
@@ -171,7 +174,9 @@ class NodeParams:
             precision=precision, cuda_graphs=bool(values['cuda_graphs']),
             fp16=bool(values['fp16']), cpu_threads=int(values['cpu_threads']),
             image_transport=values['image_transport'],
-            image_qos=values['image_qos'], max_image_age=float(values['max_image_age']),
+            image_qos=values['image_qos'], camera_model=values['camera_model'],
+            camera_info_topic=str(values['camera_info_topic']),
+            max_image_age=float(values['max_image_age']),
             max_rate=float(values['max_rate']), global_frame_id=values['global_frame_id'],
             odom_frame_id=values['odom_frame_id'], base_frame_id=values['base_frame_id'],
             camera_frame_id=values['camera_frame_id'], tf_broadcast=bool(values['tf_broadcast']),

@@ -32,6 +32,8 @@ CALIBRATION_SPLIT = 'calibration'
 #: Calibration from out-of-fold errors: the deployed run trains on every training sequence and
 #: ``data.calibration_folds`` fold runs each predict the sequences they left out.
 CROSSFIT_SPLIT = 'crossfit'
+#: How images of several cameras are read (``DataConfig.camera``).
+DATA_CAMERAS = ('native', 'reproject')
 #: Share of a single-sequence scene's frames (its end) held out for calibration.
 CALIBRATION_TAIL_FRACTION = 0.2
 
@@ -98,6 +100,12 @@ class DataConfig:
         rotation: label_csv only: quaternion convention of the rows (see read_label_csv).
         bags: rosbag only: split name -> list of bag paths.
         image_topic, pose_topic, scene_topic: rosbag only: topics to read.
+        camera: 'native' (default): images are read as stored, and each scene's training
+            camera is what its images state (``mspr_training.training_camera``). 'reproject'
+            (mixed-camera datasets): every image whose stated camera is not the training
+            split's most common one is reprojected into that camera's pinhole before any
+            transform, in every split (``mspr_training.datasets.apply_training_camera``); an
+            image that states no camera is then an error.
         num_workers: DataLoader worker processes for image decoding.
     """
 
@@ -116,12 +124,15 @@ class DataConfig:
     image_topic: str = '/camera/image_raw'
     pose_topic: str | None = None
     scene_topic: str | None = None
+    camera: str = 'native'
     num_workers: int = 4
 
     def __post_init__(self) -> None:
         """Validate the values."""
         _require(self.format in DATA_FORMATS, 'format',
                  f'must be one of {DATA_FORMATS}, got {self.format!r}')
+        _require(self.camera in DATA_CAMERAS, 'camera',
+                 f'must be one of {DATA_CAMERAS}, got {self.camera!r}')
         _require(self.rotation in LABEL_CSV_ROTATIONS, 'rotation',
                  f'must be one of {LABEL_CSV_ROTATIONS}, got {self.rotation!r}')
         _require(self.num_workers >= 0, 'num_workers', f'must be >= 0, got {self.num_workers}')

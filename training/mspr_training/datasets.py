@@ -15,6 +15,8 @@ the folds of the cross-fitting runs (:func:`crossfit_folds`).
 """
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import replace
 import hashlib
 import logging
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mspr_ros.camera.model import CameraModel
 from mspr_training.config import (CALIBRATION_SPLIT, CALIBRATION_TAIL_FRACTION, CROSSFIT_SPLIT,
                                   DataConfig)
 from mspr_training.data import (DatasetError, MultiSceneDataset, PoseSample, read_7scenes,
@@ -195,7 +198,49 @@ def read_split(data: DataConfig, split: str, root: str | Path | None = None
 
 def _read_stored_split(data: DataConfig, split: str, root: str | Path | None
                        ) -> dict[str, list[PoseSample]]:
-    """Read a split as the dataset stores it (see :func:`read_split`)."""
+    """Read a split as the dataset stores it (see :func:`read_split`), cameras applied."""
+    samples = _read_files(data, split, root)
+    if data.camera != 'reproject':
+        return samples
+    train = samples if split == data.train_split else _read_files(data, data.train_split, root)
+    return apply_training_camera(samples, reference_camera(train))
+
+
+def reference_camera(samples_by_scene: dict[str, list[PoseSample]]) -> CameraModel:
+    """Return the pinhole of the most common camera of a (training) split.
+
+    Raises:
+        DatasetError: some image states no camera (``data.camera: reproject`` needs them all).
+    """
+    counts: Counter = Counter()
+    for scene, samples in samples_by_scene.items():
+        unknown = sum(sample.camera is None for sample in samples)
+        if unknown:
+            raise DatasetError(f'data.camera is reproject but {unknown} images of scene '
+                               f'{scene!r} state no camera (mspr_training.data.cameras)')
+        counts.update(sample.camera for sample in samples)
+    camera, _ = counts.most_common(1)[0]
+    return CameraModel.pinhole(camera.width, camera.height, camera.fx, camera.fy, camera.cx,
+                               camera.cy)
+
+
+def apply_training_camera(samples_by_scene: dict[str, list[PoseSample]], camera: CameraModel
+                          ) -> dict[str, list[PoseSample]]:
+    """Return the samples read through ``camera``: those of another camera are reprojected.
+
+    Each such sample keeps its stored camera as ``source_camera`` (``load_rgb`` reprojects its
+    pixels) and states ``camera``, so the training camera the bundle records is ``camera``.
+    """
+    reference_camera(samples_by_scene)  # every image must state its camera
+    return {scene: [sample if sample.camera == camera
+                    else replace(sample, camera=camera, source_camera=sample.camera)
+                    for sample in samples]
+            for scene, samples in samples_by_scene.items()}
+
+
+def _read_files(data: DataConfig, split: str, root: str | Path | None
+                ) -> dict[str, list[PoseSample]]:
+    """Read a split exactly as the files store it."""
     root = data_root(data, root)
     if data.format == 'cambridge':
         return {folder.name: read_cambridge(folder, split)

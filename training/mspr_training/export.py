@@ -62,6 +62,7 @@ from mspr_training.datasets import (build_dataset, data_root as resolve_root, re
 from mspr_training.engine import evaluate, Predictions
 from mspr_training.metrics import compute_metrics, MetricsReport, NaiveBaseline
 from mspr_training.provenance import git_state
+from mspr_training.training_camera import checkpoint_cameras
 from mspr_training.transforms import eval_transform, SeededDraws
 
 LOGGER = logging.getLogger('mspr_training.export')
@@ -310,6 +311,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
                                   for scene, fit in fits.items()}}
         provenance['validation_metrics'] = report.to_dict()
     preprocessing = cfg.augmentation.preprocessing()
+    cameras, provenance['training_camera'] = checkpoint_cameras(state, cfg, root)
     inference = None
     if onnx:
         # The graph first, checked, then the bundle naming it with its checksum.
@@ -331,7 +333,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
     path = save_bundle(out, model.cpu(), model.config, scene_names,
                        preprocessing=preprocessing, covariance=covariance,
                        error_correlation=correlation, provenance=provenance,
-                       inference=inference)
+                       inference=inference, training_camera=cameras)
     return path, report
 
 

@@ -83,6 +83,10 @@ def cache_key(model: nn.Module, dataset: MultiSceneDataset,
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     for sample in dataset.samples:
         digest.update(_image_digest(sample))
+        if getattr(sample, 'source_camera', None) is not None:
+            # Reprojected pixels (data.camera: reproject) differ from the stored ones.
+            digest.update(json.dumps([sample.source_camera.to_dict(),
+                                      sample.camera.to_dict()]).encode())
     return digest.hexdigest()
 
 

@@ -59,6 +59,7 @@ from mspr_training.engine import EpochTotals, evaluate, IterationInfo, LOSS_KEYS
 from mspr_training.feature_cache import AugmentedViews, CachedFeatureDataset, load_or_compute
 from mspr_training.metrics import compute_metrics, MetricsReport, NaiveBaseline
 from mspr_training.sampler import build_sampler
+from mspr_training.training_camera import training_cameras
 from mspr_training.transforms import eval_transform, SeededDraws, train_transform
 
 LOGGER = logging.getLogger('mspr_training.train')
@@ -406,6 +407,9 @@ class Trainer:
                               f'scenes {self.scene_names}')
         self.train_dataset = build_dataset(self.train_samples, self.scene_names)
         self.fingerprint = data_fingerprint(self.train_dataset.samples, self.root)
+        # What the network sees of each scene's camera, for the bundle (mspr-export).
+        self.training_cameras = training_cameras(self.train_dataset.samples, self.scene_names,
+                                                 cfg.augmentation.preprocessing())
         self.val_dataset: MultiSceneDataset | None = None
         if cfg.validation.every_epochs or cfg.validation.at_end:
             self.val_samples = read_split(cfg.data, 'val', self.root)
@@ -595,6 +599,8 @@ class Trainer:
                 'scene_names': list(self.scene_names),
                 'data_fingerprint': self.fingerprint,
                 'data_root': str(self.root),
+                'training_camera': {name: record.summary()
+                                    for name, record in self.training_cameras.items()},
                 'feature_cache': self.uses_feature_cache,
                 'crossfit_fold': (None if self.fold is None else
                                   {'fold': self.fold, 'folds': self.cfg.data.calibration_folds}),

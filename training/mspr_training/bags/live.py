@@ -58,12 +58,13 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tf2_msgs.msg import TFMessage
 from tqdm import tqdm
 
 import mspr_ros
 from mspr_ros.bundle import load_bundle
+from mspr_ros.camera.topics import camera_info_topic
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.runtime.dds_profile import with_image_profile
 from mspr_training.bags.fusion_compare import node_comparison
@@ -223,6 +224,12 @@ class LiveSession:
         self.recorder = OutputRecorder(self.node, self.node_name, self.params)
         image_type = CompressedImage if self.compressed else Image
         self.image_publisher = self.node.create_publisher(image_type, self.image_topic, IMAGE_QOS)
+        # The bag's camera_info, where the node looks for it (beside the image topic, or its
+        # camera_info_topic parameter), so the node reads the images as on the robot.
+        self.camera_info_topic = (str(self.params.get('camera_info_topic') or '')
+                                  or camera_info_topic(self.image_topic))
+        self.camera_info_publisher = self.node.create_publisher(
+            CameraInfo, self.camera_info_topic, IMAGE_QOS)
         self.clock_publisher = self.node.create_publisher(Clock, '/clock', CLOCK_QOS)
         self.tf_publisher = self.node.create_publisher(TFMessage, '/tf', TF_QOS)
         self._static_publishers = {}
@@ -365,7 +372,7 @@ class LiveSession:
                     self._publish_clock(clock_ns)
 
     def _replay(self, bag_path, rate, progress):
-        """Replay images, /tf and /tf_static.
+        """Replay images, their camera_info, /tf and /tf_static.
 
         Returns:
             per image (stamp, wall time of publishing or None when not sent), and the last
@@ -374,10 +381,13 @@ class LiveSession:
         published = []
         with open_bag(bag_path) as reader:
             image_connections = [c for c in reader.connections if c.topic == self.image_topic]
+            camera_connections = [c for c in reader.connections
+                                  if c.topic == self.camera_info_topic]
             tf_connections = [c for c in reader.connections if c.topic in TF_TOPICS]
             static_connections = [c for c in reader.connections if c.topic in STATIC_TF_TOPICS]
             static = self._static_publisher(sum(c.msgcount for c in static_connections))
-            connections = image_connections + tf_connections + static_connections
+            connections = (image_connections + camera_connections + tf_connections
+                           + static_connections)
             bar = tqdm(total=sum(c.msgcount for c in image_connections), disable=not progress,
                        desc=f'replay x{rate:g}', unit='img')
             bag_origin = wall_origin = clock_ns = None
@@ -394,6 +404,8 @@ class LiveSession:
                     static.publish(bytes(raw))
                 elif connection.topic in TF_TOPICS:
                     self.tf_publisher.publish(bytes(raw))
+                elif connection.topic == self.camera_info_topic:
+                    self.camera_info_publisher.publish(bytes(raw))
                 else:
                     published.append(self._publish_image(reader, connection, log_time, raw))
                     bar.update()

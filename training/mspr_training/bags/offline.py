@@ -35,12 +35,15 @@ from tqdm import tqdm
 import yaml
 
 import mspr_ros
+from mspr_ros.camera.reprojection import MIN_COVERAGE
+from mspr_ros.camera.selection import CameraSelection
 from mspr_ros.geometry.tf_history import TransformBuffer
 from mspr_ros.geometry.transforms import alignment_parameter_scene, SceneAlignment, Transform
 from mspr_training.bags.fusion_replay import fused_block
 from mspr_training.bags.report import BagEvaluation, FrameRecord, FrameStatus
 from mspr_training.data.rosbag import (DEFAULT_MAX_GAP_NS, iter_bag_images, open_bag,
-                                       read_bag_trajectory, read_transforms, STRING_TYPE)
+                                       read_bag_cameras, read_bag_trajectory, read_transforms,
+                                       STRING_TYPE)
 from mspr_training.data.samples import DatasetError
 from mspr_training.data.trajectory import Trajectory
 
@@ -60,7 +63,7 @@ NS_PER_S = 1_000_000_000
 NODE_NAME = 'mspr_localizer'
 #: The node's defaults of the parameters the evaluation needs to know (node_params.py).
 NODE_DEFAULTS = {'global_frame_id': 'map', 'odom_frame_id': 'odom', 'base_frame_id': 'base_link',
-                 'transform_tolerance': 0.5}
+                 'transform_tolerance': 0.5, 'camera_model': 'auto', 'camera_info_topic': ''}
 
 
 @dataclass(frozen=True)
@@ -289,13 +292,34 @@ def scene_alignments(localizer, overrides=None) -> dict[str, SceneAlignment]:
     return alignments
 
 
+def camera_selection(bag_path, image_topic: str, localizer, parameters: dict
+                     ) -> CameraSelection | None:
+    """Return the node's ``camera_model`` rule fed with the bag's ``camera_info``, as it runs.
+
+    None for a localizer without cameras (a stand-in in tests) or ``camera_model: ignore``.
+    """
+    mode = parameters.get('camera_model', 'auto')
+    if mode == 'ignore' or not hasattr(localizer, 'training_camera_problem'):
+        return None
+    cameras = read_bag_cameras(bag_path, image_topic, parameters.get('camera_info_topic') or None)
+    selection = CameraSelection(mode, cameras.topic, localizer.training_camera_problem,
+                                lambda camera: localizer.reprojection(camera).coverage,
+                                MIN_COVERAGE)
+    for stamp_ns, camera in zip(cameras.stamps_ns, cameras.cameras):
+        selection.offer(int(stamp_ns), camera)
+    return selection
+
+
 def localize_images(images: Iterable, localizer, alignments, progress: bool = False,
-                    total: int | None = None) -> list[FrameRecord]:
+                    total: int | None = None, cameras: CameraSelection | None = None
+                    ) -> list[FrameRecord]:
     """Run the localizer on decoded bag images (``BagImage``) and place each estimate in the map.
 
-    Undecodable images become ``BAD_IMAGE`` records carrying the decoder's reason; every other
-    image becomes an ``ANSWERED`` record with ``T_map_cam``, the scene, its confidence and the
-    time ``localize`` took (``latency_ms``).
+    Undecodable images become ``BAD_IMAGE`` records carrying the decoder's reason; an image the
+    ``cameras`` rule rejects (``camera_model: require`` without a fitting ``camera_info``) a
+    ``DROPPED`` record with the reason, as the node answers nothing; every other image becomes
+    an ``ANSWERED`` record with ``T_map_cam``, the scene, its confidence and the time
+    ``localize`` took (``latency_ms``, the reprojection included).
     """
     records = []
     for index, image in enumerate(tqdm(images, total=total, disable=not progress,
@@ -305,7 +329,16 @@ def localize_images(images: Iterable, localizer, alignments, progress: bool = Fa
                                        FrameStatus.BAD_IMAGE, error=image.error))
             continue
         started = time.perf_counter()
-        result = localizer.localize(image.rgb)
+        camera = None
+        if cameras is not None:
+            decision = cameras.decide(image.stamp_ns, image.rgb.shape[1], image.rgb.shape[0])
+            if decision.reject:
+                records.append(FrameRecord(index, image.stamp_ns, image.frame_id,
+                                           FrameStatus.DROPPED, error=decision.status))
+                continue
+            camera = decision.camera
+        result = (localizer.localize(image.rgb) if camera is None
+                  else localizer.localize(image.rgb, camera))
         latency_ms = (time.perf_counter() - started) * 1e3
         T_map_cam = alignments[result.scene_name].apply(
             Transform(result.position, result.orientation)).canonical()
@@ -407,7 +440,9 @@ def evaluate_offline(bag_path, localizer, image_topic: str = DEFAULT_IMAGE_TOPIC
         progress: show a tqdm progress bar.
         weights: weights path for the report (default: the bundle's path).
         parameters: the node's parameters (``read_node_parameters``; None: its defaults), for
-            the frames, fusion and covariance of the per-frame vs fused comparison.
+            the frames, fusion and covariance of the per-frame vs fused comparison, and
+            ``camera_model`` / ``camera_info_topic``: images are read with the bag's
+            ``camera_info`` by the node's rule (:func:`camera_selection`).
 
     Raises:
         DatasetError: unreadable bag, missing image topic, or bad/missing requested ground truth.
@@ -419,8 +454,9 @@ def evaluate_offline(bag_path, localizer, image_topic: str = DEFAULT_IMAGE_TOPIC
     if hasattr(localizer, 'warmup'):
         localizer.warmup()  # as the node does at configure: the first frame is not timed cold
     alignments = scene_alignments(localizer, alignment_overrides)
+    cameras = camera_selection(bag_path, image_topic, localizer, parameters)
     records = localize_images(iter_bag_images(bag_path, image_topic), localizer, alignments,
-                              progress, count_messages(bag_path, image_topic))
+                              progress, count_messages(bag_path, image_topic), cameras)
     records = match_ground_truth(records, gt, transforms)
     fusion, notes = fused_block(records, gt, transforms, localizer, alignments, parameters,
                                 gt.child_frame or 'camera')

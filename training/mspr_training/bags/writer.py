@@ -18,6 +18,7 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 from rosbags.interfaces import QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
 
+from mspr_ros.camera.model import CameraModel
 from mspr_ros.geometry.transforms import canonical_quaternion, Transform
 from mspr_ros.image_conversion import rgb_to_image_fields
 from mspr_training.data.rosbag import typestore
@@ -136,16 +137,25 @@ class BagWriter:
             'sensor_msgs/msg/CompressedImage', header=self.header(stamp_ns, frame_id),
             format=fmt, data=np.frombuffer(payload, dtype=np.uint8)))
 
-    def write_camera_info(self, topic, stamp_ns, frame_id, width: int, height: int,
-                          k: np.ndarray, log_time_ns=None):
-        """Write a pinhole ``sensor_msgs/CameraInfo`` without distortion (``k``: 3 x 3)."""
-        k = np.asarray(k, dtype=np.float64)
+    def write_camera_info(self, topic, stamp_ns, frame_id, camera: CameraModel,
+                          log_time_ns=None):
+        """Write ``camera`` as a ``sensor_msgs/CameraInfo``.
+
+        ``distortion_model`` and ``d`` are the camera's (a pinhole as ``plumb_bob`` with five
+        zeros, as ROS camera drivers publish one), ``k`` its matrix, ``r`` the identity and
+        ``p`` = [K | 0] (a monocular camera, no rectification).
+        """
+        k = camera.matrix()
         projection = np.hstack([k, np.zeros((3, 1))])
+        if camera.is_pinhole:
+            model, coefficients = 'plumb_bob', np.zeros(5)
+        else:
+            model, coefficients = camera.distortion_model, camera.distortion_vector()
         roi = self.message('sensor_msgs/msg/RegionOfInterest', x_offset=0, y_offset=0,
                            height=0, width=0, do_rectify=False)
         self.write(topic, _log_time(stamp_ns, log_time_ns), self.message(
             'sensor_msgs/msg/CameraInfo', header=self.header(stamp_ns, frame_id),
-            height=int(height), width=int(width), distortion_model='plumb_bob', d=np.zeros(5),
+            height=camera.height, width=camera.width, distortion_model=model, d=coefficients,
             k=k.ravel(), r=np.eye(3).ravel(), p=projection.ravel(), binning_x=0, binning_y=0,
             roi=roi))
 

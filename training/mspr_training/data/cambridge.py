@@ -6,12 +6,16 @@ File format: three header lines (``Visual Landmark Dataset V1``, ``ImageFile, Ca
 Convention (VisualSFM / NVM): ``X Y Z`` is the camera centre in the scene frame; ``W P Q R`` is a
 w-first quaternion of the **world-to-camera** rotation ``R_cam_scene``. Our convention needs
 ``R_scene_cam``, so the reader returns ``R_file^T`` (the inverse rotation) and keeps the centre.
+
+Cameras: from the scene's ``reconstruction.nvm`` when it has one (per image;
+``mspr_training.data.cameras``), else unknown (``camera=None``).
 """
 from pathlib import Path
 
 from scipy.spatial.transform import Rotation
 
 from mspr_ros.geometry.quaternions import quaternion_from_rotation
+from mspr_training.data.cameras import CambridgeCameras
 from mspr_training.data.samples import (checked_quaternion, DatasetError, parse_floats, PoseSample,
                                         require_image, where)
 
@@ -46,6 +50,7 @@ def read_cambridge(scene_dir, split='train', check_images=True) -> list[PoseSamp
         raise DatasetError(f'{listing}: split file does not exist')
     lines = listing.read_text().splitlines()
     _check_header(listing, lines)
+    cameras = CambridgeCameras(scene_dir)
     samples = []
     for number, text in enumerate(lines[HEADER_LINES:], start=HEADER_LINES + 1):
         fields = text.split()
@@ -57,14 +62,16 @@ def read_cambridge(scene_dir, split='train', check_images=True) -> list[PoseSamp
                 f'got {len(fields)}')
         values = parse_floats(fields[1:], listing, number)
         image_path = scene_dir / fields[0]
+        camera = None
         if check_images:
             require_image(image_path, listing, number)
+            camera = cameras.camera(fields[0], image_path)
         samples.append(PoseSample(
             scene=scene_dir.name,
             sequence=Path(fields[0]).parent.as_posix(),
             position=values[:3],
             orientation=cambridge_orientation(values[3:], listing, number),
-            image_path=image_path))
+            image_path=image_path, camera=camera))
     if not samples:
         raise DatasetError(f'{listing}: no image rows after the header')
     return samples

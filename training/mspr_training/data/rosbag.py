@@ -16,9 +16,12 @@ import numpy as np
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import get_typestore, Stores
 
+from mspr_ros.camera import topics as camera_topics
+from mspr_ros.camera.model import CameraModel
 from mspr_ros.geometry.tf_history import clean_frame_id, TransformBuffer, TransformDataError
 from mspr_ros.geometry.transforms import Transform
 from mspr_ros.image_conversion import decode_compressed, image_to_rgb, ImageConversionError
+from mspr_training.data.cameras import BagCameras
 from mspr_training.data.samples import DatasetError, PoseSample
 from mspr_training.data.trajectory import Trajectory, trajectory_from_unsorted
 
@@ -33,6 +36,7 @@ POSE_TYPES = (
 )
 TF_TYPE = 'tf2_msgs/msg/TFMessage'
 STRING_TYPE = 'std_msgs/msg/String'
+CAMERA_INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 #: Default largest gap between two ground-truth poses that an image stamp may be interpolated
 #: across (a 30 Hz stream has 33 ms gaps; a 10 Hz motion-capture stream 100 ms).
 DEFAULT_MAX_GAP_NS = 200_000_000
@@ -170,6 +174,35 @@ def iter_bag_images(bag_path, topic) -> Iterator[BagImage]:
                 continue
             # image_to_rgb may return a read-only view of the message buffer; samples own theirs.
             yield BagImage(stamp, frame_id, np.array(rgb, copy=True), None)
+
+
+def read_bag_cameras(bag_path, image_topic, topic=None) -> BagCameras:
+    """Read the cameras of a bag's ``camera_info`` topic.
+
+    ``topic`` defaults to the one beside ``image_topic`` (``mspr_ros.camera.topics``). A bag
+    without it gives no cameras (the images' camera is unknown), not an error.
+
+    Raises:
+        DatasetError: the topic has another type, or a message states no valid camera (an
+            uncalibrated all-zero ``camera_info``, an unknown distortion model), naming it.
+    """
+    topic = topic or camera_topics.camera_info_topic(image_topic)
+    stamps, cameras = [], []
+    with open_bag(bag_path) as reader:
+        if not any(c.topic == topic for c in reader.connections):
+            return BagCameras([], [], topic)
+        connections = _connections(reader, bag_path, topic, (CAMERA_INFO_TYPE,))
+        for _, log_time, message in _messages(reader, bag_path, connections):
+            stamp = _stamp_ns(message.header, log_time)
+            try:
+                camera = CameraModel.from_camera_info(message.width, message.height,
+                                                      message.distortion_model, message.d,
+                                                      message.k)
+            except ValueError as error:
+                raise DatasetError(f'{bag_path}: {topic} at {stamp} ns: {error}') from error
+            stamps.append(stamp)
+            cameras.append(camera)
+    return BagCameras(stamps, cameras, topic)
 
 
 def read_bag_trajectory(bag_path, pose_topic=None, frames=None, max_gap_ns=None,
@@ -337,20 +370,23 @@ def _scene_changes(bag_path, topic):
 
 
 def read_rosbag_with_stats(bag_path, image_topic, pose_topic=None, frames=None, scene='bag',
-                           scene_topic=None, max_gap_ns=DEFAULT_MAX_GAP_NS, **tf_options
-                           ) -> BagReadResult:
+                           scene_topic=None, max_gap_ns=DEFAULT_MAX_GAP_NS,
+                           camera_info_topic=None, **tf_options) -> BagReadResult:
     """Read posed images from a bag and count every image it excludes.
 
     Ground truth is interpolated at each image stamp (``Trajectory.interpolate`` with
     ``max_gap_ns``). Images are excluded, and counted in ``stats``, when they cannot be decoded,
     have no valid ground truth at their stamp, or (with ``scene_topic``) precede the first scene
     message. The sample scene is ``scene``, or the latest ``std_msgs/String`` of ``scene_topic``
-    recorded at or before the image's stamp. ``sequence`` is the bag's name.
+    recorded at or before the image's stamp. ``sequence`` is the bag's name. Each sample's
+    ``camera`` is its ``camera_info`` (:func:`read_bag_cameras`; ``camera_info_topic`` defaults
+    to the one beside the image topic), None when the bag has none.
 
     ``tf_options`` (``tf_topics``, ``static_tf_topics``) are passed to ``read_bag_trajectory``.
     """
     bag_path = Path(bag_path)
     trajectory = read_bag_trajectory(bag_path, pose_topic, frames, max_gap_ns, **tf_options)
+    cameras = read_bag_cameras(bag_path, image_topic, camera_info_topic)
     stats = BagReadStats()
     decoded = []
     for image in iter_bag_images(bag_path, image_topic):
@@ -379,21 +415,28 @@ def read_rosbag_with_stats(bag_path, image_topic, pose_topic=None, frames=None, 
         samples.append(PoseSample(
             scene=name, sequence=bag_path.stem, position=positions[index],
             orientation=orientations[index], image=image.rgb, stamp_ns=image.stamp_ns,
-            frame=image.frame_id))
+            frame=image.frame_id, camera=_image_camera(cameras.at(image.stamp_ns), image.rgb)))
     stats.kept = len(samples)
     return BagReadResult(samples, stats)
 
 
+def _image_camera(camera, rgb):
+    """Return ``camera`` when it states the image's size, else None (it describes another)."""
+    if camera is None or (camera.width, camera.height) != (rgb.shape[1], rgb.shape[0]):
+        return None
+    return camera
+
+
 def read_rosbag(bag_path, image_topic, pose_topic=None, frames=None, scene='bag',
-                scene_topic=None, max_gap_ns=DEFAULT_MAX_GAP_NS, **tf_options
-                ) -> list[PoseSample]:
+                scene_topic=None, max_gap_ns=DEFAULT_MAX_GAP_NS, camera_info_topic=None,
+                **tf_options) -> list[PoseSample]:
     """Return the posed images of a bag (see ``read_rosbag_with_stats``).
 
     Excluded images (undecodable, no ground truth, no scene) are not an error: they are logged
     as one WARNING with their counts. Use ``read_rosbag_with_stats`` to get the counts.
     """
     result = read_rosbag_with_stats(bag_path, image_topic, pose_topic, frames, scene,
-                                    scene_topic, max_gap_ns, **tf_options)
+                                    scene_topic, max_gap_ns, camera_info_topic, **tf_options)
     if result.stats.kept < result.stats.images:
         LOGGER.warning('%s: %s', bag_path, result.stats.summary())
     return result.samples

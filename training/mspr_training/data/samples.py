@@ -5,11 +5,14 @@ docs/architecture.md): ``position`` is the camera centre (3,), ``orientation`` t
 x, y, z, w of ``R_scene_cam`` in the canonical sign of ``mspr_ros.geometry.quaternions``.
 """
 from dataclasses import dataclass
+import functools
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from mspr_ros.camera.model import CameraModel
+from mspr_ros.camera.reprojection import Reprojection
 from mspr_ros.geometry.transforms import Transform
 
 #: Largest accepted deviation of a file's quaternion norm from 1 (files store ~6 decimals; a
@@ -39,6 +42,10 @@ class PoseSample:
         image: H x W x 3 uint8 RGB pixels (bag samples), or None when read from ``image_path``.
         stamp_ns: capture time in nanoseconds (bag samples), else None.
         frame: camera frame id of the image (bag samples: ``header.frame_id``), else ''.
+        camera: the camera the image was taken with, at the image's size, or None when the
+            dataset does not say (``mspr_training.data.cameras``).
+        source_camera: set when the stored pixels come from another camera than ``camera``
+            (mixed-camera training): :func:`load_rgb` reprojects them into ``camera``.
     """
 
     scene: str
@@ -49,6 +56,8 @@ class PoseSample:
     image: np.ndarray | None = None
     stamp_ns: int | None = None
     frame: str = ''
+    camera: CameraModel | None = None
+    source_camera: CameraModel | None = None
 
     def matrix(self) -> np.ndarray:
         """Return ``T_scene_cam`` as a 4 x 4 float64 homogeneous matrix."""
@@ -88,12 +97,30 @@ def require_image(path: Path, source, line=None) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=16)
+def _reprojection(source: CameraModel, target: CameraModel) -> Reprojection:
+    """Build the remap between two cameras once per pair (a dataset has few cameras)."""
+    return Reprojection.build(source, target)
+
+
 def load_rgb(sample: PoseSample) -> np.ndarray:
     """Return the sample's pixels as an H x W x 3 uint8 RGB array.
 
     Bag samples return their decoded ``image``; file samples are decoded with OpenCV. A missing
-    or undecodable file raises DatasetError naming it.
+    or undecodable file raises DatasetError naming it. With ``source_camera`` set, the pixels
+    are reprojected into ``camera`` (``mspr_ros.camera.reprojection``, as the node does).
     """
+    rgb = _stored_rgb(sample)
+    if sample.source_camera is None:
+        return rgb
+    try:
+        return _reprojection(sample.source_camera, sample.camera).apply(rgb)
+    except ValueError as error:
+        raise DatasetError(f'{sample.image_path or sample.scene}: {error}') from error
+
+
+def _stored_rgb(sample: PoseSample) -> np.ndarray:
+    """Return the pixels as stored (decoded, never reprojected)."""
     if sample.image is not None:
         return sample.image
     if sample.image_path is None:

@@ -3,7 +3,9 @@
 ``<scene>/TrainSplit.txt`` and ``TestSplit.txt`` list one sequence per line (``sequence1`` ->
 folder ``seq-01``). Each sequence folder holds ``frame-XXXXXX.color.png`` with
 ``frame-XXXXXX.pose.txt``: a whitespace separated 4 x 4 camera-to-world matrix, which is already
-our ``T_scene_cam`` (camera optical frame -> scene frame).
+our ``T_scene_cam`` (camera optical frame -> scene frame). Every sample carries the scene's
+camera (``mspr_training.data.cameras``: the Kinect camera the authors state, or the scene's
+``camera.json``), scaled to the size of the sequence's images.
 """
 from pathlib import Path
 import re
@@ -12,6 +14,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from mspr_ros.geometry.quaternions import quaternion_from_rotation
+from mspr_training.data.cameras import camera_for_image, seven_scenes_camera
 from mspr_training.data.samples import DatasetError, parse_floats, PoseSample, where
 
 SPLIT_FILES = {'train': 'TrainSplit.txt', 'test': 'TestSplit.txt'}
@@ -34,9 +37,10 @@ def read_7scenes(scene_dir, split='train') -> list[PoseSample]:
     if split not in SPLIT_FILES:
         raise ValueError(f'split must be one of {tuple(SPLIT_FILES)}, got {split!r}')
     scene_dir = Path(scene_dir)
+    camera = seven_scenes_camera(scene_dir)
     samples = []
     for sequence_dir in _split_sequences(scene_dir, scene_dir / SPLIT_FILES[split]):
-        samples.extend(_read_sequence(scene_dir.name, sequence_dir))
+        samples.extend(_read_sequence(scene_dir.name, sequence_dir, camera))
     return samples
 
 
@@ -63,8 +67,8 @@ def _split_sequences(scene_dir, split_file):
     return folders
 
 
-def _read_sequence(scene, sequence_dir):
-    """Return the samples of one ``seq-XX`` folder."""
+def _read_sequence(scene, sequence_dir, camera):
+    """Return the samples of one ``seq-XX`` folder, taken with ``camera`` (at any size)."""
     poses = {p.name[:-len(POSE_SUFFIX)]: p for p in sequence_dir.glob('*' + POSE_SUFFIX)}
     images = {p.name[:-len(COLOR_SUFFIX)]: p for p in sequence_dir.glob('*' + COLOR_SUFFIX)}
     without_image = sorted(set(poses) - set(images))
@@ -77,6 +81,8 @@ def _read_sequence(scene, sequence_dir):
         raise DatasetError(f'{images[stem]}: no pose file {stem}{POSE_SUFFIX} for this image')
     if not poses:
         raise DatasetError(f'{sequence_dir}: sequence folder holds no {POSE_SUFFIX} frames')
+    # One camera per sequence: its images share one size, so one header is read.
+    camera = camera_for_image(camera, images[min(images)])
     samples = []
     for stem in sorted(poses):
         matrix = read_pose_matrix(poses[stem])
@@ -85,7 +91,7 @@ def _read_sequence(scene, sequence_dir):
             sequence=sequence_dir.name,
             position=matrix[:3, 3].copy(),
             orientation=quaternion_from_rotation(Rotation.from_matrix(matrix[:3, :3])),
-            image_path=images[stem]))
+            image_path=images[stem], camera=camera))
     return samples
 
 

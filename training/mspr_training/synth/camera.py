@@ -1,70 +1,70 @@
-"""Pinhole intrinsics and camera poses of the rendered world.
+"""Cameras and camera poses of the rendered world.
+
+The renderer draws through any ``mspr_ros.camera.model.CameraModel`` (the project's one camera
+class: a pinhole, or a lens with ``plumb_bob`` / ``rational_polynomial`` / ``equidistant``
+distortion). ``CameraModel.from_fov`` is the training camera; :func:`wide_camera` a wide-angle
+lens with radial distortion, the kind a robot may carry instead.
 
 Pixel convention (OpenCV): pixel (u, v) has its centre at image coordinates (u, v), so the image
 spans [-0.5, W - 0.5] and the exact centre is ((W - 1) / 2, (H - 1) / 2). A camera-frame point
-(x, y, z) in the optical frame (x right, y down, z forward) projects to
-``u = fx x / z + cx``, ``v = fy y / z + cy``.
+(x, y, z) in the optical frame (x right, y down, z forward) projects through a pinhole to
+``u = fx x / z + cx``, ``v = fy y / z + cy``, the distortion applied to (x / z, y / z) between.
 """
-from dataclasses import asdict, dataclass
-import functools
 import math
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from mspr_ros.camera.model import CameraModel
 from mspr_ros.geometry.transforms import R_BODY_OPTICAL
 
 
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics in pixels (no distortion)."""
+def wide_camera(width=400, height=300, horizontal_fov_deg=90.0, k1=-0.28, k2=0.07
+                ) -> CameraModel:
+    """Return a square-pixel ``plumb_bob`` camera whose distorted image spans the given fov.
 
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
+    Principal point at the image centre, distortion ``(k1, k2, 0, 0, 0)``. The focal length is
+    chosen so that the image's left and right borders (``width / 2`` pixels from the centre,
+    the convention of ``CameraModel.from_fov``) see rays at half the field of view: a ray at
+    angle a has the undistorted normalised radius ``t = tan(a)``, which the radial model maps to
+    ``t (1 + k1 t^2 + k2 t^4)``, so ``f = (width / 2) / (t (1 + k1 t^2 + k2 t^4))`` with
+    ``t = tan(fov / 2)``. The defaults (400 x 300, 90 deg, -0.28, 0.07) give
+    ``f = 200 / 0.79 = 253.16`` px; the pinhole of the same focal would span only 76.6 deg, and
+    the image corners look 53.9 deg off the axis (a pinhole's corners at that focal: 44.6 deg).
+    Both coefficients zero give the pinhole ``CameraModel.from_fov`` (as ``from_camera_info``
+    reads all-zero coefficients).
 
-    @classmethod
-    def from_fov(cls, width, height, horizontal_fov_deg=65.0):
-        """Return square-pixel intrinsics with the principal point at the image centre."""
-        focal = (width / 2.0) / math.tan(math.radians(horizontal_fov_deg) / 2.0)
-        return cls(int(width), int(height), focal, focal, (width - 1) / 2.0, (height - 1) / 2.0)
-
-    def matrix(self) -> np.ndarray:
-        """Return the 3 x 3 camera matrix K."""
-        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
-
-    def to_dict(self):
-        """Return a JSON-ready dict."""
-        return asdict(self)
-
-    def ray_directions(self) -> np.ndarray:
-        """Return float32 (H, W, 3) optical-frame ray directions scaled so that z = 1.
-
-        With z = 1 a ray parameter equals the depth along the optical axis. Read-only, cached.
-        """
-        return _ray_directions(self)
-
-    def project(self, points_cam) -> np.ndarray:
-        """Project optical-frame points (N, 3) with z > 0 to pixel coordinates (N, 2) u, v."""
-        points = np.asarray(points_cam, dtype=np.float64).reshape(-1, 3)
-        return np.stack([self.fx * points[:, 0] / points[:, 2] + self.cx,
-                         self.fy * points[:, 1] / points[:, 2] + self.cy], axis=1)
+    Raises:
+        ValueError: a field of view outside (0, 180) degrees, or coefficients whose radial map
+            is not increasing out to the image corners (it would fold the image back on itself).
+    """
+    if not 0.0 < horizontal_fov_deg < 180.0:
+        raise ValueError(f'horizontal field of view must be in (0, 180) degrees, got '
+                         f'{horizontal_fov_deg}')
+    if k1 == 0 and k2 == 0:
+        return CameraModel.from_fov(width, height, horizontal_fov_deg)
+    t = math.tan(math.radians(horizontal_fov_deg) / 2.0)
+    scale = 1.0 + k1 * t ** 2 + k2 * t ** 4
+    if scale <= 0:
+        raise ValueError(f'distortion k1={k1}, k2={k2} folds the image back before '
+                         f'{horizontal_fov_deg / 2} deg off the axis')
+    focal = (width / 2.0) / (t * scale)
+    camera = CameraModel(width, height, focal, focal, (width - 1) / 2.0, (height - 1) / 2.0,
+                         'plumb_bob', (k1, k2, 0.0, 0.0, 0.0))
+    # The distorted radius r (1 + k1 r^2 + k2 r^4) must grow with r up to the corner's radius.
+    corner = math.hypot(width, height) / 2.0 / focal
+    radii = np.linspace(0.0, _undistorted_radius(corner, k1, k2), 512)
+    if np.any(1.0 + 3.0 * k1 * radii ** 2 + 5.0 * k2 * radii ** 4 <= 0):
+        raise ValueError(f'distortion k1={k1}, k2={k2} is not monotonic over the image')
+    return camera
 
 
-@functools.lru_cache(maxsize=8)
-def _ray_directions(intrinsics):
-    """Compute ``Intrinsics.ray_directions`` once per intrinsics."""
-    u = (np.arange(intrinsics.width) - intrinsics.cx) / intrinsics.fx
-    v = (np.arange(intrinsics.height) - intrinsics.cy) / intrinsics.fy
-    directions = np.empty((intrinsics.height, intrinsics.width, 3), dtype=np.float32)
-    directions[..., 0] = u[None, :]
-    directions[..., 1] = v[:, None]
-    directions[..., 2] = 1.0
-    directions.setflags(write=False)
-    return directions
+def _undistorted_radius(distorted, k1, k2):
+    """Return the smallest r >= 0 with r (1 + k1 r^2 + k2 r^4) = distorted, else a bound."""
+    radii = np.linspace(0.0, 4.0 * max(distorted, 1.0), 4001)
+    values = radii * (1.0 + k1 * radii ** 2 + k2 * radii ** 4)
+    reached = np.flatnonzero(values >= distorted)
+    return float(radii[reached[0]] if reached.size else radii[-1])
 
 
 def camera_pose(position, yaw, pitch=0.0, roll=0.0) -> np.ndarray:

@@ -2,7 +2,14 @@
 import argparse
 import sys
 
+from mspr_training.synth.camera import wide_camera
 from mspr_training.synth.generate import FORMATS, generate
+
+BAG_CAMERA_HELP = (
+    "record the bag through another camera than the datasets': 'wide' (a 400x300 plumb_bob "
+    'lens spanning 90 deg, k1=-0.28 k2=0.07) or WxH:FOV[:k1,k2] (size, horizontal field of view '
+    'in degrees of the distorted image, optional radial coefficients; without them a pinhole). '
+    'Default: the dataset camera')
 
 
 def parse_size(text):
@@ -14,6 +21,25 @@ def parse_size(text):
     if width < 8 or height < 8:
         raise argparse.ArgumentTypeError(f'size must be at least 8x8, got {text!r}')
     return width, height
+
+
+def parse_bag_camera(text):
+    """Parse ``wide`` or ``WxH:FOV[:k1,k2]`` into a ``CameraModel`` (``BAG_CAMERA_HELP``)."""
+    if text.strip().lower() == 'wide':
+        return wide_camera()
+    parts = text.split(':')
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        width, height = parse_size(parts[0])
+        fov = float(parts[1])
+        k1, k2 = (float(v) for v in parts[2].split(',')) if len(parts) == 3 else (0.0, 0.0)
+        return wide_camera(width, height, fov, k1, k2)
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        detail = f' ({error})' if str(error) else ''
+        raise argparse.ArgumentTypeError(
+            f"bag camera must be 'wide' or look like 640x480:100 or 640x480:100:-0.3,0.08, "
+            f'got {text!r}{detail}') from None
 
 
 def parse_formats(text):
@@ -47,6 +73,8 @@ def build_parser():
                         help='frame rate of the bag stamps, Hz (5 gives a walking pace)')
     parser.add_argument('--bag-splits', type=lambda t: tuple(t.split(',')), default=('test',),
                         help='splits recorded in the bag, comma separated (default: test)')
+    parser.add_argument('--bag-camera', type=parse_bag_camera, default=None,
+                        metavar='wide|WxH:FOV[:k1,k2]', help=BAG_CAMERA_HELP)
     parser.add_argument('--test-conditions', choices=('shifted', 'same'), default='shifted',
                         help='test sequences under other light, exposure and camera height '
                              'than training (shifted, default) or drawn alike (same)')
@@ -67,7 +95,7 @@ def main(argv=None):
             train_sequences=args.train_sequences, test_sequences=args.test_sequences,
             bag_splits=args.bag_splits, horizontal_fov_deg=args.fov, preview=args.preview,
             progress=not args.quiet, bag_rate_hz=args.bag_rate,
-            test_conditions=args.test_conditions)
+            test_conditions=args.test_conditions, bag_camera=args.bag_camera)
     except (ValueError, FileExistsError) as error:
         print(f'mspr-synth: error: {error}', file=sys.stderr)
         return 2

@@ -5,7 +5,7 @@ from pathlib import Path
 import shutil
 import time
 
-from mspr_training.synth.camera import Intrinsics
+from mspr_ros.camera.model import CameraModel
 from mspr_training.synth.dataset_writers import CambridgeWriter, SevenScenesWriter
 from mspr_training.synth.preview import write_preview
 from mspr_training.synth.rosbag_writer import RosbagWriter, sidecar_path
@@ -14,7 +14,8 @@ from mspr_training.synth.world import build_world
 from mspr_training.synth.writers import write_frames
 
 #: Bump when the rendered output changes, so that older caches are not reused.
-GENERATOR_VERSION = 3
+#: 4: the layouts state their camera (reconstruction.nvm, camera.json), the bag its camera_info.
+GENERATOR_VERSION = 4
 FORMATS = ('cambridge', '7scenes', 'bag')
 OUTPUTS = {'cambridge': 'cambridge', '7scenes': '7scenes', 'bag': 'bag'}
 MANIFEST = 'manifest.json'
@@ -61,7 +62,8 @@ class Manifest:
 def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_frames=100,
              size=(320, 240), seed=0, bag_storage='mcap', train_sequences=2, test_sequences=1,
              bag_splits=('test',), horizontal_fov_deg=65.0, preview=False, progress=False,
-             bag_rate_hz=30.0, test_conditions='shifted') -> Manifest:
+             bag_rate_hz=30.0, test_conditions='shifted',
+             bag_camera: CameraModel | None = None) -> Manifest:
     """Render the world once and write every requested format under ``out_dir``.
 
     Layout: ``out_dir/cambridge/<scene>/...``, ``out_dir/7scenes/<scene>/...``, ``out_dir/bag``
@@ -75,6 +77,10 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
     the camera moves at several m/s; 5 Hz gives a walking pace). ``test_conditions``
     'shifted' (default) records the test sequences under other light, exposure and camera
     carriage than training (``mspr_training.synth.sequences``); 'same' draws them alike.
+    ``bag_camera`` records the bag through another camera (e.g. ``synth.camera.wide_camera()``):
+    its frames are rendered through it at the same poses and light, its ``camera_info`` and
+    ``bag.json`` state it; the dataset layouts keep the ``size`` / ``horizontal_fov_deg``
+    pinhole. None (default) records the bag through that pinhole too.
     """
     formats = tuple(formats)
     unknown = sorted(set(formats) - set(FORMATS))
@@ -88,8 +94,10 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
         'train_sequences': train_sequences, 'test_sequences': test_sequences,
         'bag_splits': sorted(bag_splits), 'horizontal_fov_deg': horizontal_fov_deg,
         'bag_rate_hz': bag_rate_hz, 'test_conditions': test_conditions,
+        'bag_camera': None if bag_camera is None else bag_camera.to_dict(),
     }
-    intrinsics = Intrinsics.from_fov(size[0], size[1], horizontal_fov_deg)
+    camera = CameraModel.from_fov(size[0], size[1], horizontal_fov_deg)
+    bag_camera = camera if bag_camera is None else bag_camera
 
     def world_and_plans():
         world = build_world(seed, num_scenes)
@@ -101,7 +109,7 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
     if reusable and _complete(out_dir, previous):
         previous.cached = True
         if preview and not (out_dir / PREVIEW).exists():
-            write_preview(out_dir / PREVIEW, *world_and_plans(), intrinsics)
+            write_preview(out_dir / PREVIEW, *world_and_plans(), camera)
         return previous
     world, plans = world_and_plans()
     _clear_outputs(out_dir, (out_dir / MANIFEST).exists())
@@ -115,11 +123,12 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
         sinks.append((SevenScenesWriter(out_dir / OUTPUTS['7scenes']), ('train', 'test')))
         outputs['7scenes'] = OUTPUTS['7scenes']
     if 'bag' in formats:
-        sinks.append((RosbagWriter(out_dir / OUTPUTS['bag'], intrinsics, storage=bag_storage,
-                                   rate_hz=bag_rate_hz, seed=seed), tuple(bag_splits)))
+        sinks.append((RosbagWriter(out_dir / OUTPUTS['bag'], bag_camera, storage=bag_storage,
+                                   rate_hz=bag_rate_hz, seed=seed), tuple(bag_splits),
+                      bag_camera))
         outputs['bag'] = OUTPUTS['bag']
-    write_frames(world, plans, intrinsics, sinks, progress)
-    for sink, _ in sinks:
+    write_frames(world, plans, camera, sinks, progress)
+    for sink, *_ in sinks:
         sink.close()
     counts = {scene.name: {split: sum(len(p.poses) for p in plans
                                       if p.scene == scene.name and p.split == split)
@@ -129,7 +138,7 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
     (out_dir / MANIFEST).write_text(manifest.to_json())
     (out_dir / INCOMPLETE).unlink()
     if preview:
-        write_preview(out_dir / PREVIEW, world, plans, intrinsics)
+        write_preview(out_dir / PREVIEW, world, plans, camera)
     return manifest
 
 

@@ -4,18 +4,24 @@ Why a ray caster instead of pyrender/OpenGL: pyrender needs system EGL or OSMesa
 pip-only set-up cannot guarantee on a bare CI machine, while casting one ray per pixel against
 boxes, cylinders and the room's planes is exact (analytic intersections), deterministic and needs
 only numpy. Per frame it casts all rays at once; each object is intersected only with the rays of
-its projected screen rectangle, then pixels are shaded in groups of (primitive, face).
+its screen window, then pixels are shaded in groups of (primitive, face).
+
+Cameras: any ``CameraModel``, distorted or not. Each pixel's ray is the camera's own undistorted
+ray (``CameraModel.ray_directions``), so a lens's distortion lands exactly where OpenCV's
+projection of the camera puts it.
 
 Shading: nearest-texel lookup in pre-filtered photo textures, Lambert lighting (ambient plus a
 directional term from the surface normal), a colour tint, optional vignetting and an exposure
 gain (a camera's auto-exposure landing elsewhere).
 """
 from dataclasses import dataclass
+import functools
 import math
 
 import numpy as np
 
-from mspr_training.synth.camera import as_pose_matrix, Intrinsics
+from mspr_ros.camera.model import CameraModel
+from mspr_training.synth.camera import as_pose_matrix
 from mspr_training.synth.raycast import (box_hits, CURVED, cylinder_hits, room_hits, safe_inverse)
 from mspr_training.synth.textures import TEXTURE_SIZE
 from mspr_training.synth.world import Box, ROOM_FACES, Scene
@@ -100,7 +106,7 @@ class RenderResult:
     primitive_id: np.ndarray
 
 
-def render(scene: Scene, pose, intrinsics: Intrinsics, lighting: Lighting | None = None
+def render(scene: Scene, pose, camera: CameraModel, lighting: Lighting | None = None
            ) -> RenderResult:
     """Render ``scene`` seen by a camera at ``pose``.
 
@@ -108,7 +114,7 @@ def render(scene: Scene, pose, intrinsics: Intrinsics, lighting: Lighting | None
         scene: the room to draw.
         pose: ``T_scene_cam`` (optical frame), a 4 x 4 matrix or (position (3,), xyzw (4,)).
             The camera centre must be inside the room and outside every object.
-        intrinsics: pinhole intrinsics.
+        camera: the camera (any ``CameraModel``; distortion is rendered).
         lighting: illumination (default ``Lighting()``).
     """
     lighting = lighting or Lighting()
@@ -117,13 +123,13 @@ def render(scene: Scene, pose, intrinsics: Intrinsics, lighting: Lighting | None
     if not scene.contains_camera(origin):
         raise ValueError(f'camera centre {origin.tolist()} is outside room {scene.name!r} or '
                          'inside one of its objects')
-    height, width = intrinsics.height, intrinsics.width
-    rays = rotation.astype(np.float32) @ intrinsics.ray_directions().reshape(-1, 3).T
+    height, width = camera.height, camera.width
+    rays = rotation.astype(np.float32) @ camera.ray_directions().reshape(-1, 3).T
     directions = rays.reshape(3, height, width)
     inverse = safe_inverse(directions)
     depth, primitive, code = room_hits(origin, directions, inverse, scene.size)
     for index, item in enumerate(scene.objects):
-        window = _screen_window(item.bounds(), rotation, origin, intrinsics)
+        window = _screen_window(item.bounds(), rotation, origin, camera)
         if window is None:
             continue
         rows, cols = window
@@ -139,31 +145,56 @@ def render(scene: Scene, pose, intrinsics: Intrinsics, lighting: Lighting | None
         code[rows, cols][closer] = item_code[closer]
     points = origin.astype(np.float32)[:, None] + depth.reshape(1, -1) * rays
     colour, gain = _shade(scene, points, primitive.ravel(), code.ravel(), lighting)
-    gain = gain.reshape(height, width) * _vignette(intrinsics, lighting.vignetting)
+    gain = gain.reshape(height, width) * _vignette(camera, lighting.vignetting)
     tint = np.asarray(lighting.tint, np.float32) * np.float32(lighting.exposure)
     rgb = colour.reshape(height, width, 3) * gain[..., None] * tint
     return RenderResult(rgb=np.clip(rgb + 0.5, 0, 255).astype(np.uint8),
                         depth=depth.astype(np.float32), primitive_id=primitive.astype(np.int32))
 
 
-def _screen_window(bounds, rotation, origin, intrinsics, margin=1):
-    """Return (row slice, column slice) covering a box's projection, or None when unseen."""
+def _screen_window(bounds, rotation, origin, camera, margin=1):
+    """Return (row slice, column slice) holding every pixel whose ray may hit a box, or None.
+
+    Works on the rays themselves, so it holds for any camera: the box's corners are projected
+    without distortion onto the z = 1 plane, where the box's shadow lies inside the rectangle
+    [x0, x1] x [y0, y1] of their projections (a box in front of the camera projects to the
+    convex hull of its corners). A pixel can only hit the box when its ray's (x, y) lies in that
+    rectangle; the window keeps the columns whose rays reach [x0, x1] in some row and the rows
+    whose rays reach [y0, y1] in some column (``_ray_extents``), widened by ``margin`` pixels
+    for rounding. For a pinhole this is the box's projected rectangle; with distortion (where
+    straight edges bend, and a polynomial lens model folds back outside its image, so projecting
+    edge points could miss pixels) it is a conservative superset. The window only limits which
+    rays are tested, so it never changes a pixel as long as it holds every hit.
+    """
     corners = np.array([[bounds[i, 0], bounds[j, 1], bounds[k, 2]]
                         for i in (0, 1) for j in (0, 1) for k in (0, 1)])
-    camera = (corners - origin) @ rotation
-    if np.all(camera[:, 2] <= 0):
+    points = (corners - origin) @ rotation
+    if np.all(points[:, 2] <= 0):
         return None
-    if np.any(camera[:, 2] <= 1e-6):
+    if np.any(points[:, 2] <= 1e-6):
         # Part of the box is behind the camera: its projection is unbounded.
-        return slice(0, intrinsics.height), slice(0, intrinsics.width)
-    pixels = intrinsics.project(camera)
-    col0 = max(0, math.floor(pixels[:, 0].min()) - margin)
-    col1 = min(intrinsics.width, math.ceil(pixels[:, 0].max()) + margin + 1)
-    row0 = max(0, math.floor(pixels[:, 1].min()) - margin)
-    row1 = min(intrinsics.height, math.ceil(pixels[:, 1].max()) + margin + 1)
-    if col0 >= col1 or row0 >= row1:
+        return slice(0, camera.height), slice(0, camera.width)
+    x = points[:, 0] / points[:, 2]
+    y = points[:, 1] / points[:, 2]
+    col_min, col_max, row_min, row_max = _ray_extents(camera)
+    cols = np.flatnonzero((col_max >= x.min()) & (col_min <= x.max()))
+    rows = np.flatnonzero((row_max >= y.min()) & (row_min <= y.max()))
+    if cols.size == 0 or rows.size == 0:
         return None
-    return slice(row0, row1), slice(col0, col1)
+    return (slice(max(0, int(rows[0]) - margin), min(camera.height, int(rows[-1]) + margin + 1)),
+            slice(max(0, int(cols[0]) - margin), min(camera.width, int(cols[-1]) + margin + 1)))
+
+
+@functools.lru_cache(maxsize=8)
+def _ray_extents(camera):
+    """Return the ray x range of each column and the ray y range of each row, float64.
+
+    (column min x (W,), column max x (W,), row min y (H,), row max y (H,)) of the camera's
+    z = 1 rays; for a pinhole each column has one x and each row one y.
+    """
+    rays = camera.ray_directions().astype(np.float64)
+    return (rays[..., 0].min(axis=0), rays[..., 0].max(axis=0),
+            rays[..., 1].min(axis=1), rays[..., 1].max(axis=1))
 
 
 def _shade(scene, points, primitive, code, lighting):
@@ -251,15 +282,19 @@ def _face_ranges(item, face_code):
     return (float(u.min()), float(u.max())), (float(v.min()), float(v.max()))
 
 
-def _vignette(intrinsics, strength):
+def _vignette(camera, strength):
     """Return float32 (H, W) brightness factors falling by ``strength`` at the corners."""
     if strength <= 0:
         return np.float32(1.0)
-    return np.float32(1.0) - np.float32(strength) * _radius_squared(intrinsics)
+    return np.float32(1.0) - np.float32(strength) * _radius_squared(camera)
 
 
-def _radius_squared(intrinsics):
-    """Return float32 (H, W) squared distance from the centre, 1 at the image corners."""
-    rays = intrinsics.ray_directions()
+def _radius_squared(camera):
+    """Return float32 (H, W) squared tangent of each pixel's ray angle, 1 at its largest.
+
+    The fall-off follows the angle off the optical axis, so a distorted lens darkens where it
+    looks far out; the maximum is at the image corners for a pinhole or a barrel lens.
+    """
+    rays = camera.ray_directions()
     squared = rays[..., 0] ** 2 + rays[..., 1] ** 2
     return squared / squared.max()

@@ -5,7 +5,8 @@ truth is never interpolated across the jump from one scene to the next):
 
 - ``/camera/image_raw`` sensor_msgs/Image rgb8, ``header.frame_id = camera_optical``;
 - ``/camera/image_raw/compressed`` sensor_msgs/CompressedImage (jpeg or png), when asked;
-- ``/camera/camera_info`` sensor_msgs/CameraInfo (pinhole, no distortion);
+- ``/camera/camera_info`` sensor_msgs/CameraInfo: the camera the frames were rendered through
+  (size, distortion model and coefficients; a pinhole as ``plumb_bob`` with zeros);
 - ``/tf`` odom -> base_link: the robot's wheel odometry, drifting as ``odometry_drift`` says
   (``mspr_training.synth.odometry_drift``: scale error, heading drift, noise; seeded);
 - ``/odom`` nav_msgs/Odometry: the same odometry with its twist and the covariance its noise
@@ -24,8 +25,9 @@ truth is never interpolated across the jump from one scene to the next):
 (Recordings of version 1 kept a constant map -> odom on ``/ground_truth/tf_static``; their
 odometry was exact.) Every scene frame coincides with ``map`` (identity alignment).
 ``<bag>.json`` beside the bag folder (and the bag's ``custom_data`` key ``mspr_synth``) records
-scenes, stamps, intrinsics, ``T_map_odom`` at the first frame, the drift parameters and the
-extrinsic.
+scenes, stamps, the camera (``camera``: ``CameraModel.to_dict()``; ``intrinsics`` holds the same,
+the key recordings before version 3 used), ``T_map_odom`` at the first frame, the drift
+parameters and the extrinsic.
 """
 import json
 from pathlib import Path
@@ -67,7 +69,7 @@ SEQUENCE_GAP_NS = 1_000_000_000
 EXTRINSIC = np.eye(4)
 EXTRINSIC[:3, :3] = R_BODY_OPTICAL
 EXTRINSIC[:3, 3] = (0.2, 0.0, 1.2)
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def map_from_odom(seed) -> np.ndarray:
@@ -89,13 +91,14 @@ def pose_dict(pose):
 class RosbagWriter:
     """Writes rendered frames into one rosbag2 recording (see the module docstring)."""
 
-    def __init__(self, bag_path, intrinsics, storage='mcap', rate_hz=30.0, compressed=None,
+    def __init__(self, bag_path, camera, storage='mcap', rate_hz=30.0, compressed=None,
                  seed=0, start_ns=START_NS, odometry_drift=OdometryDrift()):
         """Open a new bag folder ``bag_path`` (it must not exist).
 
         Args:
             bag_path: the rosbag2 folder to create.
-            intrinsics: camera intrinsics of the frames (for camera_info and the sidecar).
+            camera: the ``CameraModel`` the frames are rendered through (for camera_info and
+                the sidecar); a frame of another camera or size is refused.
             storage: 'mcap' or 'sqlite3'.
             rate_hz: frame rate of the stamps.
             compressed: None, 'jpeg' or 'png': also write the compressed image topic.
@@ -110,7 +113,7 @@ class RosbagWriter:
         if compressed not in (None, *COMPRESSED_FORMATS):
             raise ValueError(f'compressed must be None or one of {COMPRESSED_FORMATS}')
         self.bag_path = Path(bag_path)
-        self.intrinsics = intrinsics
+        self.camera = camera
         self.storage = storage
         self.compressed = compressed
         self.period_ns = int(round(1e9 / rate_hz))
@@ -133,6 +136,10 @@ class RosbagWriter:
     def add(self, frame):
         """Write every topic of one frame at the next stamp."""
         plan = frame.plan
+        if frame.camera not in (None, self.camera) or \
+                frame.rgb.shape[:2] != (self.camera.height, self.camera.width):
+            raise ValueError(f'a frame rendered through {_described(frame)}, but the bag '
+                             f'records {self.camera.to_dict()}')
         new_sequence = self.current is not plan
         if new_sequence:
             if self.current is not None:
@@ -158,9 +165,7 @@ class RosbagWriter:
                             T_map_base @ T_odom_base.inverse())
         bag.write_pose(TOPICS['pose'], stamp, frames['map'], T_map_cam)
         bag.write_pose(TOPICS['base_pose'], stamp, frames['map'], T_map_base)
-        bag.write_camera_info(TOPICS['camera_info'], stamp, frames['camera'],
-                              self.intrinsics.width, self.intrinsics.height,
-                              self.intrinsics.matrix())
+        bag.write_camera_info(TOPICS['camera_info'], stamp, frames['camera'], self.camera)
         bag.write_image(TOPICS['image'], stamp, frames['camera'], frame.rgb)
         if self.compressed:
             bag.write_compressed(TOPICS['compressed'], stamp, frames['camera'],
@@ -174,7 +179,7 @@ class RosbagWriter:
             'compressed': self.compressed, 'sequences': self.sequences,
             'scenes': sorted({s['scene'] for s in self.sequences}),
             'map_from_scene': 'identity: every scene frame is the map frame',
-            'intrinsics': self.intrinsics.to_dict(),
+            'camera': self.camera.to_dict(), 'intrinsics': self.camera.to_dict(),
             'T_map_odom': pose_dict(self.map_odom), 'T_map_odom_changes': not self.drift.is_zero,
             'odometry_drift': self.drift.to_dict(), 'T_base_camera': pose_dict(EXTRINSIC),
         }
@@ -186,6 +191,13 @@ class RosbagWriter:
         self.bag.close()
         sidecar_path(self.bag_path).write_text(json.dumps(metadata, indent=2) + '\n')
         return metadata
+
+
+def _described(frame):
+    """Return the camera of a frame, or its size when it does not record one."""
+    if frame.camera is not None:
+        return str(frame.camera.to_dict())
+    return f'a camera of {frame.rgb.shape[1]} x {frame.rgb.shape[0]} pixels'
 
 
 def sidecar_path(bag_path) -> Path:

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from mspr_training.synth.camera import Intrinsics
+from mspr_ros.camera.model import CameraModel
 from mspr_training.synth.camera_paths import PathStyle, plan_path
 from mspr_training.synth.render import Lighting, render
 
@@ -55,6 +55,7 @@ class RenderedFrame:
         pose: float64 (4, 4) ``T_scene_cam``.
         rgb: uint8 (H, W, 3).
         depth: float32 (H, W) metres along the optical axis.
+        camera: the camera it was rendered through (None when unknown).
     """
 
     plan: SequencePlan
@@ -62,6 +63,7 @@ class RenderedFrame:
     pose: np.ndarray
     rgb: np.ndarray
     depth: np.ndarray
+    camera: CameraModel | None = None
 
 
 def split_counts(total, parts):
@@ -105,10 +107,16 @@ def plan_sequences(world, train_frames=300, test_frames=100, train_sequences=2,
     return plans
 
 
-def render_frames(world, plans, intrinsics: Intrinsics) -> Iterator[RenderedFrame]:
-    """Yield every frame of ``plans`` in order, rendered."""
+def render_frame(scene, plan: SequencePlan, index: int, camera: CameraModel) -> RenderedFrame:
+    """Return frame ``index`` of ``plan`` (in ``scene``) rendered through ``camera``."""
+    pose = plan.poses[index]
+    result = render(scene, pose, camera, plan.lighting)
+    return RenderedFrame(plan, index, pose, result.rgb, result.depth, camera)
+
+
+def render_frames(world, plans, camera: CameraModel) -> Iterator[RenderedFrame]:
+    """Yield every frame of ``plans`` in order, rendered through ``camera``."""
     for plan in plans:
         scene = world.scene(plan.scene)
-        for index, pose in enumerate(plan.poses):
-            result = render(scene, pose, intrinsics, plan.lighting)
-            yield RenderedFrame(plan, index, pose, result.rgb, result.depth)
+        for index in range(len(plan.poses)):
+            yield render_frame(scene, plan, index, camera)
