@@ -48,6 +48,7 @@ METADATA_KEY = 'mspr_bundle'
 DEFAULT_POSITION_VARIANCE = 1.0  # m^2
 DEFAULT_ORIENTATION_VARIANCE = math.radians(10.0) ** 2  # rad^2
 _HEADER_LENGTH_BYTES = 8
+QUANTIZATIONS = ('int8',)
 INFERENCE_KEYS = {'torch': {'backend'},
                   'onnxruntime': {'backend', 'onnx_file', 'opset', 'onnx_sha256'}}
 
@@ -183,7 +184,9 @@ def check_inference(value: Any) -> dict[str, Any]:
 
     ``{'backend': 'torch'}`` or ``{'backend': 'onnxruntime', 'onnx_file': NAME, 'opset': N,
     'onnx_sha256': HEX}``: the ONNX graph is the file NAME beside the bundle (a bare name),
-    exported with opset N; the loader checks its SHA-256.
+    exported with opset N; the loader checks its SHA-256. An onnxruntime entry may add
+    ``quantization`` (``{'type': 'int8', ...}``: the graph is a static int8 one,
+    ``mspr_training.quantize``).
     """
     if not isinstance(value, Mapping):
         raise ValueError(f'inference must be a JSON object, got {type(value).__name__}')
@@ -191,9 +194,16 @@ def check_inference(value: Any) -> dict[str, Any]:
     if not isinstance(backend, str) or backend not in INFERENCE_KEYS:
         raise ValueError(f'inference backend must be one of {sorted(INFERENCE_KEYS)}, got '
                          f'{backend!r}')
-    if set(entry) != INFERENCE_KEYS[backend]:
+    optional = {'quantization'} if backend == 'onnxruntime' else set()
+    if not INFERENCE_KEYS[backend] <= set(entry) <= INFERENCE_KEYS[backend] | optional:
         raise ValueError(f'inference backend {backend} takes the keys '
-                         f'{sorted(INFERENCE_KEYS[backend])}, got {sorted(entry)}')
+                         f'{sorted(INFERENCE_KEYS[backend])} (optionally {sorted(optional)}), '
+                         f'got {sorted(entry)}')
+    quantization = entry.get('quantization')
+    if quantization is not None and (not isinstance(quantization, Mapping)
+                                     or quantization.get('type') not in QUANTIZATIONS):
+        raise ValueError(f'inference quantization must be an object whose type is one of '
+                         f'{QUANTIZATIONS}, got {quantization!r}')
     if backend == 'onnxruntime':
         name, opset, digest = entry['onnx_file'], entry['opset'], entry['onnx_sha256']
         if not isinstance(name, str) or name in ('', '.', '..') or Path(name).name != name \

@@ -219,8 +219,18 @@ class Localizer:
 
     @property
     def precision(self) -> str:
-        """The precision inference runs in: 'fp32', 'fp16' or 'bf16' (after any fall-back)."""
-        return self._precision
+        """What runs: 'fp32', 'fp16', 'bf16' (after any fall-back), or 'int8' (a quantized graph).
+
+        'int8': the onnxruntime back-end on the bundle's int8 graph (:attr:`quantization`).
+        """
+        return 'int8' if self.quantization is not None else self._precision
+
+    @property
+    def quantization(self) -> dict | None:
+        """The quantized graph's description (bundle ``inference.quantization``), or None."""
+        if self._session is None:
+            return None
+        return (self._bundle.inference or {}).get('quantization')
 
     @property
     def cuda_graphs(self) -> bool:

@@ -171,6 +171,35 @@ def onnx_latency(sources: List[Source]) -> str:
     return '\n'.join(parts)
 
 
+def int8_latency(source: Source) -> str:
+    """Torch eager fp32, onnxruntime fp32 and the int8 graph at batch 1."""
+    s = source.settings
+    rows = []
+    for size in s.get('sizes', []):
+        r = source.results[size]
+        ms, ratio = r['ms'], r['ratio_to_torch']
+        check = r['quantization']['check']
+        rows.append([model_label(r.get('model'), size),
+                     f"{num(ms['torch']['p50'], 1)} ms",
+                     f"{num(ms['onnxruntime']['p50'], 1)} ms "
+                     f"({num(ratio['onnxruntime']['p50'], 2)})",
+                     f"{num(ms['int8']['p50'], 1)} ms ({num(ratio['int8']['p50'], 2)})",
+                     f"{verdict(r['goal_met'])} (<= {r['goal_ratio']})",
+                     f"{check['outputs']['position']['median_abs_difference']:.1e} / "
+                     f"{check['outputs']['orientation']['median_abs_difference']:.1e}",
+                     f"{len(r['quantization']['float_nodes'])}"])
+    cpu = s.get('cpu', {})
+    calls = f"{s.get('rounds')} rounds x {s.get('calls_per_round')} calls per variant"
+    return '\n'.join([caption(source), '', f"_{calls}, interleaved; onnxruntime "
+                      f"{s.get('onnxruntime_version')}; {cpu.get('kernels')}; random weights, "
+                      f"int8 ranges calibrated on {s.get('calibration_frames')} rendered "
+                      'frames._', '', table(
+                          ['model', 'torch eager fp32 p50', 'onnxruntime fp32 p50 (/ torch)',
+                           'int8 p50 (/ torch)', 'goal int8 / torch p50',
+                           'int8 vs float median difference, position / orientation',
+                           'nodes kept in float'], rows)])
+
+
 def gpu_latency(source: Source) -> str:
     """Localizer per precision and with CUDA graphs."""
     rows = []

@@ -248,3 +248,33 @@ def demo(source: Source) -> str:
         table(['scene', 'median position', 'median orientation', 'scene accuracy',
                'naive baseline (scene mean position)'], rows), '',
         table(['figure', 'value'], facts)])
+
+
+def int8_accuracy(source: Source) -> str:
+    """Float vs int8 bundles of the same trained model, per world: errors and coverage."""
+    rows = []
+    for world in source.results.get('worlds', []):
+        for variant in ('float', 'int8'):
+            figures = world['variants'][variant]
+            metrics, coverage = figures['metrics'], figures['coverage']
+            rows.append([str(world['world_seed']), variant,
+                         num(metrics['average_median_position_m'], 2, ' m'),
+                         num(metrics['average_median_orientation_deg'], 1, '°'),
+                         pct(metrics['scene_accuracy'], 1),
+                         pct(get(coverage, 'position.inside.2'), 1),
+                         pct(get(coverage, 'rotation.inside.2'), 1)])
+        goal = world['goal']
+        change = goal['relative_change']
+        points = goal['coverage_change_points']
+        rows.append([str(world['world_seed']), 'int8 / float',
+                     pct(change['average_median_position_m'], 1),
+                     pct(change['average_median_orientation_deg'], 1), DASH,
+                     f"{points['position']:+.1f} pts", f"{points['rotation']:+.1f} pts"])
+    verdicts = [f"world {w['world_seed']}: {verdict(w['goal']['met'])}"
+                for w in source.results.get('worlds', [])]
+    goal_text = (f"Goal: int8 average medians within {100 * source.settings['error_goal']:.0f} % "
+                 f"of float and 2σ coverage within {source.settings['coverage_goal_points']:.0f} "
+                 'points; ' + '; '.join(verdicts) + '.')
+    return '\n'.join([caption(source), '', table(
+        ['world', 'bundle', 'average median position', 'average median orientation',
+         'scene accuracy', 'position inside 2σ', 'rotation inside 2σ'], rows), '', goal_text])

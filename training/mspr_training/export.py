@@ -37,7 +37,6 @@ from dataclasses import replace
 import datetime
 import logging
 import math
-import os
 from pathlib import Path
 import sys
 from typing import Any, Sequence
@@ -49,7 +48,7 @@ from torch.utils.data import DataLoader
 from mspr_ros.bundle import BundleError, save_bundle
 from mspr_ros.device import resolve_device
 from mspr_ros.model.ms_transformer import build_model, MSTransformer
-from mspr_ros.onnx_backend import DEFAULT_OPSET, export_onnx, onnx_path_for, OnnxSession
+from mspr_ros.onnx_backend import DEFAULT_OPSET, onnx_path_for
 from mspr_training import checkpoint as ckpt
 from mspr_training.calibration import (calibrate_covariance, DEFAULT_ORIENTATION_FLOOR_RAD,
                                        DEFAULT_POSITION_FLOOR_M, fit_correlations,
@@ -60,16 +59,15 @@ from mspr_training.data import DatasetError, PoseSample
 from mspr_training.datasets import (build_dataset, data_root as resolve_root, read_split,
                                     resolve_split, training_poses)
 from mspr_training.engine import evaluate, Predictions
+from mspr_training.inference_graph import int8_path_for, write_inference_graphs
 from mspr_training.metrics import compute_metrics, MetricsReport, NaiveBaseline
 from mspr_training.provenance import git_state
+from mspr_training.quantize import training_images
 from mspr_training.training_camera import checkpoint_cameras
 from mspr_training.transforms import eval_transform, SeededDraws
 
 LOGGER = logging.getLogger('mspr_training.export')
 EVAL_BATCH_SIZE = 32
-# Largest |onnxruntime - torch| accepted on the random check images (float32 outputs).
-ONNX_TOLERANCE = 1e-3
-ONNX_CHECK_BATCH = 3
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> tuple[TrainConfig, MSTransformer]:
@@ -172,55 +170,13 @@ def check_calibration_split(cfg: TrainConfig, split: str) -> str:
     return resolved
 
 
-def check_onnx(model: MSTransformer, path: Path, crop: int,
-               tolerance: float = ONNX_TOLERANCE) -> dict[str, Any]:
-    """Compare the ONNX graph at ``path`` with ``model`` (CPU) on seeded random images.
-
-    Returns the check's summary for the provenance; without onnxruntime it says so and checks
-    nothing.
-
-    Raises:
-        ValueError: an output differs by more than ``tolerance`` (relative to the output's
-            scale when that exceeds 1), or the selected scene differs where the top two scenes
-            are not tied.
-    """
-    try:
-        import onnxruntime
-    except ImportError:
-        LOGGER.warning('onnxruntime is not installed: the ONNX graph %s was not checked '
-                       'against the torch model', path)
-        return {'checked': False, 'reason': 'onnxruntime not installed'}
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(ONNX_CHECK_BATCH, 3, crop, crop, generator=generator)
-    with torch.inference_mode():
-        expected = model.cpu().eval()(images)
-    session = OnnxSession(path, 'cpu')
-    # Batch 1 runs the session specialised to it, the whole batch the dynamic graph.
-    single = session.run(images[:1].numpy())
-    actual = session.run(images.numpy())
-    differences = {}
-    for name in ('position', 'orientation', 'scene_log_probs'):
-        reference = expected[name].numpy()
-        difference = float(max(np.abs(actual[name] - reference).max(),
-                               np.abs(single[name] - reference[:1]).max()))
-        differences[name] = difference
-        if difference > tolerance * max(1.0, float(np.abs(reference).max())):
-            raise ValueError(f'the ONNX graph {path} differs from the torch model by '
-                             f'{difference:.3g} in {name} (tolerance {tolerance:g})')
-    top2 = torch.topk(expected['scene_log_probs'], 2, dim=1).values
-    decided = (top2[:, 0] - top2[:, 1] > tolerance).numpy()
-    if not np.array_equal(actual['scene'][decided], expected['scene'].numpy()[decided]):
-        raise ValueError(f'the ONNX graph {path} selects other scenes than the torch model')
-    return {'checked': True, 'images': ONNX_CHECK_BATCH, 'max_abs_difference': differences,
-            'onnxruntime_version': onnxruntime.__version__}
-
-
 def export_bundle(checkpoint: str | Path, out: str | Path, *,
                   calibration_split: str | None = 'default', data_root: str | Path | None = None,
                   device: str = 'auto', position_floor_m: float = DEFAULT_POSITION_FLOOR_M,
                   orientation_floor_rad: float = DEFAULT_ORIENTATION_FLOOR_RAD,
                   shrinkage: str | float = SHRINKAGE_OAS, num_workers: int = 0, onnx: bool = False,
-                  opset: int = DEFAULT_OPSET) -> tuple[Path, MetricsReport | None]:
+                  opset: int = DEFAULT_OPSET, quantize: str | None = None,
+                  int8_float_nodes: Sequence[str] = ()) -> tuple[Path, MetricsReport | None]:
     """Write the bundle of a checkpoint (or a run folder's latest checkpoint).
 
     Args:
@@ -240,6 +196,10 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
             (:func:`mspr_ros.onnx_backend.onnx_path_for`) and make the bundle ask for
             onnxruntime.
         opset: ONNX opset of the graph.
+        quantize: 'int8' (with ``onnx``): the bundle runs the static int8 graph
+            (:mod:`mspr_training.quantize`, calibrated and checked on training images) instead
+            of the float one, which is written too.
+        int8_float_nodes: node-name patterns the int8 graph keeps in float.
 
     Returns:
         ``(bundle path, calibration metrics or None)``.
@@ -314,22 +274,12 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
     cameras, provenance['training_camera'] = checkpoint_cameras(state, cfg, root)
     inference = None
     if onnx:
-        # The graph first, checked, then the bundle naming it with its checksum.
-        onnx_path = onnx_path_for(out)
-        staged = onnx_path.with_name(f'.{onnx_path.name}.unchecked')
-        try:
-            try:
-                digest = export_onnx(model, staged, preprocessing.crop, opset)
-            except Exception as error:  # the exporter raises many types for unsupported ops
-                raise ValueError(f'cannot export the ONNX graph: {error}') from error
-            provenance['onnx'] = {'torch_exporter': 'torchscript (dynamo=False)',
-                                  **check_onnx(model, staged, preprocessing.crop)}
-            os.replace(staged, onnx_path)
-        finally:
-            staged.unlink(missing_ok=True)
-        inference = {'backend': 'onnxruntime', 'onnx_file': onnx_path.name, 'opset': opset,
-                     'onnx_sha256': digest}
-        LOGGER.info('wrote the ONNX graph %s (opset %d)', onnx_path, opset)
+        inference = write_inference_graphs(
+            model, out, preprocessing.crop, opset, provenance, quantize,
+            lambda calibration, check: training_images(cfg, root, calibration, check),
+            int8_float_nodes)
+    elif quantize:
+        raise ValueError('--quantize needs --onnx: the int8 graph is an ONNX graph')
     path = save_bundle(out, model.cpu(), model.config, scene_names,
                        preprocessing=preprocessing, covariance=covariance,
                        error_correlation=correlation, provenance=provenance,
@@ -370,6 +320,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              'the onnxruntime back-end')
     parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
                         help=f'ONNX opset of --onnx (default {DEFAULT_OPSET})')
+    parser.add_argument('--quantize', choices=('int8',),
+                        help='with --onnx: also write the static int8 QDQ graph '
+                             '(model.int8.onnx; calibrated on training images, checked against '
+                             'the float graph) and make the bundle run it')
+    parser.add_argument('--int8-float-nodes', nargs='+', default=(), metavar='PATTERN',
+                        help='ONNX node-name patterns (fnmatch) the int8 graph keeps in float '
+                             "(the pose heads' last layers always are)")
     return parser.parse_args(argv)
 
 
@@ -384,13 +341,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_root=args.data_root, device=args.device,
             position_floor_m=args.position_floor,
             orientation_floor_rad=math.radians(args.orientation_floor_deg),
-            shrinkage=args.covariance_shrinkage, onnx=args.onnx, opset=args.opset)
+            shrinkage=args.covariance_shrinkage, onnx=args.onnx, opset=args.opset,
+            quantize=args.quantize, int8_float_nodes=args.int8_float_nodes)
     except (BundleError, ConfigError, DatasetError, ckpt.CheckpointError, ValueError) as error:
         print(f'mspr-export: error: {error}', file=sys.stderr)
         return 2
     print(f'wrote {path}')
     if args.onnx:
         print(f'wrote {onnx_path_for(path)}')
+    if args.quantize:
+        print(f'wrote {int8_path_for(path)}')
     if report is not None:
         print(report.to_markdown())
     return 0

@@ -1,0 +1,50 @@
+"""benchmarks/int8_latency.py still runs: its ``--smoke`` mode writes JSON of the expected shape.
+
+The helpers are those of ``test_benchmarks_smoke`` (one process per run, provenance checked).
+"""
+import pytest
+from test_benchmarks_smoke import assert_summary, rendered, run_smoke
+
+pytest.importorskip('onnxruntime', reason='onnxruntime is in the pinned environment')
+
+
+@pytest.mark.slow
+def test_int8_latency_smoke(tmp_path):
+    """Issue 27: torch eager, float graph and int8 graph side by side; the int8 check."""
+    document = run_smoke('int8_latency', tmp_path)
+    settings, results = document['settings'], document['results']
+    assert settings['sizes'] == ['tiny'] and 'reduce_range' in settings['cpu']
+    tiny = results['tiny']
+    calls = settings['rounds'] * settings['calls_per_round']
+    for name in ('torch', 'onnxruntime', 'int8'):
+        assert_summary(tiny['ms'][name], calls)
+    for name in ('onnxruntime', 'int8'):
+        assert tiny['ratio_to_torch'][name]['p50'] == pytest.approx(
+            tiny['ms'][name]['p50'] / tiny['ms']['torch']['p50'])
+    assert tiny['goal_met'] == (tiny['ratio_to_torch']['int8']['p50'] <= 0.35)
+    quantization = tiny['quantization']
+    assert quantization['type'] == 'int8' and quantization['float_nodes']
+    assert quantization['calibration_images'] == settings['calibration_frames']
+    assert quantization['check']['images'] == settings['check_frames']
+    assert tiny['int8_bytes'] < tiny['float_bytes']
+    text = rendered(tmp_path, document, 'int8_latency.json', 'int8-latency')
+    assert 'int8 p50 (/ torch)' in text and 'tiny' in text
+
+
+@pytest.mark.slow
+def test_int8_accuracy_smoke(tmp_path):
+    """Issue 27: one trained model exported float and int8, both evaluated; the goal judged."""
+    document = run_smoke('int8_accuracy', tmp_path, '--world-seeds', '0')
+    (world,) = document['results']['worlds']
+    variants = world['variants']
+    assert variants['float']['inference'] is None
+    assert variants['int8']['inference']['quantization']['type'] == 'int8'
+    goal = world['goal']
+    for key, change in goal['relative_change'].items():
+        reference = variants['float']['metrics'][key]
+        assert change == pytest.approx((variants['int8']['metrics'][key] - reference) / reference)
+    assert goal['met'] == (all(abs(v) <= 0.05 for v in goal['relative_change'].values())
+                           and all(abs(v) <= 5.0
+                                   for v in goal['coverage_change_points'].values()))
+    text = rendered(tmp_path, document, 'int8_accuracy.json', 'int8-accuracy')
+    assert '| 0 | int8 / float |' in text
