@@ -95,7 +95,7 @@ def test_a_tampered_or_missing_int8_graph_stops_loading_naming_it(exported, tmp_
 def test_float_nodes_are_the_heads_last_layers_and_what_the_user_names():
     class Node:
         def __init__(self, name, op_type):
-            self.name, self.op_type = name, op_type
+            self.name, self.op_type, self.input = name, op_type, []
 
     class Graph:
         node = [Node('/model/backbone/stem/Conv', 'Conv'),
@@ -107,12 +107,19 @@ def test_float_nodes_are_the_heads_last_layers_and_what_the_user_names():
                 Node('/model/regressor_head_rot/regressor_head_rot.2/Gemm', 'Gemm'),
                 Node('/model/transformer_t/encoder/layers.0/self_attn/MatMul', 'MatMul')]
 
+        initializer = [Node('w', 'Initializer')]
+        node[-1].input = ['x', 'w']  # a weight product: quantized
+        node.append(Node('/model/transformer_t/encoder/layers.0/self_attn/MatMul_1', 'MatMul'))
+        node[-1].input = ['q', 'k']  # two activations: float
+
     class Model:
         graph = Graph()
-    # The heads' last layers and the image's first two convolutions; the rest is quantized.
+    # The heads' last layers, the image's first two convolutions and products of two
+    # activations; the rest is quantized.
     assert float_nodes(Model()) == ['/model/backbone/dw/Conv', '/model/backbone/stem/Conv',
                                     '/model/regressor_head_rot/regressor_head_rot.2/Gemm',
-                                    '/model/regressor_head_t/regressor_head_t.2/Gemm']
+                                    '/model/regressor_head_t/regressor_head_t.2/Gemm',
+                                    '/model/transformer_t/encoder/layers.0/self_attn/MatMul_1']
     assert '/model/transformer_t/encoder/layers.0/self_attn/MatMul' in float_nodes(
         Model(), ['*/self_attn/*'])
 

@@ -12,8 +12,11 @@ kernels run them as integer arithmetic. What the int8 graph is:
   model (frozen EfficientNet-Lite0, ``synth_demo``), quantizing every convolution moved the
   position output by a median 11 % of its scale against the float graph; the stem in float, 3 %;
   the first two convolutions in float, 1.6 %; the transformers in float instead changed nothing.
-  Further nodes can be kept in float by name pattern (``float_patterns``); the bundle records
-  every node left in float.
+  And every product of two activations (attention's query-key and weight-value MatMuls): with
+  no weight to pre-quantize, each needs both inputs quantized at run time, which measured slower
+  than float (paper model, 2 threads: 81 ms float graph, 58 ms with them in float, slower than
+  float with them in int8). Further nodes can be kept in float by name pattern
+  (``float_patterns``); the bundle records every node left in float.
 - **Kernels**: on x86 CPUs with VNNI (AVX512-VNNI or AVX-VNNI) the u8s8 products run on its
   dot-product instructions; without VNNI, AVX2's 16-bit intermediate sums can saturate, so the
   weights are quantized to 7 bits (``reduce_range``) there. What the machine has, and so what
@@ -93,8 +96,10 @@ def float_nodes(model: Any, patterns: Sequence[str] = ()) -> list[str]:
     """Return the nodes kept in float (heads' last layers, leading convolutions, ``patterns``).
 
     Each pose head's last Gemm/MatMul, the image's first :data:`FLOAT_LEADING_CONVS`
-    convolutions in graph order, and every node whose name matches one of ``patterns``.
+    convolutions in graph order, every MatMul of two activations (no weight among its inputs),
+    and every node whose name matches one of ``patterns``.
     """
+    weights = {initializer.name for initializer in model.graph.initializer}
     products = [node.name for node in model.graph.node if node.op_type in ('Gemm', 'MatMul')]
     convolutions = [node.name for node in model.graph.node if node.op_type == 'Conv']
     last_of_head: dict[str, str] = {}
@@ -102,6 +107,8 @@ def float_nodes(model: Any, patterns: Sequence[str] = ()) -> list[str]:
         if fnmatch.fnmatch(name, HEAD_OUTPUT_PATTERN + '/*'):
             last_of_head[name.split('/')[2]] = name  # graph order: the last one stays
     chosen = set(last_of_head.values()) | set(convolutions[:FLOAT_LEADING_CONVS])
+    chosen.update(node.name for node in model.graph.node
+                  if node.op_type == 'MatMul' and not set(node.input) & weights)
     chosen.update(node.name for node in model.graph.node
                   if any(fnmatch.fnmatch(node.name, pattern) for pattern in patterns))
     return sorted(chosen)
