@@ -31,9 +31,7 @@ un-augmented cache the CPU recipes used before issue 15; they now keep 4 views)
 """
 import argparse
 from dataclasses import dataclass
-import os
 from pathlib import Path
-import shutil
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -43,6 +41,7 @@ import torch
 
 from common import add_common_arguments, apply_omp_wait_policy, default_out, parse_size, run_mode
 from common import set_threads, start_report, WORK_DIR, write_results
+from common.results import fresh_run_dir
 from mspr_ros.model.attention_stats import AttentionStats
 from mspr_training import checkpoint as ckpt
 from mspr_training.attention_report import collect, to_markdown, write_report
@@ -225,12 +224,7 @@ def attention_images(cfg: TrainConfig, root: Path, scene_names: Sequence[str],
 def train_and_analyse(label: str, cfg: TrainConfig, run_dir: Path, root: Path,
                       shared_cache: Path, budget: Budget, world_seed: int) -> RunResult:
     """Train one model from scratch, export and evaluate it, collect its attention statistics."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    # Both runs read the same frozen-backbone maps: compute them once.
-    shared_cache.mkdir(parents=True, exist_ok=True)
-    os.symlink(shared_cache, run_dir / 'feature_cache', target_is_directory=True)
+    fresh_run_dir(run_dir, shared_cache)
     started = time.perf_counter()
     result = train(cfg, run_dir, str(root))
     seconds = time.perf_counter() - started

@@ -39,9 +39,7 @@ Usage: ``python benchmarks/camera.py [--quick | --smoke] [--world-seeds 0 1] [--
 """
 import argparse
 from dataclasses import asdict, dataclass
-import os
 from pathlib import Path
-import shutil
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -52,6 +50,7 @@ from scipy.spatial.transform import Rotation
 
 from common import add_common_arguments, begin, default_out, run_mode, summarise, WORK_DIR
 from common import write_results
+from common.results import fresh_run_dir
 from mspr_ros.bundle import load_bundle
 from mspr_ros.camera.model import CameraModel
 from mspr_ros.camera.reprojection import Reprojection
@@ -138,11 +137,7 @@ def overrides(budget: Budget, seed: int, device: str) -> List[str]:
 def train_bundle(cfg: Any, world: Path, run_dir: Path, shared_cache: Path, device: str
                  ) -> Dict[str, Any]:
     """Train the deployed model only (no fold runs), export it uncalibrated; return its record."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    shared_cache.mkdir(parents=True, exist_ok=True)
-    os.symlink(shared_cache, run_dir / 'feature_cache', target_is_directory=True)
+    fresh_run_dir(run_dir, shared_cache)
     root = world / 'cambridge'
     started = time.perf_counter()
     train(cfg, run_dir, str(root), crossfit_folds=False)

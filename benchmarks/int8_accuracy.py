@@ -21,9 +21,7 @@ Sizes: ``--smoke`` seconds (figures mean nothing), ``--quick`` 20 epochs, defaul
 30 epochs. Usage: ``python benchmarks/int8_accuracy.py [--quick | --smoke] [--world-seeds 0 1]``
 """
 import argparse
-import os
 from pathlib import Path
-import shutil
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -31,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from camera import BUDGETS, overrides, rendered_world
 
 from common import add_common_arguments, begin, default_out, run_mode, WORK_DIR, write_results
+from common.results import fresh_run_dir
 from mspr_ros.bundle import load_bundle
 from mspr_training.config import load_config
 from mspr_training.evaluate import evaluate_bundle
@@ -58,11 +57,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def trained_run(cfg: Any, world: Path, run_dir: Path, shared_cache: Path) -> float:
     """Train the shipped recipe (deployed run and fold runs); return the seconds it took."""
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    shared_cache.mkdir(parents=True, exist_ok=True)
-    os.symlink(shared_cache, run_dir / 'feature_cache', target_is_directory=True)
+    fresh_run_dir(run_dir, shared_cache)
     started = time.perf_counter()
     train(cfg, run_dir, str(world / 'cambridge'))
     return time.perf_counter() - started

@@ -29,6 +29,9 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+# The sizes, rounds and timing loop of the float comparison, so the two tables compare alike.
+from onnx_latency import (CALLS_PER_ROUND, CONFIGS, DEFAULT_SIZES, FRAME_SIZE, ROUNDS,
+                          timed_calls, WARMUP_CALLS)
 import onnxruntime
 import torch
 
@@ -44,27 +47,10 @@ from mspr_training.config import load_config
 from mspr_training.quantize import int8_kernels, quantize_int8
 
 NAME = 'int8_latency'
-CONFIGS = {'tiny': 'tiny_test', 'demo': 'synth_demo', 'paper': '7scenes_ours'}
-DEFAULT_SIZES = {'full': ('demo', 'paper'), 'quick': ('demo', 'paper'), 'smoke': ('tiny',)}
-ROUNDS = {'full': 20, 'quick': 8, 'smoke': 2}
-CALLS_PER_ROUND = {'full': 10, 'quick': 5, 'smoke': 2}
-WARMUP_CALLS = {'full': 5, 'quick': 3, 'smoke': 1}
 CALIBRATION_FRAMES = {'full': 32, 'quick': 16, 'smoke': 4}
 CHECK_FRAMES = {'full': 8, 'quick': 4, 'smoke': 2}
 GOAL_RATIO = 0.35
-FRAME_SIZE = (320, 240)
 VARIANTS = ('torch', 'onnxruntime', 'int8')
-
-
-def timed_calls(call, count: int) -> List[float]:
-    """Run ``call`` once untimed (the last variant's threads wind down), then time ``count``."""
-    call()
-    durations = []
-    for _ in range(count):
-        started = time.perf_counter()
-        call()
-        durations.append((time.perf_counter() - started) * 1e3)
-    return durations
 
 
 def measure_size(size: str, frames: List[np.ndarray], mode: str, threads: int, opset: int,

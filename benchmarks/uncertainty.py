@@ -34,9 +34,7 @@ Usage: ``python benchmarks/uncertainty.py [--quick | --smoke] [--world-seeds 0 1
 """
 import argparse
 from dataclasses import dataclass, replace
-import os
 from pathlib import Path
-import shutil
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -44,6 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from common import add_common_arguments, begin, default_out, run_mode, WORK_DIR, write_results
+from common.results import fresh_run_dir
 from mspr_ros.bundle import load_bundle
 from mspr_ros.localizer import Localizer
 from mspr_training.bags.offline import evaluate_offline
@@ -136,12 +135,7 @@ def train_recipe(recipe: str, split: List[str], config: str, budget: Budget, see
                  device: str, world: Path, run_dir: Path, shared_cache: Path) -> Dict[str, Any]:
     """Train, export and evaluate one recipe; return its figures and the bundle path."""
     cfg = load_config(config, overrides(budget, seed, device, split))
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    # Every run on this world reads the same frozen-backbone maps: computed once.
-    shared_cache.mkdir(parents=True, exist_ok=True)
-    os.symlink(shared_cache, run_dir / 'feature_cache', target_is_directory=True)
+    fresh_run_dir(run_dir, shared_cache)
     root = world / 'cambridge'
     started = time.perf_counter()
     result = train(cfg, run_dir, str(root))

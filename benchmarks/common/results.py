@@ -12,6 +12,7 @@ from dataclasses import asdict
 import json
 import os
 from pathlib import Path
+import shutil
 from typing import Any, Dict, Optional, Sequence
 
 from common.machine import load_average, MachineInfo, omp_wait_policy
@@ -69,3 +70,16 @@ def save_results(out: Optional[Path], name: str, mode: str, machine: MachineInfo
                          results, notes)
     print(f'\nwrote {path}')
     return 0
+
+
+def fresh_run_dir(run_dir: Path, shared_cache: Path) -> None:
+    """Empty ``run_dir`` for a new training run whose feature cache is ``shared_cache``.
+
+    Every run on one world reads the same frozen-backbone maps: they are computed once, in
+    ``shared_cache``, which the run sees as its ``feature_cache`` folder.
+    """
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    shared_cache.mkdir(parents=True, exist_ok=True)
+    os.symlink(shared_cache, run_dir / 'feature_cache', target_is_directory=True)
