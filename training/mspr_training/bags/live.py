@@ -83,8 +83,9 @@ LOGGER = logging.getLogger(__name__)
 NS_PER_S = 1_000_000_000
 #: How often /clock advances between recorded messages (ros2 bag play --clock uses 40 Hz).
 CLOCK_HZ = 40.0
-#: A pose and the scene message of the same frame are published back to back; allow this much
-#: reordering between the two topics when pairing them.
+#: Scenes pair with frames by stamp (``~/scene_camera_pose``); for a node without that topic, by
+#: arrival: a pose and the scene message of the same frame are published back to back, and this
+#: much reordering between the two topics is allowed.
 SCENE_PAIRING_SLACK_S = 0.005
 #: Wall time to wait for the node's /diagnostics after the bag (it reports every second of
 #: sim time by default), and how fast sim time runs meanwhile.
@@ -499,7 +500,8 @@ class LiveSession:
                               covariance=np.asarray(base[1].covariance).reshape(6, 6))
             records.append(FrameRecord(
                 index, stamp, frame_id, FrameStatus.ANSWERED, published=True,
-                scene=scenes.latest(arrival + SCENE_PAIRING_SLACK_S),
+                scene=(recorder.scene_by_stamp.get(stamp)
+                       or scenes.latest(arrival + SCENE_PAIRING_SLACK_S)),
                 scene_confidence=confidences.latest(arrival + SCENE_PAIRING_SLACK_S),
                 latency_ms=(arrival - sent) * 1e3, **values))
         return self._with_map_odom(records)

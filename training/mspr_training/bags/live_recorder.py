@@ -51,6 +51,10 @@ class OutputRecorder:
                 RELIABLE_ALL),
             'scene': node.create_subscription(String, f'{prefix}/scene', self._on_scene,
                                               RELIABLE_ALL),
+            # The scene of each image by its stamp (frame_id names it): ~/scene carries no
+            # stamp, and on a loaded machine it can arrive after the frame's pose.
+            'scene_camera_pose': node.create_subscription(
+                PoseStamped, f'{prefix}/scene_camera_pose', self._on_scene_pose, RELIABLE_ALL),
             'scene_confidence': node.create_subscription(
                 Float32, f'{prefix}/scene_confidence', self._on_confidence, RELIABLE_ALL),
             'tf': node.create_subscription(TFMessage, '/tf', self._on_tf, RELIABLE_ALL),
@@ -68,6 +72,7 @@ class OutputRecorder:
             self.pose_updates = {}
             self.pose_update_count = 0
             self.scenes = []
+            self.scene_by_stamp = {}
             self.confidences = []
             self.map_odom = {}
             self.diagnostics = {}
@@ -106,6 +111,11 @@ class OutputRecorder:
     def _on_scene(self, msg):
         with self._changed:
             self.scenes.append((time.monotonic(), msg.data))
+
+    def _on_scene_pose(self, msg):
+        with self._changed:
+            self.scene_by_stamp.setdefault(stamp_ns(msg.header.stamp), msg.header.frame_id)
+            self._changed.notify_all()
 
     def _on_confidence(self, msg):
         with self._changed:
@@ -146,8 +156,9 @@ class OutputRecorder:
         """Wait until every expected stamp is answered, or no output came for ``idle_s``."""
         with self._changed:
             while True:
-                missing = {s for s in expected
-                           if s not in self.camera_poses and s not in self.poses}
+                answered = {s for s in expected if s in self.camera_poses or s in self.poses}
+                missing = (expected - answered) | {s for s in answered
+                                                   if s not in self.scene_by_stamp}
                 if not missing:
                     return
                 latest = max(last_publish, self.last_arrival or last_publish)
