@@ -5,8 +5,6 @@ The helpers are those of ``test_benchmarks_smoke`` (one process per run, provena
 import pytest
 from test_benchmarks_smoke import assert_summary, rendered, run_smoke
 
-pytest.importorskip('onnxruntime', reason='onnxruntime is in the pinned environment')
-
 
 @pytest.mark.slow
 def test_int8_latency_smoke(tmp_path):

@@ -22,9 +22,6 @@ from mspr_training.train import train
 from ros_harness import diagnostic_values, domain_id, NodeProcess, own_status
 from ros_harness import RELIABLE_LATCHED, RosClient, small_photos, stop_all
 
-pytest.importorskip('onnxruntime', reason='onnxruntime is in the pinned environment; '
-                    'a bare interpreter without it cannot quantize')
-
 
 @pytest.fixture(scope='module')
 def exported(tiny_world, tmp_path_factory, isolated_torch):
