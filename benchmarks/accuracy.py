@@ -45,7 +45,7 @@ from common.results import fresh_run_dir
 from mspr_ros.model.attention_stats import AttentionStats
 from mspr_training import checkpoint as ckpt
 from mspr_training.attention_report import collect, to_markdown, write_report
-from mspr_training.calibration import SHRINKAGE_OAS
+from mspr_training.calibration import SCALE_CONFORMAL, SHRINKAGE_OAS
 from mspr_training.config import load_config, TrainConfig
 from mspr_training.data.samples import load_rgb
 from mspr_training.datasets import build_dataset, read_split
@@ -432,8 +432,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   'overrides': args.overrides,
                   'data_root': str(args.data_root) if args.data_root else 'rendered world',
                   'configs': {'baseline': args.baseline_config, 'ours': args.ours_config},
-                  # export_bundle's default: each 3x3 covariance block shrunk toward isotropic.
+                  # export_bundle's defaults: 3x3 blocks shrunk toward isotropic, conformal scale.
                   'covariance_shrinkage': SHRINKAGE_OAS,
+                  'covariance_scale': SCALE_CONFORMAL,
                   'resolved_configs': resolved},
         results={'summary': {label: mean_over_seeds(runs, label, summaries[0]['world_seed'])
                              for label in LABELS},

@@ -31,6 +31,11 @@ results_dir = RESULTS_DIR
 _STALE_NODE = ('Stale: measured on {date} at {commit}, before the node fused every frame '
                '(`fusion: window`, the default since 6b93ebf) and before its `tf` and '
                '`pose_stream` stages were timed{what}. Refresh on an idle machine: `{command}`.')
+_MOMENT_SCALE = (
+    "Measured before the conformal covariance scale: each covariance block then had the second "
+    "moment's size (`mspr-export --covariance-scale moment`), so its coverage figures are that "
+    "scale's; `uncertainty.scale.json` below measures both scales side by side on the same "
+    'trained models. Its accuracy and training-time figures stand.')
 # (results file, full commit of its run) -> what the file cannot say about itself.
 NOTES = {
     ('accuracy.json', 'a14a6418c7723c23c395b6e134c3ea4379ed6bf9'): (
@@ -46,6 +51,10 @@ NOTES = {
         'Measured before issue 25: its model did not train on the held-out walk of each scene, '
         'which calibrated the covariance; `make demo` now trains on every walk and calibrates '
         'by cross-fitting (refresh: `make demo`).'),
+    ('uncertainty.json', '6c0987d6605d1d4213a80886864112d07ed63cce'): (
+        _MOMENT_SCALE),
+    ('uncertainty.folds6.json', '825d777497811a0123a1b401dd94ad6b15718472'): (
+        _MOMENT_SCALE),
     ('latency.json', '664483cf297ca9b0149af23e643cb07fbdff7d60'): _STALE_NODE.format(
         date='2026-11-26', commit='664483c',
         what=", so this run has no fusion-on / fusion-off pair",
@@ -140,6 +149,11 @@ def renderers() -> Dict[str, Callable[[], str]]:
         'uncertainty': from_file(('uncertainty.json', 'uncertainty.quick.json'),
                                  'python benchmarks/uncertainty.py --quick --seeds 0 1 2',
                                  tables_uncertainty.uncertainty),
+        'uncertainty-scale': from_file(
+            ('uncertainty.scale.json',),
+            'python benchmarks/uncertainty.py --quick --seeds 0 1 2 --crossfit-only '
+            '--out benchmarks/results/uncertainty.scale.json',
+            tables_uncertainty.uncertainty),
         'uncertainty-folds': from_file(
             ('uncertainty.folds6.json',),
             'python benchmarks/uncertainty.py --quick --seeds 0 --world-seeds 1 --folds 6 '

@@ -11,6 +11,11 @@ with the real trainer, exporter and bag evaluator:
 2. **held-out walk** (``data.calibration_split: calibration``, the old default): the deployed
    model trains without the last walk of each scene, which calibrates the covariance.
 
+The cross-fitted run is exported once per covariance scale (``--covariance-scales``: the
+shipped ``conformal`` first, then ``moment``, the second moment's scale before it), from the
+same checkpoint and the same out-of-fold errors, so the scales differ in nothing else. The
+goals are judged on the first.
+
 Both bundles are evaluated on the test walks (other light, exposure and camera height) through
 the Localizer: median position and orientation error per scene and the per-frame covariance's
 2-sigma coverage. The cross-fitted bundle is then run on a rosbag2 recording of the test walks
@@ -46,6 +51,7 @@ from common.results import fresh_run_dir
 from mspr_ros.bundle import load_bundle
 from mspr_ros.localizer import Localizer
 from mspr_training.bags.offline import evaluate_offline
+from mspr_training.calibration import COVARIANCE_SCALES, parse_scale
 from mspr_training.config import load_config
 from mspr_training.evaluate import evaluate_bundle
 from mspr_training.export import export_bundle
@@ -96,6 +102,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="cross-fitting's data.calibration_folds (default: the recipe's)")
     parser.add_argument('--crossfit-only', action='store_true',
                         help='train only the cross-fitted recipe (e.g. to compare --folds)')
+    parser.add_argument('--covariance-scales', type=parse_scale, nargs='+',
+                        default=list(COVARIANCE_SCALES),
+                        help='mspr-export --covariance-scale of each cross-fitted bundle, the '
+                             'first judged by the goals (default: conformal moment)')
     args = parser.parse_args(argv)
     args.recipes = ('crossfit',) if args.crossfit_only else RECIPES
     args.splits = {recipe: SPLITS[recipe] for recipe in args.recipes}
@@ -132,27 +142,38 @@ def overrides(budget: Budget, seed: int, device: str, split: List[str]) -> List[
 
 
 def train_recipe(recipe: str, split: List[str], config: str, budget: Budget, seed: int,
-                 device: str, world: Path, run_dir: Path, shared_cache: Path) -> Dict[str, Any]:
-    """Train, export and evaluate one recipe; return its figures and the bundle path."""
+                 device: str, world: Path, run_dir: Path, shared_cache: Path,
+                 scales: Sequence[str]) -> Dict[str, Any]:
+    """Train one recipe, export and evaluate a bundle per covariance scale; return figures.
+
+    The first scale's figures are the recipe's; each scale's are under ``scales``.
+    """
     cfg = load_config(config, overrides(budget, seed, device, split))
     fresh_run_dir(run_dir, shared_cache)
     root = world / 'cambridge'
     started = time.perf_counter()
     result = train(cfg, run_dir, str(root))
     seconds = time.perf_counter() - started
-    bundle_path, _ = export_bundle(run_dir, run_dir / 'model.safetensors', data_root=root,
-                                   device=device)
-    evaluation = evaluate_bundle(bundle_path, cfg.data, cfg.data.test_split, run_dir / 'eval',
-                                 data_root=root, device=device,
-                                 thresholds=cfg.validation.recall_thresholds)
-    bundle = load_bundle(bundle_path)
-    calibration = bundle.provenance.get('calibration', {})
-    return {'recipe': recipe, 'seed': seed, 'train_seconds': seconds,
-            'timing': result.timing, 'bundle': str(bundle_path),
-            'metrics': evaluation.report.to_dict(), 'coverage': evaluation.coverage.to_dict(),
+    exported: Dict[str, Dict[str, Any]] = {}
+    for scale in scales:
+        bundle_path, _ = export_bundle(run_dir, run_dir / f'model.{scale}.safetensors',
+                                       data_root=root, device=device, covariance_scale=scale)
+        evaluation = evaluate_bundle(bundle_path, cfg.data, cfg.data.test_split,
+                                     run_dir / f'eval.{scale}', data_root=root, device=device,
+                                     thresholds=cfg.validation.recall_thresholds)
+        bundle = load_bundle(bundle_path)
+        calibration = bundle.provenance.get('calibration', {})
+        exported[scale] = {
+            'bundle': str(bundle_path), 'metrics': evaluation.report.to_dict(),
+            'coverage': evaluation.coverage.to_dict(),
             'calibration_method': calibration.get('method'),
+            'covariance_scale': {'method': calibration.get('scale_method'),
+                                 'factors': calibration.get('scale')},
             'error_correlation': {scene: model.to_dict()
                                   for scene, model in bundle.error_correlation.items()}}
+    first = exported[scales[0]]
+    return {'recipe': recipe, 'seed': seed, 'train_seconds': seconds,
+            'timing': result.timing, **first, 'scales': exported}
 
 
 def replay(bundle_path: str, world: Path, device: str,
@@ -219,6 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_path = args.out or default_out(NAME, mode)
     settings = {'threads': args.threads, 'budget': budget, 'config': args.config,
                 'world_seeds': args.world_seeds, 'recipes': args.splits,
+                'covariance_scales': args.covariance_scales,
                 'correlation_modes': CORRELATION_MODES, 'device': args.device,
                 'coverage_tolerance_points': COVERAGE_TOLERANCE_POINTS,
                 'jitter_goal': JITTER_GOAL, 'node_parameters': node_parameters}
@@ -237,13 +259,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 run[recipe] = train_recipe(
                     recipe, args.splits[recipe], args.config, budget, seed, args.device, world,
                     work / f'world{world_seed}_{recipe}{folds}_seed{seed}',
-                    work / f'feature_cache_world{world_seed}')
+                    work / f'feature_cache_world{world_seed}',
+                    args.covariance_scales if recipe == 'crossfit'
+                    else args.covariance_scales[:1])
                 metrics = run[recipe]['metrics']
                 print(f"  {run[recipe]['train_seconds']:.0f} s, average median "
                       f"{metrics['average_median_position_m']:.3f} m / "
                       f"{metrics['average_median_orientation_deg']:.2f} deg", flush=True)
-            run['replay'] = replay(run['crossfit']['bundle'], world, args.device,
-                                   node_parameters)
+            run['replays'] = {scale: replay(exported['bundle'], world, args.device,
+                                            node_parameters)
+                              for scale, exported in run['crossfit']['scales'].items()}
+            run['replay'] = run['replays'][args.covariance_scales[0]]
             runs.append(run)
             summary = {str(world): goals(runs, world) for world in args.world_seeds}
             partial = ([] if len(runs) == planned else

@@ -382,7 +382,17 @@ def test_uncertainty_smoke(tmp_path):
         assert fused['error_correlation']['mode'] == mode
         for estimate in ('per_frame', 'fused'):
             assert set(fused[estimate]['coverage_2sigma']) == {'position', 'rotation'}
+    # One training, a bundle per covariance scale, each evaluated and replayed; the first
+    # (conformal, the shipped default) is the recipe's.
+    scales = run['crossfit']['scales']
+    assert list(scales) == ['conformal', 'moment']
+    assert {s['covariance_scale']['method'] for s in scales.values()} == {'conformal', 'moment'}
+    assert run['crossfit']['bundle'] == scales['conformal']['bundle']
+    assert set(run['replays']) == {'conformal', 'moment'}
+    assert run['replay'] == run['replays']['conformal']
     goals = document['results']['goals']['0']
     assert goals['coverage_worst_gap_points'] is not None
     text = rendered(tmp_path, document, 'uncertainty.json', 'uncertainty')
     assert 'Per frame vs fused on the recordings' in text
+    assert 'cross-fitted (every walk trained), second-moment scale' in text
+    assert 'learned (bundle), conformal scale' in text

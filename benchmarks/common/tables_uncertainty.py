@@ -126,6 +126,18 @@ def _inside2(coverage: Dict[str, Any], block: str) -> Optional[float]:
     return get(coverage, f'{block}.inside.2')
 
 
+#: How the tables name each covariance scale of ``uncertainty.py --covariance-scales``.
+SCALE_LABELS = {'conformal': 'conformal scale', 'moment': 'second-moment scale'}
+
+
+def _scales(got: Dict[str, Any]) -> List[Any]:
+    """Return ``[(label suffix, figures)]`` of a recipe's bundles (one per covariance scale)."""
+    scales = got.get('scales') or {}
+    if len(scales) < 2:
+        return [('', got)]
+    return [(f', {SCALE_LABELS.get(name, name)}', figures) for name, figures in scales.items()]
+
+
 def uncertainty(source: Source) -> str:
     """Cross-fitted vs held-out recipes on both worlds, then per frame vs fused on their bags."""
     s, res = source.settings, source.results
@@ -157,15 +169,25 @@ def uncertainty(source: Source) -> str:
                 _spread([g['train_seconds'] / 60 for g in got], 1, ' min'),
                 _spread([t.get('extra_ratio') for t in timing], 2) if recipe == 'crossfit'
                 else DASH])
-            coverage_rows.append([
-                world, label,
-                _spread([100 * _inside2(g['coverage'], 'position') for g in got], 1, ' %'),
-                _spread([100 * _inside2(g['coverage'], 'rotation') for g in got], 1, ' %')])
+            for index, (suffix, _) in enumerate(_scales(got[0])):
+                bundles = [_scales(g)[index][1] for g in got]
+                coverage_rows.append([
+                    world, label + suffix,
+                    _spread([100 * _inside2(b['coverage'], 'position') for b in bundles], 1,
+                            ' %'),
+                    _spread([100 * _inside2(b['coverage'], 'rotation') for b in bundles], 1,
+                            ' %')])
         for r in mine:
-            for mode, label in (('bundle', 'learned (bundle)'), ('independent', 'independent')):
-                block = get(r, f'replay.{mode}.fusion')
+            replays = r.get('replays') or {'': r.get('replay')}
+            for scale, mode, label in [
+                    (scale, mode, label + (f', {SCALE_LABELS.get(scale, scale)}'
+                                           if len(replays) > 1 else ''))
+                    for scale in replays
+                    for mode, label in (('bundle', 'learned (bundle)'),
+                                        ('independent', 'independent'))]:
+                block = get(replays[scale] or {}, f'{mode}.fusion')
                 if not block:
-                    notes = '; '.join(get(r, f'replay.{mode}.notes', []))
+                    notes = '; '.join(get(replays[scale] or {}, f'{mode}.notes', []))
                     replay_rows.append([world, r['seed'], label, notes or DASH] + [DASH] * 4)
                     continue
                 nominal = block.get('nominal_coverage_2sigma_3d', nominal)
@@ -228,7 +250,10 @@ def uncertainty(source: Source) -> str:
                'fused / per-frame jitter pos / rot', 'per-frame 2σ pos / rot',
                'fused 2σ pos / rot'], replay_rows), '',
         'Goals of issue 25 per world (coverage over per-frame and fused, position and rotation, '
-        'learned correlation; ratios the worst over seeds):', '',
+        'learned correlation'
+        + (f", {SCALE_LABELS.get(s['covariance_scales'][0], s['covariance_scales'][0])}"
+           if len(s.get('covariance_scales', [])) > 1 else '')
+        + '; ratios the worst over seeds):', '',
         table(['world', 'average median position, cross-fitted vs held-out walk',
                'worst 2σ coverage gap, points (goal <= 10)',
                'worst fused / per-frame jitter (goal <= 0.2)',

@@ -221,6 +221,7 @@ def main(argv=None) -> int:
                     'calibration': 'held-out training loop per scene'}.get(
                         cfg.data.calibration_split, cfg.data.calibration_split),
                 'covariance_shrinkage': calibration.SHRINKAGE_OAS,
+                'covariance_scale': calibration.SCALE_CONFORMAL,
                 'live_replay': not args.skip_live}
     figures = {**report_figures(report, result.coverage), 'made_fresh': made_fresh,
                'training_time': training_time}

@@ -50,9 +50,10 @@ from mspr_ros.device import resolve_device
 from mspr_ros.model.ms_transformer import build_model, MSTransformer
 from mspr_ros.onnx_backend import DEFAULT_OPSET, onnx_path_for
 from mspr_training import checkpoint as ckpt
-from mspr_training.calibration import (calibrate_covariance, DEFAULT_ORIENTATION_FLOOR_RAD,
-                                       DEFAULT_POSITION_FLOOR_M, fit_correlations,
-                                       parse_shrinkage, SHRINKAGE_OAS)
+from mspr_training.calibration import (calibrate_covariance, COVARIANCE_SCALES,
+                                       DEFAULT_ORIENTATION_FLOOR_RAD, DEFAULT_POSITION_FLOOR_M,
+                                       fit_correlations, parse_scale, parse_shrinkage,
+                                       SCALE_CONFORMAL, SCALE_MOMENT, SHRINKAGE_OAS)
 from mspr_training.config import CALIBRATION_SPLIT, ConfigError, CROSSFIT_SPLIT, TrainConfig
 from mspr_training.crossfit import fold_checkpoints, TrainingTime
 from mspr_training.data import DatasetError, PoseSample
@@ -170,11 +171,20 @@ def check_calibration_split(cfg: TrainConfig, split: str) -> str:
     return resolved
 
 
+COVARIANCE_METHOD = ('second moment of [p_gt - p_est, rotvec(R_gt R_est^T)] over correctly '
+                     'classified images, each 3x3 block shrunk toward isotropic and scaled '
+                     '({scale}), plus the floor on the diagonal')
+SCALE_DESCRIPTIONS = {SCALE_CONFORMAL: 'conformal: its 2-sigma ellipsoid holds the nominal share '
+                                       'of the errors',
+                      SCALE_MOMENT: "the second moment's"}
+
+
 def export_bundle(checkpoint: str | Path, out: str | Path, *,
                   calibration_split: str | None = 'default', data_root: str | Path | None = None,
                   device: str = 'auto', position_floor_m: float = DEFAULT_POSITION_FLOOR_M,
                   orientation_floor_rad: float = DEFAULT_ORIENTATION_FLOOR_RAD,
-                  shrinkage: str | float = SHRINKAGE_OAS, num_workers: int = 0, onnx: bool = False,
+                  shrinkage: str | float = SHRINKAGE_OAS, covariance_scale: str = SCALE_CONFORMAL,
+                  num_workers: int = 0, onnx: bool = False,
                   opset: int = DEFAULT_OPSET, quantize: str | None = None,
                   int8_float_nodes: Sequence[str] = ()) -> tuple[Path, MetricsReport | None]:
     """Write the bundle of a checkpoint (or a run folder's latest checkpoint).
@@ -192,6 +202,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
         device: where calibration inference runs.
         shrinkage: covariance shrinkage toward isotropic per block, ``'oas'`` (estimated from
             the samples) or a number in [0, 1] (:mod:`mspr_training.calibration`).
+        covariance_scale: ``'conformal'`` (each block scaled so that its 2-sigma ellipsoid
+            holds the nominal share of the calibration errors) or ``'moment'`` (the second
+            moment's scale).
         onnx: also write the ONNX inference graph beside the bundle
             (:func:`mspr_ros.onnx_backend.onnx_path_for`) and make the bundle ask for
             onnxruntime.
@@ -245,7 +258,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
         calibration = calibrate_covariance(scene_names, predictions,
                                            position_floor_m=position_floor_m,
                                            orientation_floor_rad=orientation_floor_rad,
-                                           shrinkage=shrinkage)
+                                           shrinkage=shrinkage, scale=covariance_scale)
         covariance = calibration.covariance
         fits = fit_correlations(scene_names, predictions, walks, covariance,
                                 [s.stamp_ns for s in samples])
@@ -261,9 +274,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
             'split': split, 'test_split': cfg.data.test_split, **method,
             'position_floor_m': position_floor_m,
             'orientation_floor_rad': orientation_floor_rad,
-            'covariance_method': 'second moment of [p_gt - p_est, rotvec(R_gt R_est^T)] over '
-                                 'correctly classified images, each 3x3 block shrunk toward '
-                                 'isotropic, plus the floor on the diagonal',
+            'covariance_method': COVARIANCE_METHOD.format(scale=SCALE_DESCRIPTIONS[
+                calibration.scale_method]),
             'shrinkage_method': (shrinkage if isinstance(shrinkage, str)
                                  else f'fixed {float(shrinkage)}'),
             **calibration.summary(),
@@ -314,6 +326,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="shrinkage of each 3x3 covariance block toward isotropic: 'oas' "
                              '(default, estimated from the calibration errors) or a number in '
                              '[0, 1] (0: none); see mspr_training.calibration')
+    parser.add_argument('--covariance-scale', type=parse_scale, default=SCALE_CONFORMAL,
+                        metavar='{' + ','.join(COVARIANCE_SCALES) + '}',
+                        help="scale of each 3x3 covariance block: 'conformal' (default: its "
+                             '2-sigma ellipsoid holds the nominal 73.9 %% of the calibration '
+                             "errors) or 'moment' (the errors' second moment, which heavy-tailed "
+                             'errors make too large); see mspr_training.calibration')
     parser.add_argument('--onnx', action='store_true',
                         help='also write the inference graph as ONNX beside the bundle '
                              '(model.safetensors -> model.onnx) and make the bundle ask for '
@@ -341,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_root=args.data_root, device=args.device,
             position_floor_m=args.position_floor,
             orientation_floor_rad=math.radians(args.orientation_floor_deg),
-            shrinkage=args.covariance_shrinkage, onnx=args.onnx, opset=args.opset,
+            shrinkage=args.covariance_shrinkage, covariance_scale=args.covariance_scale,
+            onnx=args.onnx, opset=args.opset,
             quantize=args.quantize, int8_float_nodes=args.int8_float_nodes)
     except (BundleError, ConfigError, DatasetError, ckpt.CheckpointError, ValueError) as error:
         print(f'mspr-export: error: {error}', file=sys.stderr)
