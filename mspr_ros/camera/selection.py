@@ -15,6 +15,14 @@ A ``camera_info`` that states another image size than the image's does not descr
 frame is rejected in every mode but ``ignore`` (no silent guess). A camera that cannot cover the
 training field of view (``Reprojection.covers``) is used under ``auto`` with a warning and
 rejected under ``require``.
+
+``camera_info`` is another topic than the image: its message for an image can arrive after the
+image. ``wait_for`` gives it a short deadline when it is expected (image_transport's
+CameraSubscriber delivers an image only with its ``camera_info``): while none has arrived, if a
+publisher is on the topic or the mode is ``require``; and once the driver has been seen to stamp
+its ``camera_info`` like its images (an exact stamp match), for each image newer than the latest
+``camera_info``. A driver that publishes ``camera_info`` less often than images never matches a
+stamp, so its images do not wait; nor do images of a camera with no ``camera_info`` publisher.
 """
 from collections import deque
 from dataclasses import dataclass
@@ -81,17 +89,46 @@ class CameraSelection:
         self._coverage = coverage
         self._min_coverage = min_coverage
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._history: deque = deque(maxlen=HISTORY)
+        # Whether the latest pairing found a camera_info of the image's own stamp.
+        self._stamped_like_images = False
 
     def offer(self, stamp_ns: int, camera: CameraModel) -> None:
         """Remember the camera a ``camera_info`` stamped ``stamp_ns`` states."""
-        with self._lock:
+        with self._arrived:
             self._history.append((int(stamp_ns), camera))
+            self._arrived.notify_all()
+
+    def wait_for(self, stamp_ns: int, timeout_s: float, publisher: bool) -> bool:
+        """Wait up to ``timeout_s`` for the ``camera_info`` of an image when it is expected.
+
+        Args:
+            stamp_ns: the image's stamp.
+            timeout_s: the deadline (0: never wait).
+            publisher: whether a publisher is on the ``camera_info`` topic now.
+
+        Returns:
+            whether a ``camera_info`` at or after the image's stamp is here (True at once when
+            none is expected).
+        """
+        def arrived() -> bool:
+            return bool(self._history) and self._history[-1][0] >= stamp_ns
+
+        with self._arrived:
+            if self.mode == 'ignore' or arrived():
+                return True
+            expected = ((publisher or self.mode == 'require') if not self._history
+                        else self._stamped_like_images)
+            if not expected or timeout_s <= 0.0:
+                return True
+            return self._arrived.wait_for(arrived, timeout_s)
 
     def camera_at(self, stamp_ns: int) -> CameraModel | None:
         """Return the camera paired with an image stamped ``stamp_ns`` (None: none arrived)."""
         with self._lock:
             history = list(self._history)
+            self._stamped_like_images = any(entry[0] == stamp_ns for entry in history)
         if not history:
             return None
         earlier = [entry for entry in history if entry[0] <= stamp_ns]

@@ -32,6 +32,8 @@ class CameraInput:
         self._log = ThrottledLog(node.get_logger())
         self._stats = stats
         self._localizer = localizer
+        self._node = node
+        self._params = params
         # Before any camera_info arrives: what the rule says of an image now.
         stats.camera(self.selection.decide(0, 0, 0).status, False, 0)
         if localizer.training_camera is None and self.mode != 'ignore':
@@ -55,7 +57,15 @@ class CameraInput:
         self.selection.offer(stamp_to_ns(msg.header.stamp), camera)
 
     def decide(self, stamp_ns: int, width: int, height: int) -> CameraDecision:
-        """Return how the image is read, and report the camera state."""
+        """Return how the image is read, and report the camera state.
+
+        Called on the frame worker: an image whose ``camera_info`` is expected but not here yet
+        waits for it up to ``camera_info_timeout`` while the executor keeps receiving
+        (``CameraSelection.wait_for``).
+        """
+        if self.subscribes:
+            self.selection.wait_for(stamp_ns, self._params.camera_info_timeout,
+                                    self._node.count_publishers(self.topic) > 0)
         decision = self.selection.decide(stamp_ns, width, height)
         self._stats.camera(decision.status, decision.warning, self._localizer.reprojection_builds)
         return decision

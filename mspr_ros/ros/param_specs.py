@@ -89,6 +89,11 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
     ParamSpec('camera_info_topic', '', _S,
               'sensor_msgs/CameraInfo topic; empty: camera_info beside the image topic (the '
               'image_transport convention).', read_only=True),
+    ParamSpec('camera_info_timeout', 0.2, _D,
+              "How long an image waits for its camera_info when one is expected (a publisher "
+              "on the topic, camera_model require, or a driver that stamps camera_info like its "
+              "images) before it is read with the latest earlier one (s); 0 never waits.",
+              float_range=(0.0, 10.0)),
     ParamSpec('max_image_age', 1.0, _D,
               'Drop frames older than this at processing time (s, node clock); 0 disables.',
               float_range=(0.0, 3600.0)),

@@ -79,6 +79,7 @@ class NodeParams:
     image_qos: str
     camera_model: str
     camera_info_topic: str
+    camera_info_timeout: float
     max_image_age: float
     max_rate: float
     global_frame_id: str
@@ -176,6 +177,7 @@ class NodeParams:
             image_transport=values['image_transport'],
             image_qos=values['image_qos'], camera_model=values['camera_model'],
             camera_info_topic=str(values['camera_info_topic']),
+            camera_info_timeout=float(values['camera_info_timeout']),
             max_image_age=float(values['max_image_age']),
             max_rate=float(values['max_rate']), global_frame_id=values['global_frame_id'],
             odom_frame_id=values['odom_frame_id'], base_frame_id=values['base_frame_id'],
