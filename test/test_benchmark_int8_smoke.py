@@ -1,4 +1,4 @@
-"""benchmarks/int8_latency.py, int8_accuracy.py and torch_latency.py still run: --smoke JSON shapes.
+"""int8_latency.py, int8_accuracy.py and torch_latency.py still run: their --smoke JSON shapes.
 
 The helpers are those of ``test_benchmarks_smoke`` (one process per run, provenance checked).
 """

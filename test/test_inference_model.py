@@ -1,4 +1,4 @@
-"""The model rewritten for inference (mspr_ros.model.inference): same outputs, original untouched."""
+"""The model rewritten for inference (mspr_ros.model.inference): same outputs, original kept."""
 from dataclasses import replace
 
 import numpy as np
@@ -15,7 +15,7 @@ from mspr_ros.preprocess import preprocess_image
 
 
 def _model(config, seed=0):
-    """A random model whose BatchNorms are far from the identity (folding them must matter)."""
+    """Return a random model whose BatchNorms are far from the identity (folding must matter)."""
     torch.manual_seed(seed)
     model = build_model(config).eval()
     for module in model.modules():
