@@ -28,13 +28,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 # The sizes, rounds and timing loop of the back-end comparison, so the tables compare alike.
-from onnx_latency import (CALLS_PER_ROUND, CONFIGS, DEFAULT_SIZES, FRAME_SIZE, ROUNDS,
-                          timed_calls, WARMUP_CALLS)
+from onnx_latency import (CALLS_PER_ROUND, CONFIGS, DEFAULT_SIZES, FRAME_SIZE,
+                          latency_arguments, ROUNDS, timed_calls, WARMUP_CALLS)
 import torch
 from torch import nn
 from torch.profiler import profile, ProfilerActivity
 
-from common.cli import add_common_arguments, begin
+from common.cli import begin
 from common.frames import rendered_frames
 from common.models import parameter_count
 from common.results import save_results
@@ -154,12 +154,7 @@ def print_row(size: str, result: Dict[str, Any]) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    add_common_arguments(parser)
-    parser.add_argument('--sizes', nargs='+', choices=sorted(CONFIGS), default=None,
-                        help='model sizes (default: demo paper; tiny with --smoke)')
-    parser.add_argument('--seed', type=int, default=0, help='model initialisation seed')
-    return parser.parse_args(argv)
+    return latency_arguments(__doc__.split('\n')[0], onnx=False).parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
