@@ -35,7 +35,9 @@ _MOMENT_SCALE = (
     "Measured before the conformal covariance scale: each covariance block then had the second "
     "moment's size (`mspr-export --covariance-scale moment`), so its coverage figures are that "
     "scale's; `uncertainty.scale.json` below measures both scales side by side on the same "
-    'trained models. Its accuracy and training-time figures stand.')
+    'trained models. Its jitter also counted the pairs of frames across the pause between two '
+    'walks of the recording, where the estimate relocalizes (no longer counted). Its accuracy and '
+    'training-time figures stand.')
 # (results file, full commit of its run) -> what the file cannot say about itself.
 NOTES = {
     ('accuracy.json', 'a14a6418c7723c23c395b6e134c3ea4379ed6bf9'): (
