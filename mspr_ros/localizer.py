@@ -197,7 +197,7 @@ class Localizer:
         if self._session is None:
             # Batch-norm folded, decoder attention without copies, channels-last convolutions:
             # the bundle's outputs to rounding, in less time (mspr_ros.model.inference).
-            self._model = inference_model(build_model_from_bundle(bundle).to(self._device))
+            self._model = inference_model(build_model_from_bundle(bundle)).to(self._device)
         self._graph: CudaGraphForward | None = None
         if cuda_graphs:
             obstacle = cuda_graph_obstacle(self._device, self._backend)
@@ -300,7 +300,7 @@ class Localizer:
         With the onnxruntime back-end it is built on first use; inference never uses it.
         """
         if self._model is None:
-            self._model = inference_model(build_model_from_bundle(self._bundle).to(self._device))
+            self._model = inference_model(build_model_from_bundle(self._bundle)).to(self._device)
         return self._model
 
     def warmup(self, n: int = 2) -> None:
