@@ -96,9 +96,10 @@ BUDGETS = {
 }
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def parse_args(argv: Optional[Sequence[str]] = None,
+               description: str = __doc__.split('\n')[0]) -> argparse.Namespace:
+    """Parse the command line (also ``int8_accuracy.py``'s: one recipe, both worlds, a seed)."""
+    parser = argparse.ArgumentParser(description=description)
     add_common_arguments(parser)
     parser.add_argument('--config', default='synth_demo', help='recipe (default synth_demo)')
     parser.add_argument('--world-seeds', type=int, nargs='+', default=[0, 1])

@@ -35,7 +35,9 @@ _MOMENT_SCALE = (
     "Measured before the conformal covariance scale: each covariance block then had the second "
     "moment's size (`mspr-export --covariance-scale moment`), so its coverage figures are that "
     "scale's; `uncertainty.scale.json` below measures both scales side by side on the same "
-    'trained models. Its accuracy and training-time figures stand.')
+    'trained models. Its jitter also counted the pairs of frames across the pause between two '
+    'walks of the recording, where the estimate relocalizes (no longer counted). Its accuracy and '
+    'training-time figures stand.')
 # (results file, full commit of its run) -> what the file cannot say about itself.
 NOTES = {
     ('accuracy.json', 'a14a6418c7723c23c395b6e134c3ea4379ed6bf9'): (
@@ -172,6 +174,8 @@ def renderers() -> Dict[str, Callable[[], str]]:
         'int8-accuracy': from_file(('int8_accuracy.json', 'int8_accuracy.quick.json'),
                                    'python benchmarks/int8_accuracy.py --world-seeds 0 1',
                                    training.int8_accuracy),
+        'torch-latency': from_file(('torch_latency.json', 'torch_latency.quick.json'),
+                                   'python benchmarks/torch_latency.py', speed.torch_latency),
         'int8-latency': from_file(('int8_latency.json', 'int8_latency.quick.json'),
                                   'python benchmarks/int8_latency.py', speed.int8_latency),
         'gpu-latency': from_file(('gpu_latency.json', 'gpu_latency.quick.json'),

@@ -26,9 +26,9 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from camera import BUDGETS, overrides, rendered_world
+from camera import overrides, parse_args as camera_arguments, rendered_world
 
-from common import add_common_arguments, begin, default_out, run_mode, WORK_DIR, write_results
+from common import begin, default_out, WORK_DIR, write_results
 from common.results import fresh_run_dir
 from mspr_ros.bundle import load_bundle
 from mspr_training.config import load_config
@@ -43,16 +43,8 @@ VARIANTS = ('float', 'int8')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    add_common_arguments(parser)
-    parser.add_argument('--config', default='synth_demo', help='recipe (default synth_demo)')
-    parser.add_argument('--world-seeds', type=int, nargs='+', default=[0, 1])
-    parser.add_argument('--seed', type=int, default=0, help='training seed (default 0)')
-    parser.add_argument('--device', default='cpu')
-    args = parser.parse_args(argv)
-    args.budget = BUDGETS[run_mode(args)]
-    return args
+    """Parse the command line (``camera.py``'s: the same recipe, worlds and budgets)."""
+    return camera_arguments(argv, __doc__.split('\n')[0])
 
 
 def trained_run(cfg: Any, world: Path, run_dir: Path, shared_cache: Path) -> float:

@@ -30,18 +30,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 # The sizes, rounds and timing loop of the float comparison, so the two tables compare alike.
-from onnx_latency import (CALLS_PER_ROUND, CONFIGS, DEFAULT_SIZES, FRAME_SIZE, ROUNDS,
-                          timed_calls, WARMUP_CALLS)
+from onnx_latency import (CALLS_PER_ROUND, CONFIGS, DEFAULT_SIZES, FRAME_SIZE,
+                          latency_arguments, ROUNDS, timed_calls, WARMUP_CALLS)
 import onnxruntime
 import torch
 
-from common.cli import add_common_arguments, begin
+from common.cli import begin
 from common.frames import rendered_frames
 from common.models import parameter_count
 from common.results import save_results, WORK_DIR
 from common.stats import summarise
 from mspr_ros.model.ms_transformer import build_model
-from mspr_ros.onnx_backend import DEFAULT_OPSET, export_onnx, OnnxSession
+from mspr_ros.onnx_backend import export_onnx, OnnxSession
 from mspr_ros.preprocess import preprocess_image
 from mspr_training.config import load_config
 from mspr_training.quantize import int8_kernels, quantize_int8
@@ -115,14 +115,7 @@ def print_row(size: str, result: Dict[str, Any]) -> None:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    add_common_arguments(parser)
-    parser.add_argument('--sizes', nargs='+', choices=sorted(CONFIGS), default=None,
-                        help='model sizes (default: demo paper; tiny with --smoke)')
-    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
-                        help=f'ONNX opset of the exported graphs (default {DEFAULT_OPSET})')
-    parser.add_argument('--seed', type=int, default=0, help='model initialisation seed')
-    return parser.parse_args(argv)
+    return latency_arguments(__doc__.split('\n')[0], onnx=True).parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

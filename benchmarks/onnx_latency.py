@@ -126,16 +126,25 @@ def print_row(size: str, result: Dict[str, Any]) -> None:
           f"(goal <= {GOAL_RATIO}: {result['goal_met']})  max |diff| {worst:.1e}", flush=True)
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def latency_arguments(description: str, onnx: bool) -> argparse.ArgumentParser:
+    """Return the command line of the batch-1 latency benchmarks (this one, int8, torch).
+
+    ``--sizes`` and ``--seed``, and ``--opset`` when the benchmark exports ONNX graphs.
+    """
+    parser = argparse.ArgumentParser(description=description)
     add_common_arguments(parser)
     parser.add_argument('--sizes', nargs='+', choices=sorted(CONFIGS), default=None,
                         help='model sizes (default: demo paper; tiny with --smoke)')
-    parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
-                        help=f'ONNX opset of the exported graphs (default {DEFAULT_OPSET})')
+    if onnx:
+        parser.add_argument('--opset', type=int, default=DEFAULT_OPSET,
+                            help=f'ONNX opset of the exported graphs (default {DEFAULT_OPSET})')
     parser.add_argument('--seed', type=int, default=0, help='model initialisation seed')
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse the command line."""
+    return latency_arguments(__doc__.split('\n')[0], onnx=True).parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -32,6 +32,11 @@ shows what the held-out recipe loses); per-frame and fused 2-sigma coverage with
 nominal for position and rotation; fused jitter at most 0.2 of per-frame; fused p95 not above
 per-frame.
 
+``--replay-from RESULTS.json`` trains nothing: it replays the bundles that run exported (they
+must still be in the work folder) through today's bag evaluator and fusion, and writes the
+file again with new replays and goals; the training, export and per-frame evaluation figures are
+the source run's, and the file says so (``replayed_from``: the source file and its commit).
+
 Sizes: ``--smoke`` seconds (figures mean nothing), ``--quick`` one training seed at 20 epochs
 (~30 min on 2 CPU cores for two worlds), default three seeds at the recipe's 30 epochs.
 
@@ -39,6 +44,7 @@ Usage: ``python benchmarks/uncertainty.py [--quick | --smoke] [--world-seeds 0 1
 """
 import argparse
 from dataclasses import dataclass, replace
+import json
 from pathlib import Path
 import sys
 import time
@@ -102,6 +108,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="cross-fitting's data.calibration_folds (default: the recipe's)")
     parser.add_argument('--crossfit-only', action='store_true',
                         help='train only the cross-fitted recipe (e.g. to compare --folds)')
+    parser.add_argument('--replay-from', type=Path, metavar='RESULTS_JSON',
+                        help="replay the bundles of that run's results again (no training)")
     parser.add_argument('--covariance-scales', type=parse_scale, nargs='+',
                         default=list(COVARIANCE_SCALES),
                         help='mspr-export --covariance-scale of each cross-fitted bundle, the '
@@ -224,10 +232,45 @@ def goals(runs: List[Dict[str, Any]], world: int) -> Dict[str, Any]:
     }
 
 
+def replay_again(source_path: Path, out: Optional[Path], machine, notes: List[str]) -> int:
+    """Replay the bundles of an earlier run with today's code; write its figures anew."""
+    source = json.loads(source_path.read_text())
+    settings, runs = source['settings'], source['results']['runs']
+    node_parameters = settings.get('node_parameters', {})
+    recorded = settings['budget']
+    budget = Budget(**{**recorded, 'image_size': tuple(recorded['image_size']),
+                       'seeds': tuple(recorded['seeds'])})
+    worlds = {seed: rendered_world(budget, seed) for seed in settings['world_seeds']}
+    for run in runs:
+        print(f"world {run['world_seed']} seed {run['seed']}: replaying", flush=True)
+        scales = run['crossfit'].get('scales') or {'': run['crossfit']}
+        run['replays'] = {scale: replay(exported['bundle'], worlds[run['world_seed']],
+                                        settings['device'], node_parameters)
+                          for scale, exported in scales.items()}
+        run['replay'] = next(iter(run['replays'].values()))
+    commit = source['provenance']['git']['commit']
+    settings = {**settings, 'replayed_from': {'file': source_path.name, 'commit': commit}}
+    summary = {str(world): goals(runs, world) for world in settings['world_seeds']}
+    notes = notes + [f'replays only: the models were trained, exported and evaluated by the run '
+                     f'of {source_path.name} (commit {str(commit)[:7]}); its replays were run '
+                     'again with this commit\'s bag evaluator and fusion'] + [
+        note for note in source.get('notes', []) if note.startswith('partial')]
+    path = write_results(out or source_path, NAME, source['mode'], machine, settings=settings,
+                         results={'goals': summary, 'runs': runs,
+                                  'runs_planned': source['results'].get('runs_planned')},
+                         notes=notes)
+    for world, verdicts in summary.items():
+        print(f'world {world}: {verdicts}')
+    print(f'\nwrote {path}')
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
     mode, machine, notes = begin(args)
+    if args.replay_from is not None:
+        return replay_again(args.replay_from, args.out, machine, notes)
     budget = args.budget
     # The node's defaults, except in a smoke run: its one-epoch model is rarely confident of a
     # scene, and the replay must still run the fusion for the smoke test to check it.

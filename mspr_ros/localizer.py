@@ -28,6 +28,7 @@ from mspr_ros.camera.reprojection import Reprojection, ReprojectionCache
 from mspr_ros.cuda_graph import autocast, cuda_graph_obstacle, CudaGraphForward
 from mspr_ros.device import resolve_device, supports_bf16
 from mspr_ros.geometry.quaternions import canonical_quaternion
+from mspr_ros.model.inference import inference_model
 from mspr_ros.onnx_backend import bundle_session, OnnxSession
 from mspr_ros.precision import check_precision, resolve_precision
 from mspr_ros.preprocess import preprocess_batch, validate_rgb_image
@@ -194,7 +195,9 @@ class Localizer:
             LOGGER.warning(warning)
         self._autocast_dtype = AUTOCAST_DTYPES[self._precision]
         if self._session is None:
-            self._model = build_model_from_bundle(bundle).to(self._device).eval()
+            # Batch-norm folded, decoder attention without copies, channels-last convolutions:
+            # the bundle's outputs to rounding, in less time (mspr_ros.model.inference).
+            self._model = inference_model(build_model_from_bundle(bundle)).to(self._device)
         self._graph: CudaGraphForward | None = None
         if cuda_graphs:
             obstacle = cuda_graph_obstacle(self._device, self._backend)
@@ -297,7 +300,7 @@ class Localizer:
         With the onnxruntime back-end it is built on first use; inference never uses it.
         """
         if self._model is None:
-            self._model = build_model_from_bundle(self._bundle).to(self._device).eval()
+            self._model = inference_model(build_model_from_bundle(self._bundle)).to(self._device)
         return self._model
 
     def warmup(self, n: int = 2) -> None:

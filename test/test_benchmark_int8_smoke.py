@@ -1,4 +1,4 @@
-"""benchmarks/int8_latency.py still runs: its ``--smoke`` mode writes JSON of the expected shape.
+"""int8_latency.py, int8_accuracy.py and torch_latency.py still run: their --smoke JSON shapes.
 
 The helpers are those of ``test_benchmarks_smoke`` (one process per run, provenance checked).
 """
@@ -46,3 +46,26 @@ def test_int8_accuracy_smoke(tmp_path):
                                    for v in goal['coverage_change_points'].values()))
     text = rendered(tmp_path, document, 'int8_accuracy.json', 'int8-accuracy')
     assert '| 0 | int8 / float |' in text
+
+
+@pytest.mark.slow
+def test_torch_latency_smoke(tmp_path):
+    """Issue 27: today's torch path and each inference rewrite side by side, with a profile."""
+    document = run_smoke('torch_latency', tmp_path)
+    settings, results = document['settings'], document['results']
+    assert settings['sizes'] == ['tiny']
+    tiny = results['tiny']
+    calls = settings['rounds'] * settings['calls_per_round']
+    assert list(tiny['ms']) == ['today', 'fold_bn', 'attention', 'channels_last']
+    for name, timing in tiny['ms'].items():
+        assert_summary(timing, calls)
+        assert tiny['ratio_p50'][name] == pytest.approx(
+            timing['p50'] / tiny['ms']['today']['p50'])
+        # Every variant computes the same outputs as today's path.
+        assert tiny['max_abs_difference'][name] < 1e-4
+    assert tiny['goal_met'] == (tiny['ratio_p50']['channels_last'] <= 0.72)
+    for name in ('today', 'channels_last'):
+        shares = [op['share'] for op in tiny['profile'][name]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-9
+    text = rendered(tmp_path, document, 'torch_latency.json', 'torch-latency')
+    assert '+ BatchNorm folded' in text and 'Where the time goes' in text

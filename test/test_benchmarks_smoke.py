@@ -396,3 +396,14 @@ def test_uncertainty_smoke(tmp_path):
     assert 'Per frame vs fused on the recordings' in text
     assert 'cross-fitted (every walk trained), second-moment scale' in text
     assert 'learned (bundle), conformal scale' in text
+    # --replay-from replays the same bundles again, trains nothing, and says where they came from.
+    first = document
+    document = run_smoke('uncertainty', tmp_path, '--replay-from',
+                         str(tmp_path / 'uncertainty.json'))
+    (again,) = document['results']['runs']
+    assert again['crossfit'] == first['results']['runs'][0]['crossfit']
+    assert set(again['replays']) == {'conformal', 'moment'}
+    assert document['settings']['replayed_from'] == {
+        'file': 'uncertainty.json', 'commit': first['provenance']['git']['commit']}
+    assert any(note.startswith('replays only') for note in document['notes'])
+    assert 'replays run again' in rendered(tmp_path, document, 'uncertainty.json', 'uncertainty')

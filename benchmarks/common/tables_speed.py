@@ -200,6 +200,46 @@ def int8_latency(source: Source) -> str:
                            'nodes kept in float'], rows)])
 
 
+#: How the torch_latency table names each variant (each one adds to the one before).
+TORCH_VARIANTS = {'today': 'today (the model as built)', 'fold_bn': '+ BatchNorm folded',
+                  'attention': '+ decoder attention without copies',
+                  'channels_last': '+ channels-last convolutions (what the Localizer runs)'}
+
+
+def torch_latency(source: Source) -> str:
+    """Torch eager at batch 1: today's path and each inference rewrite, then where time goes."""
+    s = source.settings
+    rows, goals, profile_rows = [], [], []
+    for size in s.get('sizes', []):
+        r = source.results[size]
+        label = model_label(r.get('model'), size) if r.get('model') else size
+        for name, title in TORCH_VARIANTS.items():
+            if name not in r['ms']:
+                continue
+            rows.append([label, title, f"{num(r['ms'][name]['p50'], 1)} / "
+                         f"{num(r['ms'][name]['p95'], 1)} ms",
+                         num(r['ratio_p50'][name], 2),
+                         f"{r['max_abs_difference'][name]:.1e}"])
+        goals.append(f"{size}: {num(r['ratio_p50']['channels_last'], 2)} of today "
+                     f"({verdict(r['goal_met'])}, goal <= {r['goal_ratio']})")
+        for name, operators in r.get('profile', {}).items():
+            for rank, op in enumerate(operators[:5]):
+                variant = TORCH_VARIANTS[name].split(' (')[0]
+                profile_rows.append([size if rank == 0 else '', variant if rank == 0 else '',
+                                     op['operator'], pct(op['share'], 0),
+                                     num(op['ms_per_forward'], 1),
+                                     num(op['calls_per_forward'], 0)])
+    calls = f"{s.get('rounds')} rounds x {s.get('calls_per_round')} calls per variant"
+    return '\n'.join([
+        caption(source), '', f'_{calls}, interleaved; batch 1, fp32, random weights._', '',
+        table(['model', 'variant', 'p50 / p95', 'p50 / today', 'largest output difference '
+               'to today'], rows), '', 'Goal (the paper model): ' + '; '.join(goals) + '.', '',
+        f"Where the time goes (self CPU time per forward, {s.get('profiled_calls')} profiled "
+        'calls, top 5 operators):', '',
+        table(['model', 'variant', 'operator', 'share', 'ms per forward', 'calls per forward'],
+              profile_rows)])
+
+
 def gpu_latency(source: Source) -> str:
     """Localizer per precision and with CUDA graphs."""
     rows = []

@@ -234,7 +234,11 @@ def uncertainty(source: Source) -> str:
                                        for k, v in s.get('recipes', {}).items())],
         ['replay', f"the cross-fitted bundle on a rosbag2 recording of the test walks at "
                    f"{budget.get('bag_rate_hz')} Hz with drifting wheel odometry, through "
-                   "`mspr-bag-eval`'s offline replay of the node's pose stream"]]), '',
+                   "`mspr-bag-eval`'s offline replay of the node's pose stream"]]
+        + ([['replayed', f"replays run again at this commit; training, export and per-frame "
+                         f"evaluation are those of `{s['replayed_from']['file']}` at "
+                         f"`{str(s['replayed_from']['commit'])[:7]}`"]]
+           if s.get('replayed_from') else [])), '',
         'Accuracy on the test walks (mean ± standard deviation over training seeds) and '
         'training time:', '',
         table(['world', 'recipe', 'seeds', 'median position', 'median orientation',

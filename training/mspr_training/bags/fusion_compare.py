@@ -25,6 +25,10 @@ from mspr_training.metrics import (_block_coverage, NOMINAL_COVERAGE_3D, orienta
 #: Where the compared estimates come from (the block's ``source``).
 REPLAYED = 'replay'
 LIVE = 'node'
+#: A pause between frames longer than this many median frame intervals splits the stream
+#: (:func:`continuous_pairs`), and never one shorter than ``MIN_GAP_S``.
+GAP_INTERVALS = 5.0
+MIN_GAP_S = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,23 +55,41 @@ def in_compared_frame(T_map_base: Transform, covariance, T_base_child: Transform
     return pose, covariance_at_offset(covariance, pose.translation - T_map_base.translation)
 
 
-def jitter_rms(positions, orientations, gt_positions, gt_orientations) -> tuple[float, float]:
+def continuous_pairs(stamps_ns) -> np.ndarray:
+    """Return, for each pair of consecutive frames, whether the stream ran on between them.
+
+    A pause longer than ``GAP_INTERVALS`` median frame intervals (and than ``MIN_GAP_S``) splits
+    the stream: the recording stopped, or another walk begins (``mspr-synth`` leaves 1 s between
+    walks, whose poses jump from one place or scene to another). What an estimate does across
+    such a pause is a relocalization, not jitter.
+    """
+    steps = np.diff(np.asarray(stamps_ns, dtype=np.int64)) / 1e9
+    if not steps.size:
+        return np.zeros(0, dtype=bool)
+    return steps <= max(MIN_GAP_S, GAP_INTERVALS * float(np.median(steps)))
+
+
+def jitter_rms(positions, orientations, gt_positions, gt_orientations,
+               continuous=None) -> tuple[float, float]:
     """Return the RMS frame-to-frame jitter (m, deg) of estimates against the truth.
 
     Over consecutive frames k, k+1: position ``||(p_est[k+1] - p_est[k]) - (p_gt[k+1] -
     p_gt[k])||``; orientation the angle of ``E[k+1] E[k]^-1`` with ``E = R_est R_gt^-1`` (the
     estimated change of rotation with the true change undone). A constant offset has none.
-    NaN for fewer than two frames.
+    ``continuous`` (one bool per pair, :func:`continuous_pairs`) leaves out the pairs across a
+    pause; None counts every pair. NaN without a pair.
     """
-    if len(positions) < 2:
+    pairs = np.ones(max(len(positions) - 1, 0), dtype=bool) if continuous is None else \
+        np.asarray(continuous, dtype=bool)
+    if len(positions) < 2 or not pairs.any():
         return math.nan, math.nan
     moved = np.diff(np.asarray(positions, float), axis=0) - np.diff(
         np.asarray(gt_positions, float), axis=0)
     error = (Rotation.from_quat(orientations)
              * Rotation.from_quat(gt_orientations).inv()).as_quat()
     turned = orientation_errors_deg(error[1:], error[:-1])
-    return (float(np.sqrt(np.mean(np.sum(moved ** 2, axis=1)))),
-            float(np.sqrt(np.mean(turned ** 2))))
+    return (float(np.sqrt(np.mean(np.sum(moved[pairs] ** 2, axis=1)))),
+            float(np.sqrt(np.mean(turned[pairs] ** 2))))
 
 
 def coverage_2sigma(positions, orientations, gt_positions, gt_orientations,
@@ -89,18 +111,29 @@ def coverage_2sigma(positions, orientations, gt_positions, gt_orientations,
             'rotation': _block_coverage(errors[:, 3:], covariances[:, 3:, 3:]).inside[2]}
 
 
-def series_row(series: PoseSeries, gt_positions, gt_orientations) -> dict[str, Any]:
-    """Return the comparison row of one estimate: errors, jitter and 2-sigma coverages."""
+def series_row(series: PoseSeries, gt_positions, gt_orientations,
+               stamps_ns=None) -> dict[str, Any]:
+    """Return the comparison row of one estimate: errors, jitter and 2-sigma coverages.
+
+    ``stamps_ns``: the frames' stamps; the jitter then leaves out pairs across a pause
+    (:func:`continuous_pairs`), and the row says how many pairs it counted.
+    """
     position = position_errors(series.positions, gt_positions)
     orientation = orientation_errors_deg(series.orientations, gt_orientations)
-    jitter = jitter_rms(series.positions, series.orientations, gt_positions, gt_orientations)
+    continuous = None if stamps_ns is None else continuous_pairs(stamps_ns)
+    jitter = jitter_rms(series.positions, series.orientations, gt_positions, gt_orientations,
+                        continuous)
     coverage = coverage_2sigma(series.positions, series.orientations, gt_positions,
                                gt_orientations, series.covariances)
     nominal = NOMINAL_COVERAGE_3D[2]
     return {'frames': int(position.size),
             'position_m': _median_p95(position),
             'orientation_deg': _median_p95(orientation),
-            'jitter': {'position_m': jitter[0], 'orientation_deg': jitter[1]},
+            'jitter': {'position_m': jitter[0], 'orientation_deg': jitter[1],
+                       'pairs': int(max(position.size - 1, 0) if continuous is None
+                                    else np.count_nonzero(continuous)),
+                       'pairs_across_pauses': 0 if continuous is None
+                       else int(continuous.size - np.count_nonzero(continuous))},
             'coverage_2sigma': coverage,
             'coverage_minus_nominal_points': {key: 100 * (value - nominal)
                                               for key, value in coverage.items()}}
@@ -145,16 +178,17 @@ def correlation_summary(mode: str, time_s: float, models: Mapping[str, ErrorCorr
 
 def fusion_comparison(gt_positions, gt_orientations, per_frame: PoseSeries, fused: PoseSeries,
                       *, source: str, compared_frame: str, config, correlation: dict,
-                      rejected: Mapping[str, int]) -> dict[str, Any]:
+                      rejected: Mapping[str, int], stamps_ns=None) -> dict[str, Any]:
     """Return the report's per-frame vs fused block: both rows and fused/per-frame ratios.
 
     ``source``: ``REPLAYED`` (the node's stream replayed offline) or ``LIVE`` (the node's own
-    outputs); ``rejected``: reason -> frames the node did not publish.
+    outputs); ``rejected``: reason -> frames the node did not publish; ``stamps_ns``: the
+    frames' stamps (the jitter of both rows then counts no pair across a pause).
     """
     gt_p = np.asarray(gt_positions, float).reshape(-1, 3)
     gt_q = np.asarray(gt_orientations, float).reshape(-1, 4)
-    first = series_row(per_frame, gt_p, gt_q)
-    second = series_row(fused, gt_p, gt_q)
+    first = series_row(per_frame, gt_p, gt_q, stamps_ns)
+    second = series_row(fused, gt_p, gt_q, stamps_ns)
     return {'source': source, 'compared_frame': compared_frame, 'config': config_dict(config),
             'error_correlation': correlation,
             'per_frame': first, 'fused': second,
@@ -195,7 +229,7 @@ def node_comparison(truth: Mapping[int, tuple], per_frame: Mapping[int, tuple],
         [truth[s][0] for s in stamps], [truth[s][1] for s in stamps],
         _on_stamps(stamps, truth, per_frame), _on_stamps(stamps, truth, fused), source=LIVE,
         compared_frame=compared_frame, config=config, correlation=correlation,
-        rejected=rejected)
+        rejected=rejected, stamps_ns=stamps)
     if updates is None:
         block['pose_update'] = {'available': False}
         return block
@@ -204,7 +238,7 @@ def node_comparison(truth: Mapping[int, tuple], per_frame: Mapping[int, tuple],
     block['pose_update'] = {
         'available': True, 'messages': int(messages), 'per_frame_messages': len(per_frame),
         'row': series_row(_on_stamps(matched, truth, poses), [truth[s][0] for s in matched],
-                          [truth[s][1] for s in matched]) if matched else None}
+                          [truth[s][1] for s in matched], matched) if matched else None}
     return block
 
 
@@ -290,7 +324,17 @@ def fusion_markdown(comparison: Mapping[str, Any]) -> list[str]:
         f'(position), {ratios["jitter_orientation_deg"]:.2f} (orientation). Nominal 2σ coverage '
         f'of a 3-D Gaussian: {100 * comparison["nominal_coverage_2sigma_3d"]:.1f} %; the rotation '
         'error is rotvec(R_gt R_est^T) under the covariance\'s rotation block. Jitter is the RMS '
-        'over consecutive compared frames of the estimated change minus the true change.', '']
+        'over consecutive compared frames of the estimated change minus the true change'
+        + _pauses(comparison['per_frame']['jitter']) + '.', '']
+
+
+def _pauses(jitter: Mapping[str, Any]) -> str:
+    """Return how many frame pairs the jitter left out, as the end of a sentence."""
+    skipped = jitter.get('pairs_across_pauses', 0)
+    if not skipped:
+        return ''
+    return (f' ({jitter["pairs"]} pairs; {skipped} pairs across a pause in the recording, '
+            'where another walk begins, are left out)')
 
 
 def pose_update_sentence(update: Mapping[str, Any]) -> str:

@@ -220,4 +220,5 @@ def fused_block(records, gt, transforms, localizer, alignments, parameters,
     return fusion_comparison(
         gt_p, gt_q, replay.per_frame, replay.fused, source=REPLAYED,
         compared_frame=compared_frame, config=config,
-        correlation=correlation_report(parameters, bundle), rejected=replay.rejected), []
+        correlation=correlation_report(parameters, bundle), rejected=replay.rejected,
+        stamps_ns=[records[i].stamp_ns for i in replay.frames]), []
