@@ -1,11 +1,11 @@
 """Single-image and batched relocalisation from a weights bundle (ROS-free).
 
-Two inference back-ends run the same graph: torch (eager, the bundle's tensors) and onnxruntime
-(the ONNX graph ``mspr-export --onnx`` writes beside the bundle, :mod:`mspr_ros.onnx_backend`).
-``backend='auto'`` takes the one the bundle asks for (torch when it asks for none).
-With torch, ``precision`` 'fp16' or 'bf16' runs the model under autocast
-(:mod:`mspr_ros.precision` says where each runs), and ``cuda_graphs`` replays single images from
-a captured CUDA graph (:mod:`mspr_ros.cuda_graph`); batches of several images run eagerly.
+Two inference back-ends run the same graph: torch (eager, the bundle's model rewritten for
+inference by :mod:`mspr_ros.model.inference`) and onnxruntime (the ONNX graph ``mspr-export
+--onnx`` writes, :mod:`mspr_ros.onnx_backend`); ``backend='auto'`` takes the one the bundle asks
+for (torch when it asks for none). With torch, ``precision`` 'fp16' or 'bf16' runs the model
+under autocast (:mod:`mspr_ros.precision`), and ``cuda_graphs`` replays single images from a
+captured CUDA graph (:mod:`mspr_ros.cuda_graph`); batches of several images run eagerly.
 
 Any camera: given the :class:`~mspr_ros.camera.model.CameraModel` an image was taken with, the
 image is reprojected into the camera the network was trained with (the bundle's
@@ -195,8 +195,6 @@ class Localizer:
             LOGGER.warning(warning)
         self._autocast_dtype = AUTOCAST_DTYPES[self._precision]
         if self._session is None:
-            # Batch-norm folded, decoder attention without copies, channels-last convolutions:
-            # the bundle's outputs to rounding, in less time (mspr_ros.model.inference).
             self._model = inference_model(build_model_from_bundle(bundle)).to(self._device)
         self._graph: CudaGraphForward | None = None
         if cuda_graphs:
@@ -295,10 +293,7 @@ class Localizer:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The torch model in eval mode on :attr:`device` (for diagnostics).
-
-        With the onnxruntime back-end it is built on first use; inference never uses it.
-        """
+        """The torch model it runs on :attr:`device` (onnxruntime: built when first asked)."""
         if self._model is None:
             self._model = inference_model(build_model_from_bundle(self._bundle)).to(self._device)
         return self._model
