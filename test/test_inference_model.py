@@ -1,17 +1,13 @@
 """The model rewritten for inference (mspr_ros.model.inference): same outputs, original kept."""
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from mspr_ros.bundle import save_bundle
-from mspr_ros.localizer import Localizer
 from mspr_ros.model.chunked_attention import MemoryEfficientAttention
 from mspr_ros.model.inference import fold_batch_norms, inference_model
 from mspr_ros.model.ms_transformer import build_model
-from mspr_ros.preprocess import preprocess_image
 
 
 def _model(config, seed=0):
@@ -81,19 +77,3 @@ def test_folding_needs_running_statistics():
         fold_batch_norms(trunk)
     assert fold_batch_norms(trunk.eval()) == 1
     assert isinstance(trunk[1], nn.Identity)
-
-
-def test_the_localizer_runs_the_rewritten_model(tiny_model_config, tmp_path):
-    model = _model(replace(tiny_model_config, backbone_weights=None))
-    path = save_bundle(tmp_path / 'model.safetensors', model, model.config, ['a', 'b', 'c'])
-    localizer = Localizer.from_file(path, device='cpu')
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in localizer.model.modules())
-    rgb = np.random.default_rng(0).integers(0, 255, (120, 160, 3), dtype=np.uint8)
-    # The same answer as the bundle's model run as built, image after image.
-    plain = build_model(model.config).eval()
-    plain.load_state_dict(model.state_dict())
-    for _ in range(2):
-        result = localizer.localize(rgb)
-        with torch.inference_mode():
-            expected = plain(preprocess_image(rgb, localizer.bundle.preprocessing)[None])
-        np.testing.assert_allclose(result.position, expected['position'][0].numpy(), atol=1e-4)

@@ -95,7 +95,10 @@ def test_gradients_reach_every_trainable_parameter():
     loss.backward()
     without = [name for name, p in model.named_parameters()
                if p.grad is None or not p.grad.abs().sum() > 0]
-    assert without == [f'transformer_{b}.decoder.layers.0.norm1.weight' for b in ('t', 'rot')]
+    # scene_embed's bias adds one constant to every scene's logit, which log_softmax removes: its
+    # gradient is zero in exact arithmetic, and rounding leaves it zero or not by the CPU.
+    assert [name for name in without if name != 'scene_embed.bias'] == [
+        f'transformer_{b}.decoder.layers.0.norm1.weight' for b in ('t', 'rot')]
 
 
 def test_ground_truth_scene_selects_the_row_and_default_is_argmax():

@@ -203,7 +203,7 @@ def int8_latency(source: Source) -> str:
 #: How the torch_latency table names each variant (each one adds to the one before).
 TORCH_VARIANTS = {'today': 'today (the model as built)', 'fold_bn': '+ BatchNorm folded',
                   'attention': '+ decoder attention without copies',
-                  'channels_last': '+ channels-last convolutions (what the Localizer runs)'}
+                  'channels_last': '+ channels-last convolutions (inference_model)'}
 
 
 def torch_latency(source: Source) -> str:
