@@ -98,18 +98,18 @@ def test_an_image_waits_for_its_own_camera_info_once_the_driver_stamps_them_alik
     rule = selection('auto')
     # Nothing yet but a publisher on the topic: the first image waits for its camera_info.
     timer = _offer_later(rule, 100, WIDE, 0.05)
-    assert rule.wait_for(100, 5.0, publisher=True)
+    assert rule.wait_for(100, 5.0, publisher=lambda: True)
     assert rule.decide(100, 400, 300).camera == WIDE
     timer.join()
     # The driver stamps camera_info like its images: a newer image waits for its own.
     for stamp, camera in ((200, OTHER), (300, WIDE), (400, OTHER)):
         timer = _offer_later(rule, stamp, camera, 0.05)
-        assert rule.wait_for(stamp, 5.0, publisher=True)
+        assert rule.wait_for(stamp, 5.0, publisher=lambda: True)
         assert rule.decide(stamp, 400, 300).camera == camera
         timer.join()
     # One that never comes costs the deadline, then the image takes the latest one.
     started = time.monotonic()
-    assert not rule.wait_for(500, 0.2, publisher=True)
+    assert not rule.wait_for(500, 0.2, publisher=lambda: True)
     assert time.monotonic() - started >= 0.19
     assert rule.decide(500, 400, 300).camera == OTHER
 
@@ -118,22 +118,22 @@ def test_images_do_not_wait_when_no_camera_info_is_expected():
     # No publisher on the topic under auto: a camera without camera_info is not slowed down.
     rule = selection('auto')
     started = time.monotonic()
-    assert rule.wait_for(100, 5.0, publisher=False)
+    assert rule.wait_for(100, 5.0, publisher=lambda: False)
     # A driver that publishes camera_info less often than images never matches a stamp.
     rule.offer(50, WIDE)
     assert rule.decide(100, 400, 300).camera == WIDE
-    assert rule.wait_for(200, 5.0, publisher=True)
+    assert rule.wait_for(200, 5.0, publisher=lambda: True)
     assert time.monotonic() - started < 1.0
     # ignore never reads camera_info.
-    assert selection('ignore').wait_for(100, 5.0, publisher=True)
+    assert selection('ignore').wait_for(100, 5.0, publisher=lambda: True)
 
 
 def test_require_waits_for_the_first_camera_info_even_before_a_publisher_is_seen():
     rule = selection('require')
     started = time.monotonic()
-    assert not rule.wait_for(100, 0.1, publisher=False)
+    assert not rule.wait_for(100, 0.1, publisher=lambda: False)
     assert time.monotonic() - started >= 0.09
     timer = _offer_later(rule, 200, WIDE, 0.05)
-    assert rule.wait_for(200, 5.0, publisher=False)
+    assert rule.wait_for(200, 5.0, publisher=lambda: False)
     assert rule.decide(200, 400, 300).camera == WIDE
     timer.join()

@@ -100,13 +100,14 @@ class CameraSelection:
             self._history.append((int(stamp_ns), camera))
             self._arrived.notify_all()
 
-    def wait_for(self, stamp_ns: int, timeout_s: float, publisher: bool) -> bool:
+    def wait_for(self, stamp_ns: int, timeout_s: float, publisher: Callable[[], bool]) -> bool:
         """Wait up to ``timeout_s`` for the ``camera_info`` of an image when it is expected.
 
         Args:
             stamp_ns: the image's stamp.
             timeout_s: the deadline (0: never wait).
-            publisher: whether a publisher is on the ``camera_info`` topic now.
+            publisher: returns whether a publisher is on the ``camera_info`` topic now (asked
+                only while no ``camera_info`` has arrived).
 
         Returns:
             whether a ``camera_info`` at or after the image's stamp is here (True at once when
@@ -118,7 +119,7 @@ class CameraSelection:
         with self._arrived:
             if self.mode == 'ignore' or arrived():
                 return True
-            expected = ((publisher or self.mode == 'require') if not self._history
+            expected = ((self.mode == 'require' or publisher()) if not self._history
                         else self._stamped_like_images)
             if not expected or timeout_s <= 0.0:
                 return True

@@ -5,6 +5,9 @@ auto, require, ignore); this module converts the messages, feeds it, and reports
 ``/diagnostics`` (key ``camera``). The reprojection of a camera is built once by the localizer
 (``Localizer.reprojection``) the first time a frame needs it, then reused for every frame.
 """
+import math
+import time
+
 from sensor_msgs.msg import CameraInfo
 
 from mspr_ros.camera.reprojection import MIN_COVERAGE
@@ -12,6 +15,9 @@ from mspr_ros.camera.selection import CameraDecision, CameraSelection
 from mspr_ros.camera.topics import camera_info_topic
 from mspr_ros.ros.conversions import camera_from_info, stamp_to_ns
 from mspr_ros.ros.logs import ThrottledLog
+
+#: How often an image without camera_info asks whether a publisher is on the topic (s).
+PUBLISHER_CHECK_PERIOD_S = 1.0
 
 
 class CameraInput:
@@ -34,12 +40,25 @@ class CameraInput:
         self._localizer = localizer
         self._node = node
         self._params = params
+        self._publisher, self._publisher_checked = False, -math.inf
         # Before any camera_info arrives: what the rule says of an image now.
         stats.camera(self.selection.decide(0, 0, 0).status, False, 0)
         if localizer.training_camera is None and self.mode != 'ignore':
             node.get_logger().warning(f'cannot check the camera of the images: '
                                       f'{localizer.training_camera_problem}; they are resized '
                                       'and cropped as they come')
+
+    def _publisher_seen(self) -> bool:
+        """Return whether a publisher is on the topic, asking the ROS graph at most once a second.
+
+        Asked for every frame, the graph query slowed the node down (measured: a burst of frames
+        without camera_info left one frame in the fusion window where it holds several).
+        """
+        now = time.monotonic()
+        if now - self._publisher_checked >= PUBLISHER_CHECK_PERIOD_S:
+            self._publisher_checked = now
+            self._publisher = self._node.count_publishers(self.topic) > 0
+        return self._publisher
 
     @property
     def subscribes(self) -> bool:
@@ -65,7 +84,7 @@ class CameraInput:
         """
         if self.subscribes:
             self.selection.wait_for(stamp_ns, self._params.camera_info_timeout,
-                                    self._node.count_publishers(self.topic) > 0)
+                                    self._publisher_seen)
         decision = self.selection.decide(stamp_ns, width, height)
         self._stats.camera(decision.status, decision.warning, self._localizer.reprojection_builds)
         return decision
