@@ -101,11 +101,3 @@ def inference_model(model: nn.Module) -> nn.Module:
     fold_batch_norms(fast)
     use_memory_efficient_attention(fast)
     return fast.to(memory_format=torch.channels_last)
-
-
-@torch.no_grad()
-def largest_difference(model: nn.Module, other: nn.Module, images: torch.Tensor) -> float:
-    """Return the largest absolute difference of the pose and scene outputs of two models."""
-    first, second = model.eval()(images), other.eval()(images)
-    return max(float((first[key].float() - second[key].float()).abs().max())
-               for key in ('position', 'orientation', 'scene_log_probs'))
