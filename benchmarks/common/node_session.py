@@ -80,19 +80,23 @@ def stage_means_of_measured(before: Dict[str, str], after: Dict[str, str],
                             measured: int) -> Tuple[Dict[str, float], int]:
     """Return the node's stage means over the measured frames and how many frames they cover.
 
-    The node reports means over its last ``LATENCY_WINDOW`` frames. When warm-up and measured
-    frames fit in that window, the warm-up part is subtracted out exactly; otherwise the last
-    window is reported as is.
+    The node reports means over the last ``LATENCY_WINDOW`` of its timed frames (those that
+    went through every stage; a warm-up frame rejected part-way, say for want of TF, is
+    processed but not timed). When the timed warm-up and measured frames fit in that window,
+    the warm-up part is subtracted out exactly; otherwise the last window is reported as is.
+
+    Raises:
+        RuntimeError: the node processed or timed other frames than the measured ones.
     """
-    done_before = int(before['frames processed'])
-    done_after = int(after['frames processed'])
+    done_before, done_after = int(before['frames processed']), int(after['frames processed'])
+    timed_before, timed_after = int(before['frames timed']), int(after['frames timed'])
     means_before, means_after = stage_means(before), stage_means(after)
-    if done_after != done_before + measured:
-        raise RuntimeError(f'the node processed {done_after - done_before} frames while '
-                           f'{measured} were measured')
-    if done_after > LATENCY_WINDOW:
-        return means_after, min(done_after, LATENCY_WINDOW)
-    return {stage: (means_after[stage] * done_after - means_before[stage] * done_before)
+    if done_after != done_before + measured or timed_after != timed_before + measured:
+        raise RuntimeError(f'the node processed {done_after - done_before} frames and timed '
+                           f'{timed_after - timed_before} while {measured} were measured')
+    if timed_after > LATENCY_WINDOW:
+        return means_after, LATENCY_WINDOW
+    return {stage: (means_after[stage] * timed_after - means_before[stage] * timed_before)
             / measured for stage in means_after}, measured
 
 

@@ -9,7 +9,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 import threading
 import time
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Deque, Dict, List, Mapping, Optional, Tuple
 
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
@@ -96,6 +96,8 @@ class StatsSnapshot:
     camera: str = ''
     camera_warning: bool = False
     camera_builds: int = 0
+    # Frames that went through every stage (their times are in ``latency``).
+    timed: int = 0
 
 
 @dataclass
@@ -126,6 +128,7 @@ class LocalizationStats:
         with self._lock:
             self._received = 0
             self._processed = 0
+            self._timed = 0
             self._published = 0
             self._superseded = 0
             self._input_rate = RateMeter()
@@ -165,10 +168,19 @@ class LocalizationStats:
         with self._lock:
             self._processed += 1
 
-    def stage_time(self, stage: str, milliseconds: float) -> None:
-        """Record the duration of one pipeline stage (one of ``STAGES``)."""
+    def frame_timed(self, milliseconds: Mapping[str, float]) -> None:
+        """Record the stage durations (ms, one per ``STAGES``) of one frame that gave a pose.
+
+        Recorded together, under one lock, so that every stage's window holds the same frames
+        (the stages add up to 'total') and ``timed`` counts them: frames rejected part-way
+        count as processed but not as timed.
+        """
+        if set(milliseconds) != set(STAGES):
+            raise ValueError(f'stage times for {sorted(milliseconds)}, expected {list(STAGES)}')
         with self._lock:
-            self._latency[stage].append(float(milliseconds))
+            self._timed += 1
+            for stage, value in milliseconds.items():
+                self._latency[stage].append(float(value))
 
     def rejected(self, reason: str, detail: str = '') -> None:
         """Count a frame that produced no pose, by reason; ``detail`` says why in words."""
@@ -246,7 +258,7 @@ class LocalizationStats:
             localized = (self._last_accept_time is not None
                          and now - self._last_accept_time <= LOCALIZED_TIMEOUT_S)
             return StatsSnapshot(
-                received=self._received, processed=self._processed,
+                received=self._received, processed=self._processed, timed=self._timed,
                 published=self._published, superseded=self._superseded,
                 input_rate_hz=self._input_rate.rate(now),
                 output_rate_hz=self._output_rate.rate(now), latency=latency,
@@ -355,6 +367,7 @@ def build_status(info: NodeInfo, stats: StatsSnapshot, relocalizing: bool = Fals
         ('scene confidence', f'{stats.scene_confidence:.3f}'),
         ('frames received', str(stats.received)),
         ('frames processed', str(stats.processed)),
+        ('frames timed', str(stats.timed)),
         ('poses published', str(stats.published)),
         ('frames superseded', str(stats.superseded)),
     ]
