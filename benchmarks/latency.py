@@ -80,7 +80,9 @@ class NodeFigures:
         node_stages_frames: how many frames those means cover (the measured ones when the
             node's diagnostics window holds them all, else its last window).
         outside_worker_ms: node mean minus the worker's total: DDS both ways, (de)serialisation
-            and executor hand-offs.
+            and executor hand-offs. ``~/pose`` leaves inside the publish stage, just before the
+            worker stops its clock, so on a loaded machine (the worker preempted after the
+            send) this can come out slightly negative.
         pose_stream_share: the pose_stream stage (gates, and the fusion when on) over the node's
             mean round trip.
     """

@@ -5,12 +5,12 @@ BatchNorm statistics drawn away from the identity, so that folding them is not a
 at batch 1 on one preprocessed rendered frame, under ``torch.inference_mode()``, in these
 variants, each built on the one before (``mspr_ros.model.inference``):
 
-- ``today``: the model as built, what the Localizer runs (kept as the baseline,
-  as ``train_speed.py`` keeps its own);
+- ``today``: the model as built, what the Localizer ran when issue 27 was filed (kept as the
+  baseline, as ``train_speed.py`` keeps its own);
 - ``fold_bn``: every BatchNorm folded into its convolution;
 - ``attention``: and the decoder's attention without the copies of ``nn.MultiheadAttention``;
 - ``channels_last``: and the convolutions in channels-last memory format: ``inference_model``,
-  not yet the Localizer's path (see benchmarks/README.md).
+  the Localizer's torch path (see benchmarks/README.md).
 
 All with ``--threads`` intra-op threads, interleaved round by round (the order rotating), so load
 changes on a shared machine hit every variant alike. Reported per size: p50/p95 of each variant,

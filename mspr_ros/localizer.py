@@ -1,11 +1,11 @@
 """Single-image and batched relocalisation from a weights bundle (ROS-free).
 
-Two inference back-ends run the same graph: torch (eager, the bundle's tensors) and onnxruntime
-(the ONNX graph ``mspr-export --onnx`` writes beside the bundle, :mod:`mspr_ros.onnx_backend`).
-``backend='auto'`` takes the one the bundle asks for (torch when it asks for none).
-With torch, ``precision`` 'fp16' or 'bf16' runs the model under autocast
-(:mod:`mspr_ros.precision` says where each runs), and ``cuda_graphs`` replays single images from
-a captured CUDA graph (:mod:`mspr_ros.cuda_graph`); batches of several images run eagerly.
+Two inference back-ends run the same graph: torch (eager, the bundle's model rewritten for
+inference by :mod:`mspr_ros.model.inference`) and onnxruntime (the ONNX graph ``mspr-export
+--onnx`` writes, :mod:`mspr_ros.onnx_backend`); ``backend='auto'`` takes the one the bundle asks
+for (torch when it asks for none). With torch, ``precision`` 'fp16' or 'bf16' runs the model
+under autocast (:mod:`mspr_ros.precision`), and ``cuda_graphs`` replays single images from a
+captured CUDA graph (:mod:`mspr_ros.cuda_graph`); batches of several images run eagerly.
 
 Any camera: given the :class:`~mspr_ros.camera.model.CameraModel` an image was taken with, the
 image is reprojected into the camera the network was trained with (the bundle's
@@ -28,6 +28,7 @@ from mspr_ros.camera.reprojection import Reprojection, ReprojectionCache
 from mspr_ros.cuda_graph import autocast, cuda_graph_obstacle, CudaGraphForward
 from mspr_ros.device import resolve_device, supports_bf16
 from mspr_ros.geometry.quaternions import canonical_quaternion
+from mspr_ros.model.inference import inference_model
 from mspr_ros.onnx_backend import bundle_session, OnnxSession
 from mspr_ros.precision import check_precision, resolve_precision
 from mspr_ros.preprocess import preprocess_batch, validate_rgb_image
@@ -194,7 +195,7 @@ class Localizer:
             LOGGER.warning(warning)
         self._autocast_dtype = AUTOCAST_DTYPES[self._precision]
         if self._session is None:
-            self._model = build_model_from_bundle(bundle).to(self._device).eval()
+            self._model = inference_model(build_model_from_bundle(bundle)).to(self._device)
         self._graph: CudaGraphForward | None = None
         if cuda_graphs:
             obstacle = cuda_graph_obstacle(self._device, self._backend)
@@ -292,9 +293,9 @@ class Localizer:
 
     @property
     def model(self) -> torch.nn.Module:
-        """The torch model in eval mode on :attr:`device` (onnxruntime: built when asked)."""
+        """The torch model it runs on :attr:`device` (onnxruntime: built when first asked)."""
         if self._model is None:
-            self._model = build_model_from_bundle(self._bundle).to(self._device).eval()
+            self._model = inference_model(build_model_from_bundle(self._bundle)).to(self._device)
         return self._model
 
     def warmup(self, n: int = 2) -> None:

@@ -120,8 +120,11 @@ def test_latency_smoke(tmp_path):
                                               'pose_stream', 'publish'))
         assert stages['total'] >= parts - 0.05
         assert node['node_stages_frames'] == 3
-        # The round trip contains the worker's whole processing of the frame.
-        assert node['node_ms']['mean'] >= stages['total'] - 0.05
+        # The round trip contains the worker's processing up to its publish stage: ~/pose is
+        # sent in that stage, so the client can have it while the worker (preempted after the
+        # send on a loaded machine) has yet to stop its clock. Catches stage means over other
+        # frames than the measured ones (rejected warm-up frames once inflated them by 10 ms).
+        assert node['node_ms']['mean'] >= stages['total'] - stages['publish'] - 0.05
         assert node['outside_worker_ms'] == pytest.approx(
             node['node_ms']['mean'] - stages['total'])
         assert node['pose_stream_share'] == pytest.approx(
