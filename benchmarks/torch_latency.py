@@ -9,6 +9,8 @@ variants, each built on the one before (``mspr_ros.model.inference``):
   baseline, as ``train_speed.py`` keeps its own);
 - ``fold_bn``: every BatchNorm folded into its convolution;
 - ``attention``: and the decoder's attention without the copies of ``nn.MultiheadAttention``;
+- ``cross_attention``: and the decoder's cross-attention without projecting the image tokens to
+  keys and values (``FewQueryCrossAttention``: the scene queries are few);
 - ``channels_last``: and the convolutions in channels-last memory format: ``inference_model``,
   the Localizer's torch path (see benchmarks/README.md).
 
@@ -16,7 +18,11 @@ All with ``--threads`` intra-op threads, interleaved round by round (the order r
 changes on a shared machine hit every variant alike. Reported per size: p50/p95 of each variant,
 its ratio to ``today`` (goal of issue 27: at most 0.72 on the paper model), the largest output
 difference to ``today``, and where each of ``today`` and ``channels_last`` spends its time (the
-operators with the most self CPU time over a few profiled calls).
+operators with the most self CPU time over a few profiled calls). And the arithmetic: FLOPs per
+forward of ``today`` and of ``channels_last`` (``common/arithmetic.py``), this CPU's rate on a
+large float32 matrix product measured in the same run, and the time the rewritten model's
+arithmetic would take at that rate, over today's: the floor below which no float32
+implementation of the same arithmetic goes on this machine.
 
 Usage: ``python benchmarks/torch_latency.py [--quick | --smoke] [--threads N] [--sizes ...]``
 """
@@ -34,12 +40,14 @@ import torch
 from torch import nn
 from torch.profiler import profile, ProfilerActivity
 
+from common.arithmetic import forward_flops, matmul_gflops
 from common.cli import begin
 from common.frames import rendered_frames
 from common.models import parameter_count
 from common.results import save_results
 from common.stats import summarise
 from mspr_ros.model.inference import (fold_batch_norms, inference_model,
+                                      use_few_query_cross_attention,
                                       use_memory_efficient_attention)
 from mspr_ros.model.ms_transformer import build_model
 from mspr_ros.preprocess import preprocess_image
@@ -64,10 +72,17 @@ def _attention(model: nn.Module) -> nn.Module:
     return rewritten
 
 
+def _cross_attention(model: nn.Module) -> nn.Module:
+    rewritten = _attention(model)
+    use_few_query_cross_attention(rewritten)
+    return rewritten
+
+
 VARIANTS: Dict[str, Callable[[nn.Module], nn.Module]] = {
     'today': lambda model: model,
     'fold_bn': _folded,
     'attention': _attention,
+    'cross_attention': _cross_attention,
     'channels_last': inference_model,
 }
 PROFILED = ('today', 'channels_last')
@@ -130,6 +145,9 @@ def measure_size(size: str, frame: np.ndarray, mode: str, seed: int) -> Dict[str
             samples[name].extend(timed_calls(calls[name], CALLS_PER_ROUND[mode]))
     timings = {name: summarise(values) for name, values in samples.items()}
     ratios = {name: timing.p50 / timings['today'].p50 for name, timing in timings.items()}
+    flops = {name: forward_flops(variants[name], images) for name in PROFILED}
+    rate = matmul_gflops()
+    floor_ms = flops['channels_last'] / (rate * 1e9) * 1e3
     return {
         'config': CONFIGS[size], 'crop': preprocessing.crop,
         'parameters': parameter_count(model),
@@ -139,6 +157,9 @@ def measure_size(size: str, frame: np.ndarray, mode: str, seed: int) -> Dict[str
                       for name, timing in timings.items()},
         'max_abs_difference': difference,
         'profile': profiles,
+        'arithmetic': {'gflop_per_forward': {name: value / 1e9 for name, value in flops.items()},
+                       'matmul_gflop_s': rate, 'floor_ms': floor_ms,
+                       'floor_ratio': floor_ms / timings['today'].p50},
         'goal_ratio': GOAL_RATIO, 'goal_met': ratios['channels_last'] <= GOAL_RATIO,
     }
 
@@ -150,6 +171,12 @@ def print_row(size: str, result: Dict[str, Any]) -> None:
     print(f"{size:6s} {result['parameters'] / 1e6:6.1f} M  {cells}  goal <= {GOAL_RATIO}: "
           f"{result['goal_met']}  max |diff| "
           f"{max(result['max_abs_difference'].values()):.1e}", flush=True)
+    arithmetic = result['arithmetic']
+    flops = arithmetic['gflop_per_forward']
+    print(f"{'':6s} {flops['today']:.2f} -> {flops['channels_last']:.2f} GFLOP per forward; at "
+          f"{arithmetic['matmul_gflop_s']:.0f} GFLOP/s (float32 matmul here) the rewritten "
+          f"model's arithmetic takes {arithmetic['floor_ms']:.1f} ms, "
+          f"{arithmetic['floor_ratio']:.2f} of today", flush=True)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

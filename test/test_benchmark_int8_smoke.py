@@ -56,7 +56,8 @@ def test_torch_latency_smoke(tmp_path):
     assert settings['sizes'] == ['tiny']
     tiny = results['tiny']
     calls = settings['rounds'] * settings['calls_per_round']
-    assert list(tiny['ms']) == ['today', 'fold_bn', 'attention', 'channels_last']
+    assert list(tiny['ms']) == ['today', 'fold_bn', 'attention', 'cross_attention',
+                                'channels_last']
     for name, timing in tiny['ms'].items():
         assert_summary(timing, calls)
         assert tiny['ratio_p50'][name] == pytest.approx(
@@ -64,8 +65,18 @@ def test_torch_latency_smoke(tmp_path):
         # Every variant computes the same outputs as today's path.
         assert tiny['max_abs_difference'][name] < 1e-4
     assert tiny['goal_met'] == (tiny['ratio_p50']['channels_last'] <= 0.72)
+    arithmetic = tiny['arithmetic']
+    flops = arithmetic['gflop_per_forward']
+    # The tiny model's 3 scene queries x 4 heads are fewer than its width of 32: the rewrite
+    # does less arithmetic (its cross-attention projects no tokens).
+    assert 0 < flops['channels_last'] < flops['today']
+    assert arithmetic['floor_ms'] == pytest.approx(
+        flops['channels_last'] / arithmetic['matmul_gflop_s'] * 1e3)
+    assert arithmetic['floor_ratio'] == pytest.approx(
+        arithmetic['floor_ms'] / tiny['ms']['today']['p50'])
     for name in ('today', 'channels_last'):
         shares = [op['share'] for op in tiny['profile'][name]]
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0 + 1e-9
     text = rendered(tmp_path, document, 'torch_latency.json', 'torch-latency')
     assert '+ BatchNorm folded' in text and 'Where the time goes' in text
+    assert 'GFLOP per forward today' in text

@@ -1,4 +1,5 @@
 """The model rewritten for inference (mspr_ros.model.inference): same outputs, original kept."""
+import copy
 from dataclasses import replace
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from torch import nn
 
 from mspr_ros.model.chunked_attention import MemoryEfficientAttention
-from mspr_ros.model.inference import fold_batch_norms, inference_model
+from mspr_ros.model.inference import FewQueryCrossAttention, fold_batch_norms, inference_model
 from mspr_ros.model.ms_transformer import build_model
 
 
@@ -77,3 +78,51 @@ def test_folding_needs_running_statistics():
         fold_batch_norms(trunk)
     assert fold_batch_norms(trunk.eval()) == 1
     assert isinstance(trunk[1], nn.Identity)
+
+
+def _attention_pair(d_model=32, heads=4, seed=0):
+    """Return a plain nn.MultiheadAttention with non-zero biases and its FewQuery copy."""
+    torch.manual_seed(seed)
+    plain = nn.MultiheadAttention(d_model, heads, dropout=0.1).eval()
+    with torch.no_grad():
+        plain.in_proj_bias.uniform_(-0.5, 0.5)
+        plain.out_proj.bias.uniform_(-0.5, 0.5)
+    few = copy.deepcopy(plain)
+    few.__class__ = FewQueryCrossAttention
+    return plain, few
+
+
+@pytest.mark.parametrize('batch', [1, 2])
+def test_cross_attention_of_few_queries_equals_the_projected_tokens(batch):
+    plain, few = _attention_pair()
+    queries = torch.randn(3, batch, 32)
+    tokens = torch.randn(50, batch, 32)
+    keys = tokens + torch.randn(50, batch, 32)  # positions added to keys only, as the decoder
+    assert few.reassociates(queries.shape[0])  # 3 queries x 4 heads < 32: the cheaper order
+    with torch.inference_mode():
+        expected = plain(queries, keys, tokens, need_weights=False)[0]
+        actual, weights = few(queries, keys, tokens, need_weights=False)
+    assert weights is None
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_many_queries_or_training_take_the_projected_order():
+    plain, few = _attention_pair()
+    assert not few.reassociates(8)  # 8 x 4 heads = 32: projecting the tokens is no dearer
+    queries, tokens = torch.randn(8, 1, 32), torch.randn(20, 1, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(few(queries, tokens, tokens, need_weights=False)[0],
+                                   plain(queries, tokens, tokens, need_weights=False)[0])
+    few.train()
+    assert not few.reassociates(3)
+
+
+def test_every_decoder_cross_attention_runs_with_few_queries(config):
+    fast = inference_model(_model(config))
+    layers = [layer for branch in (fast.transformer_t, fast.transformer_rot)
+              for layer in branch.decoder.layers]
+    assert layers and all(isinstance(layer.cross_attn, FewQueryCrossAttention)
+                          and layer.cross_attn.reassociates(config.num_scenes)
+                          for layer in layers)
+    # Self-attention (encoder and among the queries) keeps the projected order.
+    assert not any(isinstance(layer.self_attn, FewQueryCrossAttention) for layer in layers)

@@ -203,13 +203,14 @@ def int8_latency(source: Source) -> str:
 #: How the torch_latency table names each variant (each one adds to the one before).
 TORCH_VARIANTS = {'today': 'today (the model as built)', 'fold_bn': '+ BatchNorm folded',
                   'attention': '+ decoder attention without copies',
+                  'cross_attention': '+ cross-attention without projecting the tokens',
                   'channels_last': '+ channels-last convolutions (inference_model)'}
 
 
 def torch_latency(source: Source) -> str:
     """Torch eager at batch 1: today's path and each inference rewrite, then where time goes."""
     s = source.settings
-    rows, goals, profile_rows = [], [], []
+    rows, goals, floors, profile_rows = [], [], [], []
     for size in s.get('sizes', []):
         r = source.results[size]
         label = model_label(r.get('model'), size) if r.get('model') else size
@@ -222,6 +223,14 @@ def torch_latency(source: Source) -> str:
                          f"{r['max_abs_difference'][name]:.1e}"])
         goals.append(f"{size}: {num(r['ratio_p50']['channels_last'], 2)} of today "
                      f"({verdict(r['goal_met'])}, goal <= {r['goal_ratio']})")
+        arithmetic = r.get('arithmetic')
+        if arithmetic:
+            flops = arithmetic['gflop_per_forward']
+            floors.append(f"{size}: {num(flops['today'], 2)} GFLOP per forward today, "
+                          f"{num(flops['channels_last'], 2)} rewritten; at "
+                          f"{num(arithmetic['matmul_gflop_s'], 0)} GFLOP/s that arithmetic "
+                          f"alone takes {num(arithmetic['floor_ms'], 1)} ms, "
+                          f"{num(arithmetic['floor_ratio'], 2)} of today")
         for name, operators in r.get('profile', {}).items():
             for rank, op in enumerate(operators[:5]):
                 variant = TORCH_VARIANTS[name].split(' (')[0]
@@ -234,6 +243,9 @@ def torch_latency(source: Source) -> str:
         caption(source), '', f'_{calls}, interleaved; batch 1, fp32, random weights._', '',
         table(['model', 'variant', 'p50 / p95', 'p50 / today', 'largest output difference '
                'to today'], rows), '', 'Goal (the paper model): ' + '; '.join(goals) + '.', '',
+        *(['Arithmetic (matrix products, convolutions and attention kernels; the rate is a '
+           '1024 x 1024 float32 matrix product on this machine, the best case of any float32 '
+           'kernel): ' + '; '.join(floors) + '.', ''] if floors else []),
         f"Where the time goes (self CPU time per forward, {s.get('profiled_calls')} profiled "
         'calls, top 5 operators):', '',
         table(['model', 'variant', 'operator', 'share', 'ms per forward', 'calls per forward'],

@@ -15,6 +15,14 @@ the libraries' best, and in work around them that inference does not need:
   :class:`~mspr_ros.model.chunked_attention.MemoryEfficientAttention` (a subclass with the same
   parameters and math, whose inference path hands strided views to
   ``scaled_dot_product_attention``).
+- **Keys and values of the decoder's cross-attention.** A handful of scene queries attend to
+  the image's N tokens, and each layer projected all N tokens to keys and values (``2 N d^2``
+  multiply-adds per layer: 103 M for the paper model's 784 orientation tokens, where its queries
+  need 5 M). :class:`FewQueryCrossAttention` moves the key projection onto the queries
+  (``q . W_k t = (W_k^T q) . t``; the key bias adds one constant to every score of a query, which
+  the softmax removes) and applies the value projection after the attention-weighted sum of the
+  tokens (the weights sum to one, so the value bias passes through unchanged). Taken only while
+  queries x heads is below the model width, where it is the cheaper order.
 - **Memory format.** The convolutions' weights are stored channels-last (NHWC), so oneDNN (and
   cuDNN) run the trunk in that layout without reordering each map, and a projected map read as
   tokens (``flatten(2).permute(2, 0, 1)``) is already token-major.
@@ -28,9 +36,11 @@ import copy
 
 import torch
 from torch import nn
+import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from mspr_ros.model.chunked_attention import MemoryEfficientAttention
+from mspr_ros.model.transformer import DecoderLayer
 
 
 # Convolutions whose forward is the plain convolution with their weight and bias (timm's
@@ -92,6 +102,59 @@ def use_memory_efficient_attention(module: nn.Module) -> int:
     return changed
 
 
+class FewQueryCrossAttention(MemoryEfficientAttention):
+    """Cross-attention of few queries to many tokens, without projecting the tokens.
+
+    Same parameters and, to float rounding, the same outputs as the module it replaces, in eval
+    mode; in training, or with as many queries x heads as the model is wide, it runs the
+    parent's forward. See the module docstring for the algebra.
+    """
+
+    def reassociates(self, queries: int) -> bool:
+        """Return whether ``queries`` queries take this class's order (eval, fewer than width)."""
+        return not self.training and queries * self.num_heads < self.embed_dim
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                key_padding_mask=None, need_weights: bool = True, attn_mask=None,
+                average_attn_weights: bool = True, is_causal: bool = False):
+        """Return ``(output S x B x d, None)`` for queries ``S x B x d``, tokens ``N x B x d``."""
+        queries, batch, d_model = query.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        if (not self.reassociates(queries) or need_weights or key_padding_mask is not None
+                or attn_mask is not None or is_causal):
+            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                   average_attn_weights, is_causal)
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        q = F.linear(query, weight[:d_model], bias[:d_model]) * head_dim ** -0.5
+        w_key = weight[d_model:2 * d_model].view(heads, head_dim, d_model)
+        w_value = weight[2 * d_model:].view(heads, head_dim, d_model)
+        # Each query and head as a vector in token space: B x H*S x d.
+        probe = torch.einsum('sbhe,hed->bhsd', q.view(queries, batch, heads, head_dim), w_key)
+        scores = torch.matmul(probe.reshape(batch, heads * queries, d_model),
+                              key.permute(1, 2, 0))  # B x H*S x N
+        mixed = torch.matmul(torch.softmax(scores, dim=-1), value.transpose(0, 1))
+        attended = torch.einsum('bhsd,hed->sbhe', mixed.view(batch, heads, queries, d_model),
+                                w_value)
+        attended = attended.reshape(queries, batch, d_model) + bias[2 * d_model:]
+        return self.out_proj(attended), None
+
+
+def use_few_query_cross_attention(module: nn.Module) -> int:
+    """Run the cross-attention of every decoder layer as FewQueryCrossAttention; return how many.
+
+    Decoder attention modules must already be MemoryEfficientAttention (or plain sequence-first
+    ``nn.MultiheadAttention`` with one in-projection); the class changes, the parameters stay.
+    """
+    changed = 0
+    for layer in module.modules():
+        attention = getattr(layer, 'cross_attn', None)
+        if isinstance(layer, DecoderLayer) and isinstance(attention, nn.MultiheadAttention) \
+                and not attention.batch_first and attention._qkv_same_embed_dim:
+            attention.__class__ = FewQueryCrossAttention
+            changed += 1
+    return changed
+
+
 def inference_model(model: nn.Module) -> nn.Module:
     """Return an eval-mode copy of ``model`` rewritten for inference (see the module docstring).
 
@@ -100,4 +163,5 @@ def inference_model(model: nn.Module) -> nn.Module:
     fast = copy.deepcopy(model).eval().requires_grad_(False)
     fold_batch_norms(fast)
     use_memory_efficient_attention(fast)
+    use_few_query_cross_attention(fast)
     return fast.to(memory_format=torch.channels_last)
