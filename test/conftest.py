@@ -5,6 +5,7 @@ Other packages' tests (node, training) rely on ``tiny_bundle_path``: keep names 
 import logging
 from pathlib import Path
 import random
+import sys
 from typing import Dict, Iterator, Tuple
 
 import numpy as np
@@ -99,3 +100,17 @@ def isolated_torch():
     torch.set_rng_state(saved[5])
     np.random.set_state(saved[6])
     random.setstate(saved[7])
+
+
+@pytest.fixture(scope='module')
+def benchmarks_on_path() -> Iterator[Path]:
+    """Put benchmarks/ on ``sys.path`` for one test module; yield the folder.
+
+    The benchmarks import ``common`` by path, as ``python benchmarks/x.py`` runs them.
+    """
+    folder = Path(__file__).resolve().parents[1] / 'benchmarks'
+    sys.path.insert(0, str(folder))
+    try:
+        yield folder
+    finally:
+        sys.path.remove(str(folder))

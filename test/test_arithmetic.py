@@ -1,7 +1,5 @@
 """benchmarks/common/arithmetic.py: the FLOPs a forward does, attention kernels included."""
 import copy
-from pathlib import Path
-import sys
 
 import pytest
 import torch
@@ -9,18 +7,12 @@ from torch import nn
 
 from mspr_ros.model.inference import FewQueryCrossAttention
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
-
 
 @pytest.fixture(scope='module')
-def arithmetic():
-    """Return benchmarks/common/arithmetic.py (the benchmarks import ``common`` by path)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from common import arithmetic as module
-        yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def arithmetic(benchmarks_on_path):
+    """Return benchmarks/common/arithmetic.py."""
+    from common import arithmetic as module
+    return module
 
 
 class CrossAttention(nn.Module):

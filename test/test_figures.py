@@ -25,14 +25,10 @@ TARGETS = (BENCHMARKS / 'README.md', REPO / 'README.md')
 
 
 @pytest.fixture(scope='module')
-def figures():
-    """Return benchmarks/figures.py as a module (the benchmarks import ``common`` by path)."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import figures as module
-        yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def figures(benchmarks_on_path):
+    """Return benchmarks/figures.py as a module."""
+    import figures as module
+    return module
 
 
 @pytest.fixture
