@@ -97,14 +97,21 @@ BUDGETS = {
 
 
 def parse_args(argv: Optional[Sequence[str]] = None,
-               description: str = __doc__.split('\n')[0]) -> argparse.Namespace:
-    """Parse the command line (also ``int8_accuracy.py``'s: one recipe, both worlds, a seed)."""
+               description: str = __doc__.split('\n')[0],
+               more: Optional[Callable[[argparse.ArgumentParser], None]] = None
+               ) -> argparse.Namespace:
+    """Parse the command line (also ``int8_accuracy.py``'s: one recipe, both worlds, a seed).
+
+    ``more`` adds a caller's own arguments to the parser.
+    """
     parser = argparse.ArgumentParser(description=description)
     add_common_arguments(parser)
     parser.add_argument('--config', default='synth_demo', help='recipe (default synth_demo)')
     parser.add_argument('--world-seeds', type=int, nargs='+', default=[0, 1])
     parser.add_argument('--seed', type=int, default=0, help='training seed (default 0)')
     parser.add_argument('--device', default='cpu')
+    if more is not None:
+        more(parser)
     args = parser.parse_args(argv)
     args.budget = BUDGETS[run_mode(args)]
     return args

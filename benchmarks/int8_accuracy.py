@@ -19,8 +19,14 @@ scene medians) and coverage within 5 points.
 
 Sizes: ``--smoke`` seconds (figures mean nothing), ``--quick`` 20 epochs, default the recipe's
 30 epochs. Usage: ``python benchmarks/int8_accuracy.py [--quick | --smoke] [--world-seeds 0 1]``
+
+``--models-from RESULTS.json`` skips the training: the runs an earlier results file of this
+benchmark trained (same recipe, budget, worlds and seed) are exported and evaluated again with
+this commit's export (e.g. another int8 calibration); the results name that file, its commit and
+its training times.
 """
 import argparse
+import json
 from pathlib import Path
 import sys
 import time
@@ -34,6 +40,7 @@ from mspr_ros.bundle import load_bundle
 from mspr_training.config import load_config
 from mspr_training.evaluate import evaluate_bundle
 from mspr_training.export import export_bundle
+from mspr_training.plain_json import jsonable
 from mspr_training.train import train
 
 NAME = 'int8_accuracy'
@@ -44,7 +51,36 @@ VARIANTS = ('float', 'int8')
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse the command line (``camera.py``'s: the same recipe, worlds and budgets)."""
-    return camera_arguments(argv, __doc__.split('\n')[0])
+    def models_from(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument('--models-from', type=Path, metavar='RESULTS_JSON',
+                            help='evaluate the runs this earlier results file trained '
+                                 'instead of training (module docstring)')
+    return camera_arguments(argv, __doc__.split('\n')[0], models_from)
+
+
+def earlier_runs(path: Path, settings: Dict[str, Any]) -> Dict[int, Dict[str, Any]]:
+    """Return world seed -> {run_dir, train_seconds} of an earlier run with these settings.
+
+    Raises:
+        ValueError: the file is another benchmark's, or trained with other settings, or a run
+            folder it names is gone.
+    """
+    source = json.loads(Path(path).read_text())
+    if source.get('benchmark') != NAME:
+        raise ValueError(f'{path} holds {source.get("benchmark")!r} results, not {NAME!r}')
+    for key in ('budget', 'config', 'seed', 'overrides'):
+        if source['settings'].get(key) != jsonable(settings[key]):
+            raise ValueError(f'{path} trained with {key} {source["settings"].get(key)!r}, this '
+                             f'run asks for {jsonable(settings[key])!r}')
+    runs = {}
+    for world in source['results']['worlds']:
+        run_dir = Path(world['variants']['float']['bundle']).parent
+        if not (run_dir / 'config.yaml').is_file():
+            raise ValueError(f'{path}: the run folder {run_dir} of world {world["world_seed"]} '
+                             'is gone')
+        runs[world['world_seed']] = {'run_dir': run_dir, 'train_seconds': world['train_seconds'],
+                                     'commit': source['provenance']['git']['commit']}
+    return runs
 
 
 def trained_run(cfg: Any, world: Path, run_dir: Path, shared_cache: Path) -> float:
@@ -104,13 +140,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 'overrides': overrides(budget, args.seed, args.device),
                 'covariance': 'not refitted for int8 (module docstring)',
                 'error_goal': ERROR_GOAL, 'coverage_goal_points': COVERAGE_GOAL_POINTS}
+    earlier = {} if args.models_from is None else earlier_runs(args.models_from, settings)
+    if args.models_from is not None:
+        missing = sorted(set(args.world_seeds) - set(earlier))
+        if missing:
+            raise SystemExit(f'{args.models_from} trained no model for world(s) {missing}')
+        commit = str(next(iter(earlier.values()))['commit'])
+        settings['models_from'] = {'file': args.models_from.name, 'commit': commit}
+        notes.append(f'models trained by the run of {args.models_from.name} (commit '
+                     f'{commit[:7]}; training times are that run\'s), exported and evaluated '
+                     'again with this commit')
     worlds: List[Dict[str, Any]] = []
     for world_seed in args.world_seeds:
         world = rendered_world(budget, world_seed)
         cfg = load_config(args.config, overrides(budget, args.seed, args.device))
         work = WORK_DIR / f'int8_runs_{mode}'
-        run_dir = work / f'world{world_seed}_seed{args.seed}'
-        seconds = trained_run(cfg, world, run_dir, work / f'feature_cache_world{world_seed}')
+        if world_seed in earlier:
+            run_dir, seconds = (earlier[world_seed]['run_dir'],
+                                earlier[world_seed]['train_seconds'])
+        else:
+            run_dir = work / f'world{world_seed}_seed{args.seed}'
+            seconds = trained_run(cfg, world, run_dir, work / f'feature_cache_world{world_seed}')
         figures = evaluate(cfg, run_dir, world, args.device)
         record = {'world_seed': world_seed, 'seed': args.seed, 'train_seconds': seconds,
                   'variants': figures, 'goal': goal(figures)}

@@ -2,6 +2,8 @@
 
 The helpers are those of ``test_benchmarks_smoke`` (one process per run, provenance checked).
 """
+import json
+
 import pytest
 from test_benchmarks_smoke import assert_summary, rendered, run_smoke
 
@@ -46,6 +48,23 @@ def test_int8_accuracy_smoke(tmp_path):
                                    for v in goal['coverage_change_points'].values()))
     text = rendered(tmp_path, document, 'int8_accuracy.json', 'int8-accuracy')
     assert '| 0 | int8 / float |' in text
+
+    # Again from the same trained run, without training: exported and evaluated anew.
+    first = tmp_path / 'first.json'
+    first.write_text(json.dumps(document))
+    again = run_smoke('int8_accuracy', tmp_path, '--world-seeds', '0', '--models-from', str(first))
+    (world_again,) = again['results']['worlds']
+    assert again['settings']['models_from'] == {
+        'file': 'first.json', 'commit': document['provenance']['git']['commit']}
+    assert world_again['train_seconds'] == world['train_seconds']
+    assert world_again['variants']['float']['bundle'] == variants['float']['bundle']
+    # The float export of the same checkpoint evaluates alike.
+    assert world_again['variants']['float']['metrics']['average_median_position_m'] == (
+        pytest.approx(variants['float']['metrics']['average_median_position_m'], rel=1e-6))
+    assert any('models trained by the run of first.json' in note for note in again['notes'])
+    with pytest.raises(AssertionError, match='trained with seed'):
+        run_smoke('int8_accuracy', tmp_path, '--world-seeds', '0', '--seed', '1',
+                  '--models-from', str(first))
 
 
 @pytest.mark.slow

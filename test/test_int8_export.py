@@ -17,7 +17,8 @@ from mspr_training.data import load_rgb
 from mspr_training.datasets import read_split
 from mspr_training.export import main as export_main
 from mspr_training.inference_graph import int8_path_for
-from mspr_training.quantize import float_nodes, INT8_TOLERANCE, SCENE_TIE_MARGIN
+from mspr_training.quantize import (CALIBRATION_PERCENTILE, float_nodes, INT8_TOLERANCE,
+                                    SCENE_TIE_MARGIN)
 from mspr_training.train import train
 from ros_harness import diagnostic_values, domain_id, NodeProcess, own_status
 from ros_harness import RELIABLE_LATCHED, RosClient, small_photos, stop_all
@@ -53,6 +54,8 @@ def test_the_bundle_runs_the_checked_int8_graph_and_says_so(exported, tiny_world
             assert not set(node.input) & dequantized, node.name
     assert len(dequantized) > 10  # the rest is quantized
     assert quantization['calibration_source'] == 'training split'
+    assert quantization['activations'] == (
+        f'uint8, ranges at the {CALIBRATION_PERCENTILE:g}th percentile')
     assert 'reduce_range' in quantization['cpu'] and quantization['cpu']['kernels']
     check = quantization['check']
     assert check['images'] >= 1 and check['scene_agreement'] >= 0.9
