@@ -174,6 +174,10 @@ def renderers() -> Dict[str, Callable[[], str]]:
         'int8-accuracy': from_file(('int8_accuracy.json', 'int8_accuracy.quick.json'),
                                    'python benchmarks/int8_accuracy.py --world-seeds 0 1',
                                    training.int8_accuracy),
+        'int8-accuracy-minmax': from_file(
+            ('int8_accuracy.minmax.json',),
+            'python benchmarks/int8_accuracy.py --world-seeds 0 1',
+            training.int8_accuracy),
         'torch-latency': from_file(('torch_latency.json', 'torch_latency.quick.json'),
                                    'python benchmarks/torch_latency.py', speed.torch_latency),
         'int8-latency': from_file(('int8_latency.json', 'int8_latency.quick.json'),

@@ -275,6 +275,13 @@ def int8_accuracy(source: Source) -> str:
     goal_text = (f"Goal: int8 average medians within {100 * source.settings['error_goal']:.0f} % "
                  f"of float and 2σ coverage within {source.settings['coverage_goal_points']:.0f} "
                  'points; ' + '; '.join(verdicts) + '.')
-    return '\n'.join([caption(source), '', table(
+    ranges = sorted({str(get(w, 'variants.int8.inference.quantization.activations'))
+                     for w in source.results.get('worlds', [])})
+    made = [f"_int8 activations: {'; '.join(ranges)}._"]
+    earlier = source.settings.get('models_from')
+    if earlier:
+        made.append(f"_Models trained by the run of `{earlier['file']}` (commit "
+                    f"`{str(earlier['commit'])[:7]}`), exported and evaluated again._")
+    return '\n'.join([caption(source), '', *made, '', table(
         ['world', 'bundle', 'average median position', 'average median orientation',
          'scene accuracy', 'position inside 2σ', 'rotation inside 2σ'], rows), '', goal_text])
