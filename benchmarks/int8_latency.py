@@ -7,7 +7,9 @@ exported as ``mspr-export --onnx --quantize int8`` does: the float graph
 ranges are calibrated on rendered frames, the pose heads' last layers in float), checked against
 the float graph as the exporter checks it. One preprocessed rendered frame then goes through:
 
-- ``torch``: the model under ``torch.inference_mode()`` (the Localizer's torch path, fp32);
+- ``torch``: the model as built under ``torch.inference_mode()``, fp32 (the Localizer's torch
+  path when issue 27 set its goals against it; the Localizer now runs ``inference_model``'s
+  copy, which ``torch_latency.py`` times against this one);
 - ``onnxruntime``: the float graph's ``OnnxSession`` (the Localizer's onnxruntime path);
 - ``int8``: the int8 graph's ``OnnxSession`` (what an int8 bundle runs).
 

@@ -5,7 +5,8 @@ does not depend on the weights) is exported to ONNX as ``mspr-export --onnx`` do
 (``mspr_ros.onnx_backend.export_onnx``, TorchScript exporter, opset ``--opset``), then one
 preprocessed rendered frame at the configuration's crop size goes through both back-ends:
 
-- torch: ``model(images)`` under ``torch.inference_mode()``, as the Localizer's torch path;
+- torch: ``model(images)`` under ``torch.inference_mode()``, the model as built (the Localizer's
+  torch path until it ran ``inference_model``'s copy, which ``torch_latency.py`` times);
 - onnxruntime: ``OnnxSession.run`` (CPUExecutionProvider, the Localizer's session settings,
   so batch 1 runs the session specialised to batch 1).
 
