@@ -39,6 +39,10 @@ def test_int8_accuracy_smoke(tmp_path):
     variants = world['variants']
     assert variants['float']['inference'] is None
     assert variants['int8']['inference']['quantization']['type'] == 'int8'
+    # The smoke model has an activation with one value on every calibration image, where ONNX
+    # Runtime's percentile calibrator fails: min-max ranges, and the bundle says why.
+    assert variants['int8']['inference']['quantization']['activations'].startswith(
+        'uint8, MinMax ranges (percentile calibration failed: ')
     goal = world['goal']
     for key, change in goal['relative_change'].items():
         reference = variants['float']['metrics'][key]

@@ -189,13 +189,27 @@ def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray,
         # quantizer then sees fused nodes with known shapes (and their names are chosen here).
         quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
         excluded = float_nodes(onnx.load(str(prepared)), float_patterns)
-        quantize_static(str(prepared), str(staged), _Images(calibration),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.Percentile,
-                        extra_options={'CalibPercentile': CALIBRATION_PERCENTILE},
-                        reduce_range=kernels['reduce_range'], nodes_to_exclude=excluded,
-                        op_types_to_quantize=list(QUANTIZED_OPS))
+
+        def quantize(method, options) -> None:
+            quantize_static(str(prepared), str(staged), _Images(calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=method, extra_options=options,
+                            reduce_range=kernels['reduce_range'], nodes_to_exclude=excluded,
+                            op_types_to_quantize=list(QUANTIZED_OPS))
+        activations = f'uint8, ranges at the {CALIBRATION_PERCENTILE:g}th percentile'
+        try:
+            quantize(CalibrationMethod.Percentile, {'CalibPercentile': CALIBRATION_PERCENTILE})
+        except ValueError as error:
+            # ONNX Runtime's percentile calibrator histograms every activation, and fails on one
+            # that is the same value on every calibration image (numpy: "Too many bins for data
+            # range"). Min-max ranges have no such case; the bundle and the log say why.
+            if 'bins' not in str(error):
+                raise
+            LOGGER.warning('int8 of %s: percentile calibration failed (%s); min-max ranges '
+                           'instead', float_path, error)
+            activations = f'uint8, MinMax ranges (percentile calibration failed: {error})'
+            quantize(CalibrationMethod.MinMax, {})
         figures = compare_graphs(float_path, staged, check)
         for name, values in figures['outputs'].items():
             if values['relative_median'] > INT8_TOLERANCE:
@@ -210,7 +224,7 @@ def quantize_int8(float_path: Path, out_path: Path, calibration: np.ndarray,
                              f'images (at most {1 - INT8_SCENE_AGREEMENT:.0%} allowed)')
         Path(staged).replace(out_path)
     summary = {'type': 'int8', 'format': 'QDQ', 'weights': 'int8, per output channel',
-               'activations': f'uint8, ranges at the {CALIBRATION_PERCENTILE:g}th percentile',
+               'activations': activations,
                'calibration_images': int(len(calibration)),
                'calibration_source': 'training split', 'float_nodes': excluded,
                'cpu': kernels, 'check': {**figures, 'tolerance': INT8_TOLERANCE,
