@@ -131,8 +131,11 @@ def test_topic_echo_shows_the_pose_of_a_published_image(launched):
             continue
     else:
         raise AssertionError('no pose for three images')
-    # The pose is latched, so echo started afterwards still receives it.
-    echoed = ros2(env, 'topic', 'echo', '--once', '--no-daemon', f'{NODE}/pose')
+    # The pose is latched, so echo started afterwards still receives it. Asked for explicitly:
+    # echo matches the QoS of the publishers it has discovered when it subscribes, and on a
+    # loaded machine (two CI runs) it had discovered none, subscribed volatile and waited.
+    echoed = ros2(env, 'topic', 'echo', '--once', '--no-daemon', '--qos-durability',
+                  'transient_local', '--qos-reliability', 'reliable', f'{NODE}/pose')
     assert 'frame_id: map' in echoed
     assert f'x: {pose.pose.pose.position.x}' in echoed
 
