@@ -169,7 +169,9 @@ class LocalizationStats:
             self._processed += 1
 
     def frame_timed(self, milliseconds: Mapping[str, float]) -> None:
-        """Record the stage durations (ms, one per ``STAGES``) of one frame that gave a pose.
+        """Record the stage durations (ms, one per ``STAGES``) of one frame that went through all.
+
+        A frame the gate keeps out (low confidence, a jump) goes through every stage too.
 
         Recorded together, under one lock, so that every stage's window holds the same frames
         (the stages add up to 'total') and ``timed`` counts them: frames rejected part-way
