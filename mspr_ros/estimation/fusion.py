@@ -116,7 +116,7 @@ class FusionConfig:
     """
 
     window_s: float = 10.0
-    window_distance_m: float = 5.0
+    window_distance_m: float = 15.0
     max_samples: int = 30
     robust_loss: str = 'cauchy'
     gate_mahalanobis: float = math.sqrt(float(chi2.ppf(0.999, 6)))

@@ -173,9 +173,9 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
               constraints='|'.join(FUSION_MODES)),
     ParamSpec('fusion.window_s', 10.0, _D,
               'Frames older than this (s) leave the fusion window.', float_range=(0.01, 3600.0)),
-    ParamSpec('fusion.window_distance_m', 5.0, _D,
+    ParamSpec('fusion.window_distance_m', 15.0, _D,
               'Frames taken more than this odometry distance ago (m) leave the fusion window '
-              '(bounds odometry drift).', float_range=(0.01, 1.0e4)),
+              '(bounds the lever arm and odometry drift carried).', float_range=(0.01, 1.0e4)),
     ParamSpec('fusion.odometry_drift_per_m', 0.02, _D,
               "Odometry's relative drift: a frame s metres of travel ago gets (drift * s)^2 added "
               'to its position (m^2) and orientation (rad^2) variances.',
