@@ -232,15 +232,24 @@ def goals(runs: List[Dict[str, Any]], world: int) -> Dict[str, Any]:
     }
 
 
+def recorded_worlds(settings: Dict[str, Any]) -> Dict[int, Path]:
+    """Return the world folder of each world seed a results file's ``settings`` name.
+
+    The worlds are rendered again (the same seed and budget give the same world) when the
+    work folder lost them.
+    """
+    recorded = settings['budget']
+    budget = Budget(**{**recorded, 'image_size': tuple(recorded['image_size']),
+                       'seeds': tuple(recorded['seeds'])})
+    return {seed: rendered_world(budget, seed) for seed in settings['world_seeds']}
+
+
 def replay_again(source_path: Path, out: Optional[Path], machine, notes: List[str]) -> int:
     """Replay the bundles of an earlier run with today's code; write its figures anew."""
     source = json.loads(source_path.read_text())
     settings, runs = source['settings'], source['results']['runs']
     node_parameters = settings.get('node_parameters', {})
-    recorded = settings['budget']
-    budget = Budget(**{**recorded, 'image_size': tuple(recorded['image_size']),
-                       'seeds': tuple(recorded['seeds'])})
-    worlds = {seed: rendered_world(budget, seed) for seed in settings['world_seeds']}
+    worlds = recorded_worlds(settings)
     for run in runs:
         print(f"world {run['world_seed']} seed {run['seed']}: replaying", flush=True)
         scales = run['crossfit'].get('scales') or {'': run['crossfit']}
