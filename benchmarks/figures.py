@@ -62,6 +62,9 @@ NOTES = {
         'benchmark for its first 20 minutes and was paused for 17 more to let that one finish. '
         'The extra training time of 6 folds is that of the run at 825d777 (5.1 times the '
         'deployed run\'s, in the history of this file).'),
+    ('stream.json', '43e4f843b5afc40115f3252cf00245d3641021be'): (
+        'Measured with the fusion window of 5 m of odometry, the default until dfec3c4 (15 m '
+        'since, fusion_window.py). The window holds at most 30 frames (max_samples) either way.'),
     ('latency.json', '664483cf297ca9b0149af23e643cb07fbdff7d60'): _STALE_NODE.format(
         date='2026-11-26', commit='664483c',
         what=", so this run has no fusion-on / fusion-off pair",
@@ -166,6 +169,11 @@ def renderers() -> Dict[str, Callable[[], str]]:
             'python benchmarks/uncertainty.py --quick --seeds 0 --world-seeds 1 --folds 6 '
             '--crossfit-only --out benchmarks/results/uncertainty.folds6.json',
             tables_uncertainty.uncertainty),
+        'fusion-window': from_file(
+            ('fusion_window.json',),
+            'python benchmarks/fusion_window.py --from benchmarks/results/uncertainty.scale.json '
+            '--distances 5 8 10 12 15 20',
+            tables_uncertainty.fusion_window),
         'camera': from_file(('camera.json', 'camera.quick.json'),
                             'python benchmarks/camera.py --world-seeds 0 1',
                             tables_camera.camera),

@@ -1,4 +1,7 @@
-"""benchmarks/uncertainty.py still runs: its --smoke JSON, and --replay-from on that run.
+"""benchmarks/uncertainty.py and fusion_window.py still run: smoke, replay, window sweep.
+
+uncertainty.py's --smoke JSON, --replay-from on that run, and fusion_window.py's sweep over
+that run's bundles.
 
 The helpers are those of ``test_benchmarks_smoke`` (one process per run, provenance checked).
 """
@@ -49,3 +52,14 @@ def test_uncertainty_smoke(tmp_path):
         'file': 'uncertainty.json', 'commit': first['provenance']['git']['commit']}
     assert any(note.startswith('replays only') for note in document['notes'])
     assert 'replays run again' in rendered(tmp_path, document, 'uncertainty.json', 'uncertainty')
+    # The window sweep replays the same bundles once per distance, the window each replay used
+    # recorded, and renders the worst ratios per world and distance.
+    sweep = run_smoke('fusion_window', tmp_path, '--from', str(tmp_path / 'uncertainty.json'),
+                      '--distances', '2', '15')
+    (swept,) = sweep['results']['runs']
+    assert swept['bundle'] == first['results']['runs'][0]['crossfit']['bundle']
+    assert {d: r['window'] for d, r in swept['by_distance'].items()} == {'2': 2.0, '15': 15.0}
+    assert set(sweep['results']['worst']['0']) == {'2', '15'}
+    assert sweep['settings']['default_distance_m'] == 15.0
+    text = rendered(tmp_path, sweep, 'fusion_window.json', 'fusion-window')
+    assert '15 m (default)' in text and '2 m |' in text

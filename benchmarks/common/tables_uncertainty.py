@@ -266,3 +266,41 @@ def uncertainty(source: Source) -> str:
         parts += ['', 'The error correlation each cross-fitted bundle learned:', '',
                   table(['world', 'seed', 'scene', 'model'], correlation_rows)]
     return '\n'.join(parts)
+
+
+def fusion_window(source: Source) -> str:
+    """Per frame vs fused on the trained models' recordings, per fusion window distance."""
+    s, res = source.settings, source.results
+    default, origin = s.get('default_distance_m'), s.get('source', {})
+    rows = []
+    for world, by_distance in sorted(res.get('worst', {}).items(), key=lambda w: int(w[0])):
+        runs = [r for r in res.get('runs', []) if str(r['world_seed']) == world]
+        for distance, worst in sorted(by_distance.items(), key=lambda d: float(d[0])):
+            mine = [r['by_distance'][distance] for r in runs]
+            ratios = [r['ratios'] for r in mine]
+            coverage = [r['fused_coverage_2sigma'] for r in mine]
+            marker = ' (default)' if default is not None and float(distance) == default else ''
+            rows.append([
+                world + (' (chosen on)' if int(world) == s.get('chosen_on_world') else ''),
+                f'{distance} m{marker}',
+                ', '.join(f"{num(r['jitter_position_m'], 2)} / "
+                          f"{num(r['jitter_orientation_deg'], 2)}" for r in ratios),
+                f"{num(worst['jitter_worst_ratio'], 3)} ({verdict(worst['jitter_met'])})",
+                ', '.join(f"{num(r['p95_position'], 2)} / {num(r['p95_orientation'], 2)}"
+                          for r in ratios),
+                f"{num(worst['p95_worst_ratio'], 3)} ({verdict(worst['p95_met'])})",
+                ', '.join(num(r['fused_median_position_m'], 2) for r in mine),
+                ', '.join(f"{pct(c['position'])} / {pct(c['rotation'])}" for c in coverage)])
+    settings = settings_table([
+        ['bundles', f"the cross-fitted bundles (first covariance scale) of "
+                    f"`{origin.get('file', '?')}` at `{str(origin.get('commit', '?'))[:7]}`, "
+                    'training seeds ' + ', '.join(str(r['seed']) for r in res.get('runs', [])
+                                                  if r['world_seed'] == 0)],
+        ['replay', 'learned error correlation, the node\'s other defaults; the localizer once '
+                   'per bundle, the pose stream once per distance'],
+        ['default', f"{num(default, 0, ' m')}, chosen on world {s.get('chosen_on_world')}"]])
+    header = ['world', 'window distance', 'fused / per-frame jitter pos / rot, per seed',
+              f"worst jitter (goal <= {num(s.get('jitter_goal'), 1)})",
+              'fused / per-frame p95 pos / rot, per seed', 'worst p95 (goal <= 1)',
+              'fused median position per seed (m)', 'fused 2σ pos / rot per seed']
+    return '\n\n'.join([caption(source), settings, table(header, rows)])
