@@ -6,6 +6,8 @@ inference by :mod:`mspr_ros.model.inference`) and onnxruntime (the ONNX graph ``
 for (torch when it asks for none). With torch, ``precision`` 'fp16' or 'bf16' runs the model
 under autocast (:mod:`mspr_ros.precision`), and ``cuda_graphs`` replays single images from a
 captured CUDA graph (:mod:`mspr_ros.cuda_graph`); batches of several images run eagerly.
+``torch_compile`` runs the rewritten model compiled by ``torch.compile``, compiled when the
+localizer is built (:mod:`mspr_ros.compiled_forward`; a failed compile raises ``CompileError``).
 
 Any camera: given the :class:`~mspr_ros.camera.model.CameraModel` an image was taken with, the
 image is reprojected into the camera the network was trained with (the bundle's
@@ -25,6 +27,8 @@ import torch
 from mspr_ros.bundle import build_model_from_bundle, Bundle, load_bundle
 from mspr_ros.camera.model import CameraModel
 from mspr_ros.camera.reprojection import Reprojection, ReprojectionCache
+from mspr_ros.camera.training_camera import bundle_training_camera
+from mspr_ros.compiled_forward import compile_model
 from mspr_ros.cuda_graph import autocast, cuda_graph_obstacle, CudaGraphForward
 from mspr_ros.device import resolve_device, supports_bf16
 from mspr_ros.geometry.quaternions import canonical_quaternion
@@ -36,43 +40,10 @@ from mspr_ros.preprocess import preprocess_batch, validate_rgb_image
 LOGGER = logging.getLogger(__name__)
 BACKENDS = ('auto', 'torch', 'onnxruntime')
 AUTOCAST_DTYPES = {'fp32': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
-#: Largest relative difference of two scenes' training cameras (focal lengths; principal points
-#: relative to the crop) for them to count as one camera, as mspr_training.training_camera's
-#: mixed-camera spread.
-TRAINING_CAMERA_TOLERANCE = 0.02
 
 
 class CameraError(ValueError):
     """An image's camera cannot be brought to the training camera; the message says why."""
-
-
-def bundle_training_camera(bundle: Bundle) -> tuple[CameraModel | None, str | None]:
-    """Return the one camera every scene of ``bundle`` was trained with, or None and why.
-
-    The network sees an image before it knows the scene, so an image can be brought to one
-    training camera only: the scenes' cameras must agree within
-    :data:`TRAINING_CAMERA_TOLERANCE`.
-    """
-    cameras = bundle.training_camera
-    missing = [name for name in bundle.scene_names if name not in cameras]
-    if len(missing) == len(bundle.scene_names):
-        return None, ('the bundle records no training camera (exported before cameras were '
-                      'recorded, or trained on images that state none)')
-    if missing:
-        return None, f'the bundle records no training camera for scenes {missing}'
-    first = bundle.scene_names[0]
-    reference = cameras[first]
-    crop = reference.width
-    for name in bundle.scene_names[1:]:
-        camera = cameras[name]
-        focal = max(abs(camera.fx - reference.fx) / reference.fx,
-                    abs(camera.fy - reference.fy) / reference.fy)
-        centre = max(abs(camera.cx - reference.cx), abs(camera.cy - reference.cy)) / crop
-        if max(focal, centre) > TRAINING_CAMERA_TOLERANCE:
-            return None, (f'scenes {first!r} and {name!r} were trained with different cameras '
-                          f'(fx {reference.fx:.1f} vs {camera.fx:.1f} px at the network input); '
-                          'one image cannot be brought to both')
-    return reference, None
 
 
 @dataclass(frozen=True)
@@ -163,7 +134,7 @@ class Localizer:
 
     def __init__(self, bundle: Bundle, device: str = 'auto', fp16: Optional[bool] = None,
                  backend: str = 'auto', *, precision: str = 'fp32',
-                 cuda_graphs: bool = False) -> None:
+                 cuda_graphs: bool = False, torch_compile: bool = False) -> None:
         """Prepare the bundle's model on ``device`` ('auto', 'cpu', 'cuda', 'cuda:N').
 
         ``backend``: 'torch', 'onnxruntime', or 'auto' (what the bundle asks for; torch when
@@ -176,10 +147,17 @@ class Localizer:
         single-image calls from a CUDA graph captured here (torch on CUDA only; elsewhere one
         warning and eager runs). ``fp16`` is deprecated: ``fp16=True`` means
         ``precision='fp16'``. :attr:`precision` and :attr:`cuda_graphs` say what runs.
+        ``torch_compile``: compile the torch model now (module docstring; :attr:`torch_compile`);
+        with the onnxruntime back-end, one warning and the graph runs as it is.
 
         Raises:
-            ValueError: unknown ``precision`` or ``backend``, or ``fp16=True`` with 'bf16'.
+            ValueError: unknown ``precision`` or ``backend``, ``fp16=True`` with 'bf16', or
+                ``torch_compile`` with ``cuda_graphs`` (the graph would replay eager kernels).
+            CompileError: ``torch.compile`` failed (no C++ compiler, an unsupported operator).
         """
+        if torch_compile and cuda_graphs:
+            raise ValueError('torch_compile and cuda_graphs exclude each other: the CUDA graph '
+                             'captures the eager model; ask for one of them')
         asked = asked_precision(precision, fp16)
         self._bundle = bundle
         self._backend = resolve_backend(bundle, backend)
@@ -209,14 +187,27 @@ class Localizer:
         self._training_camera, self._training_camera_problem = bundle_training_camera(bundle)
         self._reprojections = ReprojectionCache()
         self.timings = LocalizerTimings(preprocess_ms=0.0, inference_ms=0.0)
+        self._forward = self._model
+        self._compiled = False
+        if torch_compile and self._session is not None:
+            LOGGER.warning('torch_compile asked for, but the %s back-end runs the bundle\'s '
+                           'graph; not compiling', self._backend)
+        elif torch_compile:
+            # For single images, what the node runs: no frame pays for the compile.
+            crop = bundle.preprocessing.crop
+            self._forward = compile_model(
+                self._model, torch.zeros(1, 3, crop, crop, device=self._device),
+                lambda: autocast(self._device, self._autocast_dtype))
+            self._compiled = True
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str = 'auto',
                   fp16: Optional[bool] = None, backend: str = 'auto', *,
-                  precision: str = 'fp32', cuda_graphs: bool = False) -> 'Localizer':
+                  precision: str = 'fp32', cuda_graphs: bool = False,
+                  torch_compile: bool = False) -> 'Localizer':
         """Load the bundle at ``path`` (raises BundleError) and build a localizer."""
         return cls(load_bundle(path), device=device, fp16=fp16, backend=backend,
-                   precision=precision, cuda_graphs=cuda_graphs)
+                   precision=precision, cuda_graphs=cuda_graphs, torch_compile=torch_compile)
 
     @property
     def precision(self) -> str:
@@ -237,6 +228,11 @@ class Localizer:
     def cuda_graphs(self) -> bool:
         """Whether single-image calls replay a captured CUDA graph."""
         return self._graph is not None
+
+    @property
+    def torch_compile(self) -> bool:
+        """Whether the torch model runs compiled by ``torch.compile``."""
+        return self._compiled
 
     @property
     def backend(self) -> str:
@@ -364,7 +360,7 @@ class Localizer:
         if self._graph is not None and batch.shape[0] == 1:
             return self._graph(batch)
         with torch.inference_mode(), autocast(self._device, self._autocast_dtype):
-            return self._model(batch.to(self._device, non_blocking=True))
+            return self._forward(batch.to(self._device, non_blocking=True))
 
     def _infer(self, batch: torch.Tensor) -> tuple[np.ndarray, ...]:
         """Run the model on a ``B x 3 x H x W`` batch.

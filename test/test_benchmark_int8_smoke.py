@@ -80,7 +80,10 @@ def test_torch_latency_smoke(tmp_path):
     tiny = results['tiny']
     calls = settings['rounds'] * settings['calls_per_round']
     assert list(tiny['ms']) == ['today', 'fold_bn', 'attention', 'cross_attention',
-                                'channels_last']
+                                'channels_last', 'compiled']
+    # The compiled variant compiled on its first call, the others did not.
+    first = tiny['first_call_s']
+    assert first['compiled'] > max(t for name, t in first.items() if name != 'compiled')
     for name, timing in tiny['ms'].items():
         assert_summary(timing, calls)
         assert tiny['ratio_p50'][name] == pytest.approx(
@@ -88,6 +91,7 @@ def test_torch_latency_smoke(tmp_path):
         # Every variant computes the same outputs as today's path.
         assert tiny['max_abs_difference'][name] < 1e-4
     assert tiny['goal_met'] == (tiny['ratio_p50']['channels_last'] <= 0.72)
+    assert tiny['compiled_within_goal_ratio'] == (tiny['ratio_p50']['compiled'] <= 0.72)
     arithmetic = tiny['arithmetic']
     flops = arithmetic['gflop_per_forward']
     # The tiny model's 3 scene queries x 4 heads are fewer than its width of 32: the rewrite
@@ -103,3 +107,5 @@ def test_torch_latency_smoke(tmp_path):
     text = rendered(tmp_path, document, 'torch_latency.json', 'torch-latency')
     assert '+ BatchNorm folded' in text and 'Where the time goes' in text
     assert 'GFLOP per forward today' in text
+    assert 'compiled by torch.compile (not eager' in text
+    assert 'its compile (the first call)' in text

@@ -105,7 +105,7 @@ def test_descriptors_document_every_parameter(system):
     assert set(descriptors) == set(PARAM_NAMES)
     assert all(d.description for d in descriptors.values())
     for name in ('weights', 'device', 'image_transport', 'image_qos', 'autostart', 'precision',
-                 'cuda_graphs', 'fp16'):
+                 'cuda_graphs', 'torch_compile', 'fp16'):
         assert descriptors[name].read_only, name
     assert descriptors['precision'].additional_constraints == 'fp32|fp16|bf16'
     assert 'Deprecated' in descriptors['fp16'].description
@@ -258,3 +258,15 @@ def test_configure_loads_the_localizer_with_the_precision_parameters(tiny_bundle
     assert 'precision fp16 needs torch on CUDA' in texts[1]
     assert 'cuda_graphs asked for' in texts[2]
     assert (localizer.precision, localizer.cuda_graphs) == ('fp32', False)
+
+
+def test_configure_compiles_the_model_when_torch_compile_is_set(tiny_bundle_path):
+    """torch_compile reaches the Localizer (compiled at configure); with cuda_graphs it stops."""
+    weights = {'weights': str(tiny_bundle_path)}
+    assert not NodeParams.from_values(_defaults() | weights).torch_compile
+    localizer = load_localizer(NodeParams.from_values(
+        _defaults() | weights | {'torch_compile': True}), 'cpu')
+    assert localizer.torch_compile and not localizer.cuda_graphs
+    with pytest.raises(RuntimeError, match='torch_compile and cuda_graphs exclude each other'):
+        load_localizer(NodeParams.from_values(
+            _defaults() | weights | {'torch_compile': True, 'cuda_graphs': True}), 'cpu')

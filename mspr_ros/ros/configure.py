@@ -42,7 +42,8 @@ def load_localizer(params: NodeParams, device: str):
     try:
         localizer = Localizer.from_file(params.weights, device=device,
                                         precision=params.precision,
-                                        cuda_graphs=params.cuda_graphs)
+                                        cuda_graphs=params.cuda_graphs,
+                                        torch_compile=params.torch_compile)
         localizer.warmup()
     except Exception as error:
         text = str(error)

@@ -154,7 +154,8 @@ class LocalizerNode(LifecycleNode):
             weights_sha256=localizer.bundle.sha256, scenes=tuple(localizer.scene_names),
             extra={'image decoder': pipeline.decoder.backend, 'tf backend': pipeline.tf.backend,
                    'cpu threads': str(torch_threads()), 'precision': localizer.precision,
-                   'cuda graphs': str(localizer.cuda_graphs).lower()})
+                   'cuda graphs': str(localizer.cuda_graphs).lower(),
+                   'torch compile': str(localizer.torch_compile).lower()})
         if not params.odom_frame_id:
             self.get_logger().warning(
                 f"odom_frame_id is empty: publishing {params.global_frame_id} -> "

@@ -73,6 +73,7 @@ class NodeParams:
     device: str
     precision: str  # what to run: the deprecated ``fp16: true`` turns 'fp32' into 'fp16'
     cuda_graphs: bool
+    torch_compile: bool
     fp16: bool  # deprecated; as set, for the warning
     cpu_threads: int
     image_transport: str
@@ -173,6 +174,7 @@ class NodeParams:
         return cls(
             weights=str(values['weights']), device=str(values['device']),
             precision=precision, cuda_graphs=bool(values['cuda_graphs']),
+            torch_compile=bool(values['torch_compile']),
             fp16=bool(values['fp16']), cpu_threads=int(values['cpu_threads']),
             image_transport=values['image_transport'],
             image_qos=values['image_qos'], camera_model=values['camera_model'],
