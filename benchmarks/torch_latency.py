@@ -15,8 +15,8 @@ variants, each built on the one before (``mspr_ros.model.inference``):
   the Localizer's torch path (see benchmarks/README.md);
 - ``compiled``: that model compiled by ``torch.compile`` (TorchInductor, ``dynamic=False``), what
   the Localizer runs with ``torch_compile`` (``mspr_ros.compiled_forward``): not eager, so the
-  issue's eager goal is judged on ``channels_last``; its compile time (the first call) is
-  reported beside it.
+  issue's eager goal is judged on ``channels_last``; its compile time (the first call, with
+  TorchInductor's on-disk cache empty: a robot's first start) is reported beside it.
 
 All with ``--threads`` intra-op threads, interleaved round by round (the order rotating), so load
 changes on a shared machine hit every variant alike. Reported per size: p50/p95 of each variant,
@@ -33,7 +33,9 @@ Usage: ``python benchmarks/torch_latency.py [--quick | --smoke] [--threads N] [-
 import argparse
 import copy
 from dataclasses import asdict, replace
+import os
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -205,7 +207,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     frame = rendered_frames(1, FRAME_SIZE)[0]
     print(f'batch 1, torch {torch.__version__}, p50 of {ROUNDS[mode] * CALLS_PER_ROUND[mode]} '
           'calls per variant (ratio to today)')
-    results = {size: measure_size(size, frame, mode, args.seed) for size in sizes}
+    # A cache of TorchInductor's own for this run: the compile time reported is a robot's
+    # first start (cold), not a reuse of kernels an earlier run left on disk.
+    with tempfile.TemporaryDirectory(prefix='torch_latency_inductor_') as cache:
+        os.environ['TORCHINDUCTOR_CACHE_DIR'] = cache
+        results = {size: measure_size(size, frame, mode, args.seed) for size in sizes}
     for size, result in results.items():
         print_row(size, result)
     notes = list(notes)
@@ -214,7 +220,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     settings = {'threads': args.threads, 'sizes': list(sizes), 'seed': args.seed,
                 'variants': list(VARIANTS), 'rounds': ROUNDS[mode],
                 'calls_per_round': CALLS_PER_ROUND[mode], 'warmup_calls': WARMUP_CALLS[mode],
-                'profiled_calls': PROFILED_CALLS[mode], 'frame_size': list(FRAME_SIZE)}
+                'profiled_calls': PROFILED_CALLS[mode], 'frame_size': list(FRAME_SIZE),
+                'inductor_cache': 'empty at the start (cold compile)'}
     return save_results(args.out, NAME, mode, machine, settings, results, notes)
 
 
