@@ -5,11 +5,13 @@ time outside the matrix products and attention kernels: Python dispatches each o
 operators, and the element-wise work around each kernel (bias, residual sum, LayerNorm,
 activation) reads and writes each token map once more. ``torch.compile`` (TorchInductor) traces
 the rewritten inference model (:mod:`mspr_ros.model.inference`) once into one graph and generates
-fused kernels for it: C++/OpenMP on the CPU, Triton on CUDA. Measured at 0.70 of the eager model
-as built, where the eager rewrite gives 0.86-0.89 (paper model, batch 1, 2 CPU cores,
-``benchmarks/torch_latency.py``).
+fused kernels for it: C++/OpenMP on the CPU, Triton on CUDA. At batch 1 on 2 CPU cores the demo
+model then takes 0.53 of the model as built, where the eager rewrite takes 0.74; the paper model,
+whose time goes mostly to the matrix products and attention kernels themselves, 0.82 against 0.89
+(``benchmarks/torch_latency.py``).
 
-The price is the compile: a minute or two for the paper model on 2 cores, paid when the
+The price is the compile: about 40 s for the demo model and a minute for the paper model on 2
+cores with an empty cache, paid when the
 localizer is built (the node's configure), so that no frame pays for it; TorchInductor caches
 the kernels it generated on disk (``TORCHINDUCTOR_CACHE_DIR``), and a later process with the same
 model and shapes reuses them. It needs a C++ compiler on the CPU (Triton on CUDA); a compile that

@@ -116,3 +116,15 @@ def test_a_compile_that_cannot_run_stops_the_construction(bundle, tmp_path, monk
     assert str(raised.value).startswith('torch.compile could not compile the model: ')
     assert 'no-such-c++' in str(raised.value)   # the compiler's complaint, passed on
     torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason='torch.compile on CUDA (Triton kernels) needs CUDA; this machine has '
+                           'none')
+def test_on_cuda_the_compiled_model_answers_as_eager(bundle):
+    """On a GPU, Triton's kernels answer what the eager model does, image after image."""
+    compiled = Localizer(bundle, device='cuda', torch_compile=True)
+    eager = Localizer(bundle, device='cuda')
+    assert compiled.torch_compile
+    for image in photos():
+        assert_same_answer(compiled.localize(image), eager.localize(image))

@@ -69,10 +69,10 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
               'Replay each image\'s inference from a captured CUDA graph (torch on CUDA; '
               'elsewhere ignored with a warning).', read_only=True),
     ParamSpec('torch_compile', False, _B,
-              'Compile the torch model with torch.compile at configure (about 0.7 of the eager '
-              'forward on a small CPU, for a compile of a minute or two, cached on disk; needs a '
-              'C++ compiler, or Triton on CUDA). A failed compile fails configure. Not with '
-              'cuda_graphs.', read_only=True),
+              'Compile the torch model with torch.compile at configure (0.53-0.82 of the model '
+              'as built on 2 CPU cores, where the eager path takes 0.74-0.89; a compile of about '
+              'a minute, cached on disk; needs a C++ compiler, or Triton on CUDA). A failed '
+              'compile fails configure. Not with cuda_graphs.', read_only=True),
     ParamSpec('fp16', False, _B,
               "Deprecated, use precision: fp16. True with precision 'fp32' runs fp16.",
               read_only=True),
