@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 import pytest
-import skimage.data
+from test_localizer_precision import photos
 from test_onnx_backend import save_tiny_checkpoint
 import torch
 from torch._dynamo.eval_frame import OptimizedModule
@@ -23,12 +23,6 @@ from mspr_training import export
 
 # Generated kernels sum in another order than the eager ones: float32 rounding, ~1e-6 here.
 OUTPUT_ATOL = 1e-4
-
-
-def photos() -> list:
-    """Return four different photographs: different sizes, scenes and poses."""
-    return [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(),
-            np.ascontiguousarray(skimage.data.rocket()[:, ::-1])]
 
 
 @pytest.fixture(scope='module')

@@ -290,6 +290,8 @@ def test_diagnostics_report_model_rates_and_latency(system, aligned_bundle):
     assert values['weights sha256'] == hashlib.sha256(aligned_bundle.read_bytes()).hexdigest()
     assert values['device'] == 'cpu' and values['lifecycle state'] == 'active'
     assert values['cpu threads'] == '2'
+    assert (values['precision'], values['cuda graphs'], values['torch compile']) == (
+        'fp32', 'false', 'false')
     assert values['input topic'] == '/image'
     assert int(values['poses published']) >= 1
     assert float(values['input rate (Hz)']) > 0 and float(values['output rate (Hz)']) > 0
