@@ -36,7 +36,8 @@ _MOMENT_SCALE = (
     "moment's size (`mspr-export --covariance-scale moment`), so its coverage figures are that "
     "scale's; `uncertainty.scale.json` below measures both scales side by side on the same "
     'trained models. Its jitter also counted the pairs of frames across the pause between two '
-    'walks of the recording, where the estimate relocalizes (no longer counted). Its accuracy and '
+    'walks of the recording, where the estimate relocalizes (no longer counted), and its fusion '
+    'window held 5 m of odometry, the default until dfec3c4 (15 m since). Its accuracy and '
     'training-time figures stand.')
 # (results file, full commit of its run) -> what the file cannot say about itself.
 NOTES = {
@@ -61,7 +62,8 @@ NOTES = {
         'Its training times are not the recipe\'s: the run shared the 2 cores with another '
         'benchmark for its first 20 minutes and was paused for 17 more to let that one finish. '
         'The extra training time of 6 folds is that of the run at 825d777 (5.1 times the '
-        'deployed run\'s, in the history of this file).'),
+        'deployed run\'s, in the history of this file). Its replays ran the fusion window of 5 m '
+        'of odometry, the default until dfec3c4 (15 m since).'),
     ('stream.json', '43e4f843b5afc40115f3252cf00245d3641021be'): (
         'Measured with the fusion window of 5 m of odometry, the default until dfec3c4 (15 m '
         'since, fusion_window.py). The window holds at most 30 frames (max_samples) either way.'),

@@ -147,9 +147,11 @@ def use_few_query_cross_attention(module: nn.Module) -> int:
     """
     changed = 0
     for layer in module.modules():
-        attention = getattr(layer, 'cross_attn', None)
-        if isinstance(layer, DecoderLayer) and isinstance(attention, nn.MultiheadAttention) \
-                and not attention.batch_first and attention._qkv_same_embed_dim:
+        if not isinstance(layer, DecoderLayer):
+            continue
+        attention = layer.cross_attn
+        if isinstance(attention, nn.MultiheadAttention) and not attention.batch_first \
+                and attention._qkv_same_embed_dim:
             attention.__class__ = FewQueryCrossAttention
             changed += 1
     return changed
