@@ -18,6 +18,11 @@ model and shapes reuses them. It needs a C++ compiler on the CPU (Triton on CUDA
 fails raises :class:`CompileError` naming why, and nothing falls back to eager. The graph is
 compiled for one shape (``dynamic=False``): batch 1, what the node runs; another batch size is
 compiled again on its first call.
+
+The model runs once eagerly before it is compiled: its lazy caches (the sine positional
+encoding's table per feature-map shape) are then full when the graph is traced. Traced with a
+cache miss, the graph would carry a guard that the entry is missing, fail it on the next call
+and compile again: the first frame would pay the compile after all.
 """
 import contextlib
 import logging
@@ -48,8 +53,10 @@ def compile_model(model: nn.Module, example: torch.Tensor,
     Raises:
         CompileError: the compile failed; the cause is chained.
     """
-    compiled = torch.compile(model, dynamic=False)
     started = time.perf_counter()
+    with torch.inference_mode(), context():
+        model(example)     # fills the lazy caches before tracing (module docstring)
+    compiled = torch.compile(model, dynamic=False)
     try:
         with torch.inference_mode(), context():
             compiled(example)

@@ -81,9 +81,8 @@ def test_torch_latency_smoke(tmp_path):
     calls = settings['rounds'] * settings['calls_per_round']
     assert list(tiny['ms']) == ['today', 'fold_bn', 'attention', 'cross_attention',
                                 'channels_last', 'compiled']
-    # The compiled variant compiled on its first call, the others did not.
-    first = tiny['first_call_s']
-    assert first['compiled'] > max(t for name, t in first.items() if name != 'compiled')
+    # The compiled variant was compiled as the Localizer compiles it, and timed doing so.
+    assert tiny['compile_s'] > tiny['ms']['today']['max'] / 1e3   # seconds, not a forward
     for name, timing in tiny['ms'].items():
         assert_summary(timing, calls)
         assert tiny['ratio_p50'][name] == pytest.approx(
@@ -108,4 +107,4 @@ def test_torch_latency_smoke(tmp_path):
     assert '+ BatchNorm folded' in text and 'Where the time goes' in text
     assert 'GFLOP per forward today' in text
     assert 'compiled by torch.compile (not eager' in text
-    assert 'its compile (the first call)' in text
+    assert 'its compile (cold cache)' in text

@@ -223,7 +223,7 @@ def torch_latency(source: Source) -> str:
                          num(r['ratio_p50'][name], 2),
                          f"{r['max_abs_difference'][name]:.1e}"])
         compiled = (f"; compiled {num(r['ratio_p50']['compiled'], 2)} of today, its compile "
-                    f"(the first call) {num(r['first_call_s']['compiled'], 0)} s"
+                    f"(cold cache) {num(r['compile_s'], 0)} s"
                     if 'compiled' in r['ratio_p50'] else '')
         goals.append(f"{size}: eager {num(r['ratio_p50']['channels_last'], 2)} of today "
                      f"({verdict(r['goal_met'])}, goal <= {r['goal_ratio']}){compiled}")
