@@ -67,10 +67,6 @@ NOTES = {
     ('stream.json', '43e4f843b5afc40115f3252cf00245d3641021be'): (
         'Measured with the fusion window of 5 m of odometry, the default until dfec3c4 (15 m '
         'since, fusion_window.py). The window holds at most 30 frames (max_samples) either way.'),
-    ('torch_latency.json', '6cf3b0456298b689c765bd28fd1f8cadd5edf7bc'): (
-        'The tree it lists as changed held edits to docs/architecture.md and to '
-        'test/test_localizer_compile.py only, neither of which the benchmark imports; the code '
-        'that ran is commit 6cf3b04.'),
     ('latency.json', '664483cf297ca9b0149af23e643cb07fbdff7d60'): _STALE_NODE.format(
         date='2026-11-26', commit='664483c',
         what=", so this run has no fusion-on / fusion-off pair",

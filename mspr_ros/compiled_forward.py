@@ -6,8 +6,8 @@ operators, and the element-wise work around each kernel (bias, residual sum, Lay
 activation) reads and writes each token map once more. ``torch.compile`` (TorchInductor) traces
 the rewritten inference model (:mod:`mspr_ros.model.inference`) once into one graph and generates
 fused kernels for it: C++/OpenMP on the CPU, Triton on CUDA. At batch 1 on 2 CPU cores the demo
-model then takes 0.53 of the model as built, where the eager rewrite takes 0.74; the paper model,
-whose time goes mostly to the matrix products and attention kernels themselves, 0.82 against 0.89
+model then takes 0.56 of the model as built, where the eager rewrite takes 0.77; the paper model,
+whose time goes mostly to the matrix products and attention kernels themselves, 0.80 against 0.90
 (``benchmarks/torch_latency.py``).
 
 The price is the compile: about 40 s for the demo model and a minute for the paper model on 2

@@ -69,8 +69,8 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
               'Replay each image\'s inference from a captured CUDA graph (torch on CUDA; '
               'elsewhere ignored with a warning).', read_only=True),
     ParamSpec('torch_compile', False, _B,
-              'Compile the torch model with torch.compile at configure (0.53-0.82 of the model '
-              'as built on 2 CPU cores, where the eager path takes 0.74-0.89; a compile of about '
+              'Compile the torch model with torch.compile at configure (0.56-0.80 of the model '
+              'as built on 2 CPU cores, where the eager path takes 0.77-0.90; a compile of about '
               'a minute, cached on disk; needs a C++ compiler, or Triton on CUDA). A failed '
               'compile fails configure. Not with cuda_graphs.', read_only=True),
     ParamSpec('fp16', False, _B,
