@@ -171,6 +171,12 @@ def renderers() -> Dict[str, Callable[[], str]]:
             'python benchmarks/uncertainty.py --quick --seeds 0 --world-seeds 1 --folds 6 '
             '--crossfit-only --out benchmarks/results/uncertainty.folds6.json',
             tables_uncertainty.uncertainty),
+        'uncertainty-folds3': from_file(
+            ('uncertainty.folds3.json',),
+            'python benchmarks/uncertainty.py --quick --seeds 0 --world-seeds 0 1 --folds 3 '
+            '--crossfit-only --covariance-scales conformal '
+            '--out benchmarks/results/uncertainty.folds3.json',
+            tables_uncertainty.uncertainty),
         'fusion-window': from_file(
             ('fusion_window.json',),
             'python benchmarks/fusion_window.py --from benchmarks/results/uncertainty.scale.json '

@@ -1,6 +1,7 @@
 """Calibration on held-out training sequences, never on the test split, and its honesty."""
 import json
 from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
@@ -83,6 +84,32 @@ def test_export_refuses_the_evaluation_split(run, tmp_path, capsys):
                         '--calibration-split', 'test', '--device', 'cpu']) == 2
     assert 'evaluation split' in capsys.readouterr().err
     assert not (tmp_path / 'b.safetensors').exists()
+
+
+def test_export_calibrates_on_a_split_of_its_own(run, tiny_world, tmp_path):
+    """Walks recorded under the robot's own conditions, a split neither trained nor tested on.
+
+    The README's advice where no fold count calibrates (benchmarks/README.md, uncertainty): the
+    split is named on the command line, read like any other, and the bundle says where its
+    covariance came from.
+    """
+    root = tmp_path / 'world'
+    shutil.copytree(tiny_world, root)
+    for listing in root.glob('*/dataset_test.txt'):   # the site walks (their files suffice here)
+        shutil.copy(listing, listing.with_name('dataset_site.txt'))
+    bundle_file = tmp_path / 'site.safetensors'
+    assert export.main(['--run', str(run), '--out', str(bundle_file), '--calibration-split',
+                        'site', '--data-root', str(root), '--device', 'cpu']) == 0
+    bundle = load_bundle(bundle_file)
+    calibration = bundle.provenance['calibration']
+    assert calibration['split'] == 'site' and calibration['method'] == 'split'
+    assert calibration['predicted_by'] == 'the exported model'
+    assert set(bundle.covariance) == set(bundle.scene_names)
+    # A split name the dataset does not have stops the export naming what is missing.
+    with pytest.raises(Exception, match='dataset_elsewhere.txt'):
+        export_bundle(run, tmp_path / 'x.safetensors', calibration_split='elsewhere',
+                      data_root=root, device='cpu')
+    assert not (tmp_path / 'x.safetensors').exists()
 
 
 @pytest.fixture(scope='module')

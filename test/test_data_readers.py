@@ -1,5 +1,6 @@
 """Dataset readers on small hand-written files of each real format, valid and malformed."""
 from pathlib import Path
+import shutil
 
 import cv2
 import numpy as np
@@ -106,8 +107,15 @@ def test_cambridge_missing_split_file_and_bad_split(tmp_path):
     scene = cambridge_scene(tmp_path, ['seq1/frame00001.png 1 2 3 1 0 0 0'])
     with pytest.raises(DatasetError, match=r'dataset_test.txt: split file does not exist'):
         read_cambridge(scene, 'test')
-    with pytest.raises(ValueError, match='split'):
+    # A split of one's own (walks recorded where the robot works) is listed the same way.
+    shutil.copy(scene / 'dataset_train.txt', scene / 'dataset_site_2.txt')
+    assert [s.image_path for s in read_cambridge(scene, 'site_2')] == [
+        s.image_path for s in read_cambridge(scene)]
+    with pytest.raises(DatasetError, match=r'dataset_val.txt: split file does not exist'):
         read_cambridge(scene, 'val')
+    for name in ('../train', '', 'a b', None):   # never a path out of the scene folder
+        with pytest.raises(ValueError, match='split must be a name'):
+            read_cambridge(scene, name)
 
 
 def test_cambridge_header_only_is_an_error(tmp_path):
@@ -151,6 +159,14 @@ def test_7scenes_reads_camera_to_world_matrices_per_split(tmp_path):
                                Rotation.from_euler('z', 0.1).as_matrix(), atol=1e-6)
     assert all(s.scene == 'chess' and s.orientation[3] >= 0 for s in train)
     assert [s.sequence for s in read_7scenes(scene, 'test')] == ['seq-02', 'seq-02']
+
+
+def test_7scenes_split_of_ones_own_is_read_like_the_others(tmp_path):
+    scene = seven_scenes(tmp_path)
+    (scene / 'SiteSplit.txt').write_text('sequence2\n')
+    assert [s.sequence for s in read_7scenes(scene, 'site')] == ['seq-02', 'seq-02']
+    with pytest.raises(ValueError, match='split must be a name'):
+        read_7scenes(scene, '../Test')
 
 
 def test_7scenes_missing_split_file(tmp_path):

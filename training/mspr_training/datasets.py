@@ -30,15 +30,13 @@ from mspr_training.config import (CALIBRATION_SPLIT, CALIBRATION_TAIL_FRACTION, 
                                   DataConfig)
 from mspr_training.data import (DatasetError, MultiSceneDataset, PoseSample, read_7scenes,
                                 read_cambridge, read_label_csv, read_rosbag)
+from mspr_training.data.cambridge import split_file_name as cambridge_split_file
+from mspr_training.data.seven_scenes import split_file_name as seven_scenes_split_file
 
 LOGGER = logging.getLogger(__name__)
 
 # The file that marks a folder as a scene of the split, per format.
-_SCENE_MARKERS = {
-    'cambridge': lambda split: f'dataset_{split}.txt',
-    '7scenes': lambda split: {'train': 'TrainSplit.txt', 'test': 'TestSplit.txt'}.get(
-        split, f'{split}Split.txt'),
-}
+_SCENE_MARKERS = {'cambridge': cambridge_split_file, '7scenes': seven_scenes_split_file}
 
 
 def resolve_split(data: DataConfig, split: str) -> str:

@@ -16,10 +16,9 @@ from scipy.spatial.transform import Rotation
 
 from mspr_ros.geometry.quaternions import quaternion_from_rotation
 from mspr_training.data.cameras import CambridgeCameras
-from mspr_training.data.samples import (checked_quaternion, DatasetError, parse_floats, PoseSample,
-                                        require_image, where)
+from mspr_training.data.samples import (checked_quaternion, checked_split, DatasetError,
+                                        parse_floats, PoseSample, require_image, where)
 
-SPLITS = ('train', 'test')
 HEADER_LINES = 3
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 
@@ -30,22 +29,25 @@ def cambridge_orientation(wpqr, path=None, line=None):
     return quaternion_from_rotation(Rotation.from_quat([p, q, r, w]).inv())
 
 
+def split_file_name(split: str) -> str:
+    """Return the file that lists a split's images in a scene folder."""
+    return f'dataset_{checked_split(split)}.txt'
+
+
 def read_cambridge(scene_dir, split='train', check_images=True) -> list[PoseSample]:
     """Read ``scene_dir/dataset_<split>.txt`` into samples named after the scene folder.
 
     Args:
         scene_dir: folder of one scene (e.g. ``.../KingsCollege``).
-        split: ``'train'`` or ``'test'``.
+        split: ``'train'``, ``'test'`` or a split of one's own (``dataset_<split>.txt``).
         check_images: require every listed image to exist.
 
     Raises:
         DatasetError: missing file or header, a row without 8 fields, a non-numeric value, a
             non-unit quaternion or a missing image; the message names the file and line.
     """
-    if split not in SPLITS:
-        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
     scene_dir = Path(scene_dir)
-    listing = scene_dir / f'dataset_{split}.txt'
+    listing = scene_dir / split_file_name(split)
     if not listing.is_file():
         raise DatasetError(f'{listing}: split file does not exist')
     lines = listing.read_text().splitlines()

@@ -7,6 +7,7 @@ x, y, z, w of ``R_scene_cam`` in the canonical sign of ``mspr_ros.geometry.quate
 from dataclasses import dataclass
 import functools
 from pathlib import Path
+import re
 
 import cv2
 import numpy as np
@@ -22,6 +23,24 @@ QUATERNION_NORM_TOLERANCE = 1e-2
 
 class DatasetError(Exception):
     """Malformed dataset input; the message names the file and, where it applies, the line."""
+
+
+#: A split name, as it appears inside a split file's name (``dataset_<split>.txt``,
+#: ``<Split>Split.txt``): letters, digits, '_' and '-', so that it names a file in the scene
+#: folder.
+SPLIT_NAME = re.compile(r'^[A-Za-z0-9_-]+$')
+
+
+def checked_split(split: str) -> str:
+    """Return ``split``, or raise ValueError when it cannot be part of a split file's name.
+
+    Besides the datasets' own 'train' and 'test', a split of one's own (walks recorded where the
+    robot works, to calibrate the covariance on: ``mspr-export --calibration-split``) is read
+    from a split file named the same way.
+    """
+    if not isinstance(split, str) or not SPLIT_NAME.match(split):
+        raise ValueError(f'split must be a name of letters, digits, _ and -, got {split!r}')
+    return split
 
 
 def where(path, line=None):

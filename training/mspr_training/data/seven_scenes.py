@@ -15,15 +15,21 @@ from scipy.spatial.transform import Rotation
 
 from mspr_ros.geometry.quaternions import quaternion_from_rotation
 from mspr_training.data.cameras import camera_for_image, seven_scenes_camera
-from mspr_training.data.samples import DatasetError, parse_floats, PoseSample, where
+from mspr_training.data.samples import (checked_split, DatasetError, parse_floats, PoseSample,
+                                        where)
 
-SPLIT_FILES = {'train': 'TrainSplit.txt', 'test': 'TestSplit.txt'}
 SEQUENCE_LINE = re.compile(r'^sequence(\d+)$')
 POSE_SUFFIX = '.pose.txt'
 COLOR_SUFFIX = '.color.png'
 #: Tolerances of the pose matrix checks (files store ~7 significant digits).
 LAST_ROW_TOLERANCE = 1e-6
 ORTHONORMAL_TOLERANCE = 1e-3
+
+
+def split_file_name(split: str) -> str:
+    """Return the file that lists a split's sequences: ``TrainSplit.txt``, ``SiteSplit.txt``."""
+    split = checked_split(split)
+    return f'{split[0].upper()}{split[1:]}Split.txt'
 
 
 def read_7scenes(scene_dir, split='train') -> list[PoseSample]:
@@ -34,12 +40,10 @@ def read_7scenes(scene_dir, split='train') -> list[PoseSample]:
             split file and line), a pose without image or image without pose, or a malformed pose
             matrix (naming the pose file and line).
     """
-    if split not in SPLIT_FILES:
-        raise ValueError(f'split must be one of {tuple(SPLIT_FILES)}, got {split!r}')
     scene_dir = Path(scene_dir)
     camera = seven_scenes_camera(scene_dir)
     samples = []
-    for sequence_dir in _split_sequences(scene_dir, scene_dir / SPLIT_FILES[split]):
+    for sequence_dir in _split_sequences(scene_dir, scene_dir / split_file_name(split)):
         samples.extend(_read_sequence(scene_dir.name, sequence_dir, camera))
     return samples
 
