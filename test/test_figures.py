@@ -123,6 +123,37 @@ def test_captions_name_the_file_commit_date_mode_and_tree_state(figures):
         assert text in line and '`fedcba9`' in line
 
 
+def test_captions_and_sources_name_the_cpu_vector_extensions(figures, results_copy):
+    markdown = sys.modules['common.markdown']
+    machine = {'git_commit': 'abcdef0123456789', 'date_utc': '2027-01-02T03:04:05+00:00',
+               'load_average_start': [0.5, 0.4, 0.3], 'cpu_model': 'AMD EPYC'}
+    document = {'mode': 'full', 'settings': {'threads': 2}, 'load_average_end': [0.7, 0.6, 0.5],
+                'machine': dict(machine, cpu_extensions=['avx2', 'fma', 'avx512f',
+                                                         'avx512_vnni'])}
+    assert 'AMD EPYC (avx2 fma avx512f avx512_vnni), 2 threads' in markdown.caption(
+        markdown.Source('x.json', document))
+    # A file from before the extensions were recorded says nothing it does not know.
+    assert 'AMD EPYC' not in markdown.caption(markdown.Source('x.json', dict(
+        document, machine=machine)))
+    (results_copy / 'x.json').write_text(json.dumps(document))
+    assert 'AMD EPYC (avx2 fma avx512f avx512_vnni), ' in figures.sources_table()
+    (results_copy / 'x.json').write_text(json.dumps(dict(document, machine=machine)))
+    assert 'AMD EPYC (extensions not recorded), ' in figures.sources_table()
+
+
+def test_vector_extensions_are_read_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('processor\t: 0\nmodel name\t: AMD EPYC\n'
+                       'flags\t\t: fpu sse2 avx2 fma avx512f avx512_vnni\n\n'
+                       'processor\t: 1\nflags\t\t: fpu\n')
+    assert provenance.vector_extensions(cpuinfo) == ['avx2', 'fma', 'avx512f', 'avx512_vnni']
+    cpuinfo.write_text('processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\n')
+    assert provenance.vector_extensions(cpuinfo) == ['asimd', 'asimddp', 'i8mm']
+    assert provenance.vector_extensions(tmp_path / 'absent') == []
+    facts = provenance.machine_facts()
+    assert facts['cpu_extensions'] == provenance.vector_extensions()
+
+
 def test_a_known_caveat_is_printed_once_per_file(figures):
     text = figures.render(TARGETS[0])
     note = figures.NOTES[('accuracy.json', 'a14a6418c7723c23c395b6e134c3ea4379ed6bf9')]

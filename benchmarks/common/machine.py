@@ -14,6 +14,8 @@ class MachineInfo:
 
     Attributes:
         cpu_model: ``model name`` of /proc/cpuinfo (``platform.processor()`` elsewhere).
+        cpu_extensions: the vector extensions the CPU has (``provenance.vector_extensions``):
+            hosts of one model name differ in them, and so do their timings.
         logical_cores: CPUs the OS reports.
         usable_cores: CPUs this process may run on (affinity).
         memory_gib: physical memory.
@@ -40,6 +42,7 @@ class MachineInfo:
     load_average_start: List[float]
     git_dirty: Optional[bool] = None
     git_changes: List[str] = field(default_factory=list)
+    cpu_extensions: List[str] = field(default_factory=list)
 
 
 # Shared with make demo's results file (mspr_training.provenance).
@@ -80,7 +83,9 @@ def print_machine(machine: MachineInfo, threads: int) -> None:
     cuda = machine.cuda_device or 'no CUDA'
     tree = {True: 'DIRTY tree', False: 'clean tree', None: 'not a git checkout'}[
         machine.git_dirty]
-    print(f'{machine.cpu_model}, {machine.usable_cores}/{machine.logical_cores} cores, '
+    extensions = ' '.join(machine.cpu_extensions) or 'no vector extensions listed'
+    print(f'{machine.cpu_model} ({extensions}), '
+          f'{machine.usable_cores}/{machine.logical_cores} cores, '
           f'torch {machine.torch_version}, {cuda}, {threads} threads, OpenMP wait policy '
           f'{omp_wait_policy()}, load {machine.load_average_start[0]:.2f} '
           f'({machine.date_utc}; commit {machine.git_commit[:7]}, {tree})', flush=True)

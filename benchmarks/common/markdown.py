@@ -101,12 +101,23 @@ def load_text(source: Source) -> str:
     return f'load {num(start[0], 2)} at the start, {num(end[0], 2)} at the end'
 
 
+def cpu_extensions(machine: Mapping[str, Any]) -> str:
+    """Return the vector extensions a results file's CPU had (files before them: not recorded)."""
+    if 'cpu_extensions' not in machine:
+        return 'extensions not recorded'
+    return ' '.join(machine['cpu_extensions']) or 'no vector extensions listed'
+
+
 def caption(source: Source) -> str:
     """Return the caption line of a table rendered from ``source`` (and its note, if any)."""
     threads = source.settings.get('threads')
     parts = [f"`benchmarks/results/{source.name}`", f'commit `{source.commit[:7]}`',
              source.date, f"{source.document.get('mode', '?')} mode",
              tree_state(source.dirty)]
+    machine = source.document.get('machine', {})
+    if 'cpu_extensions' in machine:
+        # Hosts of one model name differ in their vector extensions, and so do the timings.
+        parts.append(f"{machine.get('cpu_model', '?')} ({cpu_extensions(machine)})")
     if threads is not None:
         parts.append(f'{threads} threads')
     parts.append(load_text(source))

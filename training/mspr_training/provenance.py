@@ -22,7 +22,7 @@ import platform
 import shlex
 import subprocess
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 # Writing a results file must not make the next benchmark of the same run "dirty".
 IGNORED_CHANGES = ('benchmarks/results/',)
@@ -67,6 +67,31 @@ def git_state() -> Dict[str, Any]:
     return {'commit': commit.strip(), 'dirty': bool(changes), 'changes': listed}
 
 
+# The vector extensions a CPU kernel library picks its kernels by (oneDNN, MKL, ONNX Runtime),
+# in /proc/cpuinfo's spelling: x86's 'flags', ARM's 'Features'. Two hosts sold under one model
+# name can differ in them (AVX2 only, or AVX-512 with VNNI), and timings with them.
+VECTOR_EXTENSIONS = ('avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx_vnni', 'avx512_bf16',
+                     'amx_bf16', 'amx_int8', 'asimd', 'asimddp', 'i8mm', 'bf16', 'sve')
+
+
+def cpu_flags(cpuinfo: Path = Path('/proc/cpuinfo')) -> Set[str]:
+    """Return the first CPU's feature flags (empty where ``cpuinfo`` cannot be read)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key = line.split(':', 1)[0].strip().lower()
+            if key in ('flags', 'features') and ':' in line:
+                return set(line.split(':', 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def vector_extensions(cpuinfo: Path = Path('/proc/cpuinfo')) -> List[str]:
+    """Return which of :data:`VECTOR_EXTENSIONS` the CPU has, in that order."""
+    flags = cpu_flags(cpuinfo)
+    return [name for name in VECTOR_EXTENSIONS if name in flags]
+
+
 def cpu_model() -> str:
     """Return the CPU model name."""
     try:
@@ -99,14 +124,16 @@ def _memory_gib() -> float:
 def machine_facts() -> Dict[str, Any]:
     """Return the machine, the software and the checkout at the start of a run.
 
-    Keys: ``cpu_model``, ``logical_cores``, ``usable_cores``, ``memory_gib``,
+    Keys: ``cpu_model``, ``cpu_extensions`` (:func:`vector_extensions`), ``logical_cores``,
+    ``usable_cores``, ``memory_gib``,
     ``torch_version``, ``python_version``, ``platform``, ``cuda_device``, ``git_commit``,
     ``git_dirty``, ``git_changes``, ``date_utc``, ``load_average_start``.
     """
     import torch
     git = git_state()
     return {
-        'cpu_model': cpu_model(), 'logical_cores': os.cpu_count() or 0,
+        'cpu_model': cpu_model(), 'cpu_extensions': vector_extensions(),
+        'logical_cores': os.cpu_count() or 0,
         'usable_cores': len(os.sched_getaffinity(0)), 'memory_gib': _memory_gib(),
         'torch_version': torch.__version__, 'python_version': platform.python_version(),
         'platform': platform.platform(),

@@ -48,6 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mspr_ros.onnx_backend import file_sha256, INPUT_NAME, OnnxSession
+from mspr_training import provenance
 
 LOGGER = logging.getLogger(__name__)
 
@@ -80,17 +81,11 @@ class QuantizationResult:
 def int8_kernels() -> dict[str, Any]:
     """Return the CPU's integer dot-product support and the choice it implies (``reduce_range``).
 
-    Read from ``/proc/cpuinfo`` on Linux; elsewhere the machine's architecture only (then
-    ``reduce_range`` stays off: ARM's int8 dot products do not saturate like AVX2's).
+    Read from ``/proc/cpuinfo`` on Linux (:func:`mspr_training.provenance.cpu_flags`);
+    elsewhere the machine's architecture only (then ``reduce_range`` stays off: ARM's int8 dot
+    products do not saturate like AVX2's).
     """
-    flags: set[str] = set()
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('flags'):
-                flags = set(line.split(':', 1)[1].split())
-                break
-    except OSError:
-        pass
+    flags = provenance.cpu_flags()
     vnni = sorted(flags & {'avx512_vnni', 'avx_vnni', 'amx_int8'})
     x86 = platform.machine().lower() in ('x86_64', 'amd64', 'i686')
     avx2_only = x86 and not vnni
