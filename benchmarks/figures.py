@@ -204,6 +204,10 @@ def renderers() -> Dict[str, Callable[[], str]]:
                                    'python benchmarks/torch_latency.py', speed.torch_latency),
         'int8-latency': from_file(('int8_latency.json', 'int8_latency.quick.json'),
                                   'python benchmarks/int8_latency.py', speed.int8_latency),
+        'int8-latency-avx2': from_file(
+            ('int8_latency.avx2.json',),
+            'python benchmarks/int8_latency.py --out benchmarks/results/int8_latency.avx2.json',
+            speed.int8_latency),
         'gpu-latency': from_file(('gpu_latency.json', 'gpu_latency.quick.json'),
                                  'python benchmarks/gpu_latency.py', speed.gpu_latency),
         'feature-views': from_file(('feature_views.json',),

@@ -187,7 +187,9 @@ def int8_latency(source: Source) -> str:
                      f"{verdict(r['goal_met'])} (<= {r['goal_ratio']})",
                      f"{check['outputs']['position']['median_abs_difference']:.1e} / "
                      f"{check['outputs']['orientation']['median_abs_difference']:.1e}",
-                     f"{len(r['quantization']['float_nodes'])}"])
+                     f"{len(r['quantization']['float_nodes'])}",
+                     # Percentile ranges fall back to min-max where ONNX Runtime cannot histogram.
+                     str(r['quantization'].get('activations', 'not recorded'))])
     cpu = s.get('cpu', {})
     calls = f"{s.get('rounds')} rounds x {s.get('calls_per_round')} calls per variant"
     return '\n'.join([caption(source), '', f"_{calls}, interleaved; onnxruntime "
@@ -197,7 +199,7 @@ def int8_latency(source: Source) -> str:
                           ['model', 'torch eager fp32 p50', 'onnxruntime fp32 p50 (/ torch)',
                            'int8 p50 (/ torch)', 'goal int8 / torch p50',
                            'int8 vs float median difference, position / orientation',
-                           'nodes kept in float'], rows)])
+                           'nodes kept in float', 'activation ranges'], rows)])
 
 
 #: How the torch_latency table names each variant (each one adds to the one before).
