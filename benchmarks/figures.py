@@ -183,6 +183,11 @@ def renderers() -> Dict[str, Callable[[], str]]:
             'python benchmarks/fusion_window.py --from benchmarks/results/uncertainty.scale.json '
             '--distances 5 8 10 12 15 20',
             tables_uncertainty.fusion_window),
+        'correlation-blocks': from_file(
+            ('correlation_blocks.json',),
+            'python benchmarks/correlation_blocks.py '
+            '--from benchmarks/results/uncertainty.scale.json',
+            tables_uncertainty.correlation_blocks),
         'camera': from_file(('camera.json', 'camera.quick.json'),
                             'python benchmarks/camera.py --world-seeds 0 1',
                             tables_camera.camera),

@@ -1,12 +1,20 @@
-"""benchmarks/uncertainty.py and fusion_window.py still run: smoke, replay, window sweep.
+"""benchmarks/uncertainty.py, fusion_window.py and correlation_blocks.py still run.
 
-uncertainty.py's --smoke JSON, --replay-from on that run, and fusion_window.py's sweep over
-that run's bundles.
+uncertainty.py's --smoke JSON, --replay-from on that run, fusion_window.py's sweep over
+that run's bundles and correlation_blocks.py's export of its runs again.
 
 The helpers are those of ``test_benchmarks_smoke`` (one process per run, provenance checked).
 """
+import math
+from pathlib import Path
+
+import numpy as np
 import pytest
 from test_benchmarks_smoke import rendered, run_smoke
+from test_correlation_fit import COVARIANCE, gaussian_process_walk
+
+from mspr_ros.estimation.error_correlation import ErrorCorrelation
+from mspr_training.correlation_fit import fit_error_correlation
 
 
 @pytest.mark.slow
@@ -63,3 +71,49 @@ def test_uncertainty_smoke(tmp_path):
     assert sweep['settings']['default_distance_m'] == 15.0
     text = rendered(tmp_path, sweep, 'fusion_window.json', 'fusion-window')
     assert '15 m (default)' in text and '2 m |' in text
+    # The cross-fitted runs exported again: every scene's distance bins with the joint, model and
+    # per-block correlations, pooled per world.
+    blocks = run_smoke('correlation_blocks', tmp_path, '--from',
+                       str(tmp_path / 'uncertainty.json'))
+    (exported,) = blocks['results']['runs']
+    assert exported['covariance_scale'] == 'conformal'
+    assert exported['bundle'] != swept['bundle'] and Path(exported['bundle']).is_file()
+    # The smoke world's walks are too short for a fitted model in most scenes: the scenes
+    # tabulated are exactly those with one (test_correlation_blocks_pool_the_bins covers rows).
+    assert set(exported['scenes']) == set(exported['models'])
+    text = rendered(tmp_path, blocks, 'correlation_blocks.json', 'correlation-blocks')
+    assert 'position alone, empirical' in text
+
+
+def test_correlation_blocks_pool_the_bins(benchmarks_on_path):
+    """Each scene's bins carry the joint, model and block correlations; pooling weighs pairs."""
+    import correlation_blocks
+    from common.markdown import Source
+    from common.tables_uncertainty import correlation_blocks as table
+    rng = np.random.default_rng(3)
+    model = ErrorCorrelation(3.0, math.inf, math.inf, 0.0, 'parameters')
+    fits = [fit_error_correlation([gaussian_process_walk(rng, model, 80, turns=False)
+                                   for _ in range(count)], COVARIANCE, max_pairs=10 ** 6)
+            for count in (1, 3)]
+    scenes = {f'scene{index}': correlation_blocks.scene_bins(fit.summary())
+              for index, fit in enumerate(fits)}
+    for fit, rows in zip(fits, scenes.values()):
+        assert [r['pairs'] for r in rows] == [r['pairs'] for r in fit.bins['distance_m']]
+        first = rows[0]
+        assert first['joint'] == fit.bins['distance_m'][0]['empirical']
+        assert first['position'] == fit.block_bins['position']['distance_m'][0]['empirical']
+        assert first['rotation'] == fit.block_bins['rotation']['distance_m'][0]['empirical']
+    pooled = correlation_blocks.pooled([{'world_seed': 1, 'seed': 0, 'scenes': scenes}])['1']
+    near = pooled[0]
+    a, b = (rows[0] for rows in scenes.values())
+    assert near['pairs'] == a['pairs'] + b['pairs']
+    for key in ('joint', 'model', 'position', 'rotation'):
+        assert near[key] == pytest.approx(
+            (a[key] * a['pairs'] + b[key] * b['pairs']) / near['pairs'])
+    origin = {'file': 'u.json', 'commit': 'abcdef0'}
+    document = {'mode': 'full', 'settings': {'threads': 2, 'source': origin},
+                'results': {'runs': [{'seed': 0}], 'pooled': {'1': pooled}},
+                'machine': {'git_commit': 'abcdef0', 'date_utc': '2027-01-01',
+                            'load_average_start': [0.1, 0.1, 0.1]}}
+    text = table(Source('correlation_blocks.json', document))
+    assert f"| 1 | 0.00-0.25 m | {near['pairs']} |" in text

@@ -304,3 +304,29 @@ def fusion_window(source: Source) -> str:
               'fused / per-frame p95 pos / rot, per seed', 'worst p95 (goal <= 1)',
               'fused median position per seed (m)', 'fused 2σ pos / rot per seed']
     return '\n\n'.join([caption(source), settings, table(header, rows)])
+
+
+def correlation_blocks(source: Source) -> str:
+    """Joint, model and per-block empirical error correlation per distance bin, per world."""
+    s, res = source.settings, source.results
+    origin = s.get('source', {})
+    rows = []
+    for world, bins in sorted(res.get('pooled', {}).items(), key=lambda w: int(w[0])):
+        for row in bins:
+            to = row.get('to')
+            span = f"{num(row['from'], 2)}-{num(to, 2)} m" if to is not None else \
+                f"{num(row['from'], 2)} m and more"
+            rows.append([world, span, str(row['pairs']), num(row['joint'], 2),
+                         num(row['model'], 2), num(row['position'], 2),
+                         num(row['rotation'], 2)])
+    seeds = sorted({r['seed'] for r in res.get('runs', [])})
+    settings = settings_table([
+        ['bundles', f"the cross-fitted runs of `{origin.get('file', '?')}` at "
+                    f"`{str(origin.get('commit', '?'))[:7]}` exported again (first covariance "
+                    f"scale), training seeds {', '.join(map(str, seeds))}"],
+        ['errors', 'out of fold, along the training walks (the calibration errors)'],
+        ['pooled', 'over training seeds and scenes, weighted by pairs']])
+    header = ['world', 'distance between the pair', 'pairs', 'joint 6-D, empirical',
+              'joint, the fitted model', 'position alone, empirical',
+              'rotation alone, empirical']
+    return '\n\n'.join([caption(source), settings, table(header, rows)])

@@ -36,6 +36,13 @@ How:
    A walk set whose frames never turn (or never move) leaves the angle (or the length) out of
    the fit, as infinite.
 
+Per block, for inspection only: the fit's summary also holds the empirical correlation of the
+position errors alone and of the rotation errors alone, per distance and per angle bin
+(``block_bins``; each 3x3 block whitened by its own Cholesky factor), on the same pairs. The
+model is one for both blocks (the fusion scales the whole covariance by one design factor); on
+the rendered worlds the two blocks decay differently (README, "Calibration"), which these bins
+show for a real dataset's bundle without refitting.
+
 Time is never fitted (``time_s`` is infinite): a still robot's errors do not decorrelate with
 time, and the poses are known here. Fewer than ``min_pairs`` pairs give no model (``None``,
 logged); the caller keeps the honest ``ErrorCorrelation.one_frame()``.
@@ -57,6 +64,8 @@ from mspr_ros.estimation.error_correlation import ErrorCorrelation
 LOGGER = logging.getLogger('mspr_training.correlation_fit')
 #: Whitened errors beyond this radius (99.9 % of a 6-D Gaussian) are pulled back to it.
 CLIP_RADIUS = math.sqrt(float(chi2.ppf(0.999, 6)))
+#: The covariance's blocks (ROS order: position, then rotation) of the summary's block bins.
+BLOCKS = {'position': slice(0, 3), 'rotation': slice(3, 6)}
 FLOOR_MAX = 0.999
 LENGTH_BOUNDS_M = (1e-3, 1e4)
 ANGLE_BOUNDS_RAD = (1e-3, 1e3)
@@ -120,6 +129,8 @@ class CorrelationFit:
             covariance is the errors' second moment).
         clipped: frames whose whitened error was pulled back to ``CLIP_RADIUS``.
         bins: empirical vs model correlation per distance and per angle bin.
+        block_bins: 'position' and 'rotation' -> the empirical correlation of that block's
+            errors alone, per distance and per angle bin (no model: one model serves both).
     """
 
     model: ErrorCorrelation
@@ -129,13 +140,15 @@ class CorrelationFit:
     whitened_second_moment: float
     clipped: int
     bins: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    block_bins: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Return the JSON-ready description (stored with the bundle's provenance)."""
         return {'model': self.model.to_dict(), 'pairs': self.pairs, 'walks': self.walks,
                 'frames': self.frames,
                 'whitened_second_moment': self.whitened_second_moment,
-                'clipped_frames': self.clipped, 'bins': self.bins, 'method': METHOD}
+                'clipped_frames': self.clipped, 'bins': self.bins,
+                'block_bins': self.block_bins, 'method': METHOD}
 
 
 def fit_error_correlation(walks: Sequence[Walk], covariance: np.ndarray, *,
@@ -162,33 +175,54 @@ def fit_error_correlation(walks: Sequence[Walk], covariance: np.ndarray, *,
         LOGGER.warning('error correlation not fitted: %d pairs of frames in %d walks (< %d); '
                        'the scene keeps the one-frame model', total, len(used), min_pairs)
         return None
-    whitened = [np.linalg.solve(lower, walk.errors.T).T for walk in used]
-    radius = [np.linalg.norm(z, axis=1) for z in whitened]
-    clipped = sum(int(np.count_nonzero(r > CLIP_RADIUS)) for r in radius)
-    whitened = [z * np.minimum(1.0, CLIP_RADIUS / np.maximum(r, 1e-300))[:, None]
-                for z, r in zip(whitened, radius)]
-    moment = float(np.mean(np.concatenate([np.sum(z * z, axis=1) for z in whitened]))) / 6.0
-    rng = np.random.default_rng(seed)
-    products, distances, angles = [], [], []
-    for walk, z, (first, second) in zip(used, whitened,
-                                        _select_pairs(used, int(max_pairs), rng)):
-        products.append(np.sum(z[first] * z[second], axis=1) / (6.0 * moment))
-        distances.append(np.linalg.norm(walk.positions[first] - walk.positions[second], axis=1))
-        angles.append((Rotation.from_quat(walk.quats[first]).inv()
-                       * Rotation.from_quat(walk.quats[second])).magnitude())
-    product, distance, angle = (np.concatenate(values)
-                                for values in (products, distances, angles))
+    whitened, clipped, moment = _whitened([walk.errors for walk in used], lower, CLIP_RADIUS)
+    pairs = _select_pairs(used, int(max_pairs), np.random.default_rng(seed))
+    distance = np.concatenate([
+        np.linalg.norm(walk.positions[first] - walk.positions[second], axis=1)
+        for walk, (first, second) in zip(used, pairs)])
+    angle = np.concatenate([(Rotation.from_quat(walk.quats[first]).inv()
+                             * Rotation.from_quat(walk.quats[second])).magnitude()
+                            for walk, (first, second) in zip(used, pairs)])
+    product = _pair_products(whitened, moment, pairs)
     model = _fit(product, distance, angle)
+    block_bins = {}
+    for name, block in BLOCKS.items():
+        radius = math.sqrt(float(chi2.ppf(0.999, 3)))
+        own, _, own_moment = _whitened([walk.errors[:, block] for walk in used],
+                                       _cholesky(covariance, block), radius)
+        block_bins[name] = _bins(None, _pair_products(own, own_moment, pairs), distance, angle)
     return CorrelationFit(model, len(product), len(used),
                           sum(len(walk.errors) for walk in used), moment, clipped,
-                          _bins(model, product, distance, angle))
+                          _bins(model, product, distance, angle), block_bins)
 
 
-def _cholesky(covariance: np.ndarray) -> np.ndarray:
-    """Return the lower Cholesky factor of a 6x6 covariance or raise ValueError."""
+def _whitened(errors: Sequence[np.ndarray], lower: np.ndarray, clip_radius: float
+              ) -> tuple[list[np.ndarray], int, float]:
+    """Return each walk's whitened errors (clipped), how many were clipped, ``mean |z|^2 / d``."""
+    whitened = [np.linalg.solve(lower, walk_errors.T).T for walk_errors in errors]
+    radius = [np.linalg.norm(z, axis=1) for z in whitened]
+    clipped = sum(int(np.count_nonzero(r > clip_radius)) for r in radius)
+    whitened = [z * np.minimum(1.0, clip_radius / np.maximum(r, 1e-300))[:, None]
+                for z, r in zip(whitened, radius)]
+    dimension = lower.shape[0]
+    moment = float(np.mean(np.concatenate([np.sum(z * z, axis=1) for z in whitened])))
+    return whitened, clipped, moment / dimension
+
+
+def _pair_products(whitened: Sequence[np.ndarray], moment: float,
+                   pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Return ``z_i . z_j / (d * moment)`` of every selected pair, walk after walk."""
+    dimension = whitened[0].shape[1]
+    return np.concatenate([np.sum(z[first] * z[second], axis=1) / (dimension * moment)
+                           for z, (first, second) in zip(whitened, pairs)])
+
+
+def _cholesky(covariance: np.ndarray, block: slice = slice(0, 6)) -> np.ndarray:
+    """Return the lower Cholesky factor of a 6x6 covariance (or of its block) or raise."""
     covariance = np.asarray(covariance, dtype=np.float64)
     if covariance.shape != (6, 6) or not np.isfinite(covariance).all():
         raise ValueError(f'covariance must be a finite 6x6 matrix, got shape {covariance.shape}')
+    covariance = covariance[block, block]
     try:
         return np.linalg.cholesky(0.5 * (covariance + covariance.T))
     except np.linalg.LinAlgError:
@@ -257,10 +291,10 @@ def _fit(product: np.ndarray, distance: np.ndarray, angle: np.ndarray) -> ErrorC
     return ErrorCorrelation(length, turn, math.inf, min(max(floor, 0.0), FLOOR_MAX), 'fitted')
 
 
-def _bins(model: ErrorCorrelation, product: np.ndarray, distance: np.ndarray,
+def _bins(model: Optional[ErrorCorrelation], product: np.ndarray, distance: np.ndarray,
           angle: np.ndarray) -> dict[str, list[dict[str, Any]]]:
-    """Return, per distance bin and per angle bin, the pairs' mean product and model value."""
-    predicted = model.correlation(distance, angle)
+    """Return, per distance bin and per angle bin, the pairs' mean product (and model value)."""
+    predicted = None if model is None else model.correlation(distance, angle)
     table = {}
     for name, values, edges in (('distance_m', distance, DISTANCE_BINS_M),
                                 ('angle_deg', np.degrees(angle), ANGLE_BINS_DEG)):
@@ -271,9 +305,11 @@ def _bins(model: ErrorCorrelation, product: np.ndarray, distance: np.ndarray,
                 inside |= values == high
             if not inside.any():
                 continue
-            rows.append({'from': low, 'to': None if math.isinf(high) else high,
-                         'pairs': int(np.count_nonzero(inside)),
-                         'empirical': float(np.mean(product[inside])),
-                         'model': float(np.mean(predicted[inside]))})
+            row = {'from': low, 'to': None if math.isinf(high) else high,
+                   'pairs': int(np.count_nonzero(inside)),
+                   'empirical': float(np.mean(product[inside]))}
+            if predicted is not None:
+                row['model'] = float(np.mean(predicted[inside]))
+            rows.append(row)
         table[name] = rows
     return table
