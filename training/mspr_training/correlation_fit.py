@@ -40,8 +40,8 @@ Per block, for inspection only: the fit's summary also holds the empirical corre
 position errors alone and of the rotation errors alone, per distance and per angle bin
 (``block_bins``; each 3x3 block whitened by its own Cholesky factor), on the same pairs. The
 model is one for both blocks (the fusion scales the whole covariance by one design factor); on
-the rendered worlds the two blocks decay differently (README, "Calibration"), which these bins
-show for a real dataset's bundle without refitting.
+the rendered worlds the two blocks decay differently (``benchmarks/correlation_blocks.py``),
+which these bins show for a real dataset's bundle without refitting.
 
 Time is never fitted (``time_s`` is infinite): a still robot's errors do not decorrelate with
 time, and the poses are known here. Fewer than ``min_pairs`` pairs give no model (``None``,
