@@ -13,11 +13,10 @@ model's, and each block's alone. It measures what the one-model design misses; i
 Usage: ``python benchmarks/correlation_blocks.py --from benchmarks/results/uncertainty.scale.json``
 """
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from uncertainty import recorded_worlds
+from uncertainty import load_source
 
 from common import add_common_arguments, begin, default_out, write_results
 from mspr_ros.bundle import load_bundle
@@ -73,9 +72,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Export the runs again and tabulate; return the exit status."""
     args = parse_args(argv)
     mode, machine, notes = begin(args)
-    source = json.loads(args.source.read_text())
+    # The runs' datasets are rendered again if the work folder lost them.
+    source, record, _ = load_source(args.source)
     settings = source['settings']
-    recorded_worlds(settings)   # the runs' datasets, rendered again if the work folder lost them
     runs = []
     for run in source['results']['runs']:
         crossfit = run['crossfit']
@@ -98,8 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = args.out or default_out(NAME, mode)
     document_settings = {
         'threads': args.threads, 'world_seeds': settings['world_seeds'],
-        'source': {'file': args.source.name, 'commit': source['provenance']['git']['commit'],
-                   'budget': settings['budget'], 'config': settings.get('config')}}
+        'source': record}
     path = write_results(out, NAME, mode, machine, settings=document_settings,
                          results={'runs': runs, 'pooled': pooled(runs)}, notes=notes)
     print(f'\nwrote {path}')

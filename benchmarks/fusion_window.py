@@ -23,11 +23,10 @@ Usage: ``python benchmarks/fusion_window.py --from benchmarks/results/uncertaint
 [--distances 5 10 15 20]``
 """
 import argparse
-import json
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from uncertainty import JITTER_GOAL, recorded_worlds
+from uncertainty import JITTER_GOAL, load_source
 
 from common import add_common_arguments, begin, default_out, write_results
 from mspr_ros.bundle import load_bundle
@@ -111,9 +110,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the sweep; return the exit status."""
     args = parse_args(argv)
     mode, machine, notes = begin(args)
-    source = json.loads(args.source.read_text())
+    source, record, worlds = load_source(args.source)
     settings = source['settings']
-    worlds = recorded_worlds(settings)
     node_parameters = settings.get('node_parameters', {})
     runs = []
     for run in source['results']['runs']:
@@ -134,8 +132,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         'default_distance_m': FusionConfig().window_distance_m,
         'chosen_on_world': 0, 'correlation': 'bundle', 'node_parameters': node_parameters,
         'jitter_goal': JITTER_GOAL,
-        'source': {'file': args.source.name, 'commit': source['provenance']['git']['commit'],
-                   'budget': settings['budget'], 'config': settings.get('config')}}
+        'source': record}
     path = write_results(out, NAME, mode, machine, settings=document_settings,
                          results={'runs': runs, 'worst': worst(runs, args.distances)},
                          notes=notes)

@@ -48,7 +48,7 @@ import json
 from pathlib import Path
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -230,6 +230,18 @@ def goals(runs: List[Dict[str, Any]], world: int) -> Dict[str, Any]:
         'p95_worst_ratio': max(p95) if p95 else None,
         'p95_met': bool(p95) and max(p95) <= 1.0,
     }
+
+
+def load_source(path: Path) -> Tuple[Dict[str, Any], Dict[str, Any], Dict[str, Path]]:
+    """Return an earlier run's results file, what a run over it records of it, and its worlds.
+
+    The record: the file's name, commit, world budget and recipe; the worlds: ``recorded_worlds``.
+    """
+    source = json.loads(Path(path).read_text())
+    settings = source['settings']
+    record = {'file': Path(path).name, 'commit': source['provenance']['git']['commit'],
+              'budget': settings['budget'], 'config': settings.get('config')}
+    return source, record, recorded_worlds(settings)
 
 
 def recorded_worlds(settings: Dict[str, Any]) -> Dict[int, Path]:
