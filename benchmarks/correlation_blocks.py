@@ -20,6 +20,7 @@ from uncertainty import load_source
 
 from common import add_common_arguments, begin, default_out, write_results
 from mspr_ros.bundle import load_bundle
+from mspr_training.calibration import SCALE_CONFORMAL
 from mspr_training.export import export_bundle
 
 NAME = 'correlation_blocks'
@@ -79,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for run in source['results']['runs']:
         crossfit = run['crossfit']
         run_dir = Path(crossfit['bundle']).parent
-        scale = next(iter(crossfit.get('scales') or {'conformal': None}))
+        scale = next(iter(crossfit.get('scales') or {SCALE_CONFORMAL: None}))
         out = run_dir / f'model.blocks.{scale}.safetensors'
         print(f"world {run['world_seed']} seed {run['seed']}: exporting {run_dir}", flush=True)
         export_bundle(run_dir, out, calibration_split='crossfit', device=settings['device'],

@@ -20,7 +20,7 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
 from common import tables_camera, tables_speed, tables_training, tables_uncertainty
-from common.markdown import cpu_extensions, load_source, missing, num, render_blocks
+from common.markdown import cpu_text, load_source, missing, num, render_blocks
 from common.markdown import RESULTS_DIR, Source, table, tree_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,8 +124,7 @@ def sources_table() -> str:
         rows.append([f'`{path.name}`', document.get('mode', '?'), found.date,
                      f'`{found.commit[:7]}`', tree_state(found.dirty) + (' (note)' if found.note
                                                                          else ''),
-                     f"{machine.get('cpu_model', '?')} ({cpu_extensions(machine)}), "
-                     f"{machine.get('usable_cores', '?')} cores, "
+                     f"{cpu_text(machine)}, {machine.get('usable_cores', '?')} cores, "
                      f"{machine.get('cuda_device') or 'no GPU'}",
                      machine.get('torch_version', '?'), found.settings.get('threads', '?'),
                      f'{num(load_start, 2)} -> {num(load_end, 2)}',

@@ -101,11 +101,13 @@ def load_text(source: Source) -> str:
     return f'load {num(start[0], 2)} at the start, {num(end[0], 2)} at the end'
 
 
-def cpu_extensions(machine: Mapping[str, Any]) -> str:
-    """Return the vector extensions a results file's CPU had (files before them: not recorded)."""
+def cpu_text(machine: Mapping[str, Any]) -> str:
+    """Return a results file's CPU and its vector extensions (files before them: not recorded)."""
     if 'cpu_extensions' not in machine:
-        return 'extensions not recorded'
-    return ' '.join(machine['cpu_extensions']) or 'no vector extensions listed'
+        extensions = 'extensions not recorded'
+    else:
+        extensions = ' '.join(machine['cpu_extensions']) or 'no vector extensions listed'
+    return f"{machine.get('cpu_model', '?')} ({extensions})"
 
 
 def caption(source: Source) -> str:
@@ -117,7 +119,7 @@ def caption(source: Source) -> str:
     machine = source.document.get('machine', {})
     if 'cpu_extensions' in machine:
         # Hosts of one model name differ in their vector extensions, and so do the timings.
-        parts.append(f"{machine.get('cpu_model', '?')} ({cpu_extensions(machine)})")
+        parts.append(cpu_text(machine))
     if threads is not None:
         parts.append(f'{threads} threads')
     parts.append(load_text(source))

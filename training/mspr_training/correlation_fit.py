@@ -64,8 +64,10 @@ from mspr_ros.estimation.error_correlation import ErrorCorrelation
 LOGGER = logging.getLogger('mspr_training.correlation_fit')
 #: Whitened errors beyond this radius (99.9 % of a 6-D Gaussian) are pulled back to it.
 CLIP_RADIUS = math.sqrt(float(chi2.ppf(0.999, 6)))
-#: The covariance's blocks (ROS order: position, then rotation) of the summary's block bins.
+#: The covariance's blocks (ROS order: position, then rotation) of the summary's block bins,
+#: and their clip radius (99.9 % of a 3-D Gaussian).
 BLOCKS = {'position': slice(0, 3), 'rotation': slice(3, 6)}
+BLOCK_CLIP_RADIUS = math.sqrt(float(chi2.ppf(0.999, 3)))
 FLOOR_MAX = 0.999
 LENGTH_BOUNDS_M = (1e-3, 1e4)
 ANGLE_BOUNDS_RAD = (1e-3, 1e3)
@@ -187,9 +189,8 @@ def fit_error_correlation(walks: Sequence[Walk], covariance: np.ndarray, *,
     model = _fit(product, distance, angle)
     block_bins = {}
     for name, block in BLOCKS.items():
-        radius = math.sqrt(float(chi2.ppf(0.999, 3)))
         own, _, own_moment = _whitened([walk.errors[:, block] for walk in used],
-                                       _cholesky(covariance, block), radius)
+                                       _cholesky(covariance, block), BLOCK_CLIP_RADIUS)
         block_bins[name] = _bins(None, _pair_products(own, own_moment, pairs), distance, angle)
     return CorrelationFit(model, len(product), len(used),
                           sum(len(walk.errors) for walk in used), moment, clipped,

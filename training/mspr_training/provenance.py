@@ -74,16 +74,21 @@ VECTOR_EXTENSIONS = ('avx2', 'fma', 'avx512f', 'avx512_vnni', 'avx_vnni', 'avx51
                      'amx_bf16', 'amx_int8', 'asimd', 'asimddp', 'i8mm', 'bf16', 'sve')
 
 
-def cpu_flags(cpuinfo: Path = Path('/proc/cpuinfo')) -> Set[str]:
-    """Return the first CPU's feature flags (empty where ``cpuinfo`` cannot be read)."""
+def _cpuinfo_value(keys: Sequence[str], cpuinfo: Path = Path('/proc/cpuinfo')) -> Optional[str]:
+    """Return the first CPU's value of the first of ``keys`` found (None: absent or unreadable)."""
     try:
         for line in cpuinfo.read_text().splitlines():
-            key = line.split(':', 1)[0].strip().lower()
-            if key in ('flags', 'features') and ':' in line:
-                return set(line.split(':', 1)[1].split())
+            key, separator, value = line.partition(':')
+            if separator and key.strip().lower() in keys:
+                return value.strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags(cpuinfo: Path = Path('/proc/cpuinfo')) -> Set[str]:
+    """Return the first CPU's feature flags (empty where ``cpuinfo`` cannot be read)."""
+    return set((_cpuinfo_value(('flags', 'features'), cpuinfo) or '').split())
 
 
 def vector_extensions(cpuinfo: Path = Path('/proc/cpuinfo')) -> List[str]:
@@ -94,13 +99,7 @@ def vector_extensions(cpuinfo: Path = Path('/proc/cpuinfo')) -> List[str]:
 
 def cpu_model() -> str:
     """Return the CPU model name."""
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.lower().startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
+    return _cpuinfo_value(('model name',)) or platform.processor() or 'unknown'
 
 
 def load_average() -> List[float]:
