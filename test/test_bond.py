@@ -193,7 +193,13 @@ def test_bond_forms_on_activate_breaks_on_deactivate_and_times_out_when_killed(n
         'deactivate must break the bond at once (the death notice), not by a timeout'
     print(f'deactivate: bond broken after {time.monotonic() - started_at:.3f} s')
     node_instance = first.sister_instance_id
-    assert heartbeats.of(node_instance)[-1][1] is False, 'the node must end with a death notice'
+    sent = heartbeats.of(node_instance)
+    assert sent[-1][1] is False, 'the node must end with a death notice'
+    # A manager keeps one message of the topic, its own heartbeats among them: one notice can be
+    # overwritten before its executor takes it, so the node repeats it.
+    notices = [t for t, active in sent if not active]
+    print(f'deactivate: {len(notices)} death notices over {notices[-1] - notices[0]:.3f} s')
+    assert len(notices) >= 2, 'the death notice must repeat (one can be overwritten)'
     _release(manager, first)
 
     second, formed_after = _activate_and_form(client, fqn, manager)
@@ -241,6 +247,24 @@ def _start_manager_process(domain, tmp, namespace, index):
     return manager, manager.wait_for_output(r'bond formed (\S+)').group(1)
 
 
+def _wait_node_silent(heartbeats, manager_instance, since, manager_gone_at, what):
+    """Return when the node's last heartbeat to ``manager_instance`` (after ``since``) came.
+
+    The node counts as silent once it has sent nothing for five manager heartbeat periods and its
+    heartbeat timeout (with slack) has passed since the manager went quiet at
+    ``manager_gone_at``: a node starved by a busy machine can pause its heartbeats for half a
+    second before its timeout, and taking that pause for the silence made the assertions on the
+    last heartbeat's time fail on a node that went on sending (CI, stop 35).
+    """
+    def node_silent():
+        sent = heartbeats.from_others(manager_instance, since)
+        now = time.monotonic()
+        return (sent and now - sent[-1] > 5 * MANAGER_HEARTBEAT_S
+                and now - manager_gone_at > HEARTBEAT_TIMEOUT_S + TIMEOUT_SLACK_S and sent[-1])
+
+    return wait_until(node_silent, SILENCE_WAIT_S, what)
+
+
 def test_the_node_side_times_out_on_a_killed_manager_again_and_again(nodes):
     """The node stops its heartbeats when its manager dies, on every activation.
 
@@ -264,12 +288,8 @@ def test_the_node_side_times_out_on_a_killed_manager_again_and_again(nodes):
         killed_at = time.monotonic()
         manager.stop()
 
-        def node_silent():
-            sent = heartbeats.from_others(manager_instance, formed_at)
-            return time.monotonic() - sent[-1] > 5 * MANAGER_HEARTBEAT_S and sent[-1]
-
-        last = wait_until(node_silent, SILENCE_WAIT_S,
-                          f'the node to stop its heartbeats (round {round_})')
+        last = _wait_node_silent(heartbeats, manager_instance, formed_at, killed_at,
+                                 f'the node to stop its heartbeats (round {round_})')
         print(f'round {round_}: the node stopped its heartbeats {last - killed_at:.3f} s after '
               'its manager was killed')
         assert last - killed_at > HEARTBEAT_TIMEOUT_S - TIMEOUT_SLACK_S, \
@@ -316,12 +336,8 @@ def test_the_node_side_times_out_on_a_manager_that_sent_one_heartbeat(nodes):
     publisher.publish(heartbeat)
     sent_at = time.monotonic()
 
-    def node_silent():
-        sent = heartbeats.from_others(heartbeat.instance_id, sent_at)
-        return sent and time.monotonic() - sent[-1] > 5 * MANAGER_HEARTBEAT_S and sent[-1]
-
-    last = wait_until(node_silent, SILENCE_WAIT_S,
-                      'the node to stop its heartbeats')
+    last = _wait_node_silent(heartbeats, heartbeat.instance_id, sent_at, sent_at,
+                             'the node to stop its heartbeats')
     print(f'one heartbeat: the node stopped its heartbeats {last - sent_at:.3f} s after it')
     assert last - sent_at > HEARTBEAT_TIMEOUT_S - TIMEOUT_SLACK_S
     client.node.destroy_publisher(publisher)

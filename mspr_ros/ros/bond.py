@@ -20,9 +20,10 @@ Three bondpy details shape this module (``test/test_bond.py`` shows each one):
   (the publishing thread ends, ``__del__`` does nothing) and destroys both through the node.
 - ``stop`` cannot wait for the manager's answer as ``bondcpp``'s destructor does (the
   transitions run on the executor that would deliver it, and the manager may be gone):
-  ``break_bond`` sends the death notice, as ``nav2_util::LifecycleNode::destroyBond`` does, and
-  ``stop`` waits (at most ``DEATH_NOTICE_ACK_S``) until DDS reports it delivered, so that the
-  manager sees the break at once rather than after its heartbeat timeout. After Ctrl-C the
+  ``break_bond`` sends the death notice, as ``nav2_util::LifecycleNode::destroyBond`` does,
+  bondpy repeats it for ``DEATH_NOTICE_REPEAT_S``, and ``stop`` waits (at most
+  ``DEATH_NOTICE_ACK_S``) until DDS reports them delivered, so that the manager sees the break
+  at once rather than after its heartbeat timeout. After Ctrl-C the
   context is gone and nothing can be sent: the manager then notices the silence.
 - bondpy declares the parameter ``/bond_disable_heartbeat_timeout`` on every heartbeat timeout;
   the second one on a node raises in bondpy's timer thread and leaves the bond alive with a dead
@@ -30,6 +31,7 @@ Three bondpy details shape this module (``test/test_bond.py`` shows each one):
   timer when the bond forms, not on the manager's second message.
 """
 from functools import lru_cache
+import time
 from typing import Optional
 
 import rclpy
@@ -38,9 +40,16 @@ from rclpy.duration import Duration
 # nav2_util::LifecycleNode::createBond.
 BOND_TOPIC = 'bond'
 HEARTBEAT_TIMEOUT_S = 4.0
-# How long stop waits for DDS to report the death notice delivered (a live manager answers in
-# milliseconds; bondcpp's destructor waits 100 ms for the broken state).
+# How long stop waits for DDS to report the death notices delivered (a live manager answers in
+# milliseconds).
 DEATH_NOTICE_ACK_S = 0.5
+# How long the death notice repeats before the bond's endpoints go. bondpy's and bondcpp's
+# manager side keep one message of the bond topic, where the manager's own heartbeats also
+# arrive every 0.1 s: a single notice that the manager's executor has not taken before its next
+# heartbeat is overwritten, and the manager sees the break only after its heartbeat timeout
+# (test/test_lifecycle_manager.py caught this on a loaded machine). bondpy's publishing thread
+# repeats the notice every 50 ms meanwhile, as bondcpp's does while its destructor waits.
+DEATH_NOTICE_REPEAT_S = 0.25
 
 
 @lru_cache(maxsize=None)
@@ -123,6 +132,7 @@ class ManagerBond:
         if rclpy.ok(context=self._node.context):
             try:
                 bond.break_bond()
+                time.sleep(DEATH_NOTICE_REPEAT_S)
                 bond.pub.wait_for_all_acked(Duration(seconds=DEATH_NOTICE_ACK_S))
             except RuntimeError as error:  # RCLError, InvalidHandle: Ctrl-C came in between
                 self._node.get_logger().debug(f'bond: death notice not sent ({error})')
