@@ -124,16 +124,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def rendered_world(budget: Budget, seed: int) -> Path:
-    """Render (or reuse) the world of ``seed`` (Cambridge layout and a bag of its test walks)."""
+def rendered_world(budget: Budget, seed: int, site: Optional[Tuple[int, int]] = None) -> Path:
+    """Render (or reuse) the world of ``seed`` (Cambridge layout and a bag of its test walks).
+
+    ``site``: ``(frames, walks)`` per scene of a ``site`` split drawn as the test walks are,
+    in a folder of its own (the train and test walks are the same as without it).
+    """
     folder = WORK_DIR / (f'uncertainty_world_seed{seed}_{budget.train_frames}_'
-                         f'{budget.test_frames}_{budget.image_size[0]}x{budget.image_size[1]}')
+                         f'{budget.test_frames}_{budget.image_size[0]}x{budget.image_size[1]}'
+                         + (f'_site{site[0]}x{site[1]}' if site else ''))
     started = time.perf_counter()
+    site_frames, site_sequences = site or (0, 1)
     manifest = generate(folder, formats=('cambridge', 'bag'), num_scenes=3,
                         train_frames=budget.train_frames, test_frames=budget.test_frames,
                         size=budget.image_size, seed=seed,
                         train_sequences=budget.train_sequences,
-                        test_sequences=budget.test_sequences, bag_rate_hz=budget.bag_rate_hz)
+                        test_sequences=budget.test_sequences, bag_rate_hz=budget.bag_rate_hz,
+                        site_frames=site_frames, site_sequences=site_sequences)
     print(f"{'reused' if manifest.cached else 'rendered'} world in {folder} "
           f'({time.perf_counter() - started:.0f} s): {manifest.counts}', flush=True)
     return folder
@@ -162,26 +169,35 @@ def train_recipe(recipe: str, split: List[str], config: str, budget: Budget, see
     started = time.perf_counter()
     result = train(cfg, run_dir, str(root))
     seconds = time.perf_counter() - started
-    exported: Dict[str, Dict[str, Any]] = {}
-    for scale in scales:
-        bundle_path, _ = export_bundle(run_dir, run_dir / f'model.{scale}.safetensors',
-                                       data_root=root, device=device, covariance_scale=scale)
-        evaluation = evaluate_bundle(bundle_path, cfg.data, cfg.data.test_split,
-                                     run_dir / f'eval.{scale}', data_root=root, device=device,
-                                     thresholds=cfg.validation.recall_thresholds)
-        bundle = load_bundle(bundle_path)
-        calibration = bundle.provenance.get('calibration', {})
-        exported[scale] = {
-            'bundle': str(bundle_path), 'metrics': evaluation.report.to_dict(),
+    exported = {scale: export_and_evaluate(run_dir, run_dir / f'model.{scale}.safetensors', cfg,
+                                           root, device, scale, run_dir / f'eval.{scale}')
+                for scale in scales}
+    first = exported[scales[0]]
+    return {'recipe': recipe, 'seed': seed, 'train_seconds': seconds,
+            'timing': result.timing, **first, 'scales': exported}
+
+
+def export_and_evaluate(run_dir: Path, out: Path, cfg, root: Path, device: str, scale: str,
+                        eval_dir: Path, calibration_split: str = 'default') -> Dict[str, Any]:
+    """Export a run's bundle, evaluate it on the test walks; return its figures.
+
+    ``cfg`` is the run's config, ``root`` the dataset root; ``calibration_split`` is
+    ``mspr-export``'s (the run's own by default).
+    """
+    bundle_path, _ = export_bundle(run_dir, out, calibration_split=calibration_split,
+                                   data_root=root, device=device, covariance_scale=scale)
+    evaluation = evaluate_bundle(bundle_path, cfg.data, cfg.data.test_split, eval_dir,
+                                 data_root=root, device=device,
+                                 thresholds=cfg.validation.recall_thresholds)
+    bundle = load_bundle(bundle_path)
+    calibration = bundle.provenance.get('calibration', {})
+    return {'bundle': str(bundle_path), 'metrics': evaluation.report.to_dict(),
             'coverage': evaluation.coverage.to_dict(),
             'calibration_method': calibration.get('method'),
             'covariance_scale': {'method': calibration.get('scale_method'),
                                  'factors': calibration.get('scale')},
             'error_correlation': {scene: model.to_dict()
                                   for scene, model in bundle.error_correlation.items()}}
-    first = exported[scales[0]]
-    return {'recipe': recipe, 'seed': seed, 'train_seconds': seconds,
-            'timing': result.timing, **first, 'scales': exported}
 
 
 def replay(bundle_path: str, world: Path, device: str,
@@ -250,10 +266,15 @@ def recorded_worlds(settings: Dict[str, Any]) -> Dict[int, Path]:
     The worlds are rendered again (the same seed and budget give the same world) when the
     work folder lost them.
     """
-    recorded = settings['budget']
-    budget = Budget(**{**recorded, 'image_size': tuple(recorded['image_size']),
-                       'seeds': tuple(recorded['seeds'])})
+    budget = recorded_budget(settings)
     return {seed: rendered_world(budget, seed) for seed in settings['world_seeds']}
+
+
+def recorded_budget(settings: Dict[str, Any]) -> Budget:
+    """Return the budget a results file's ``settings`` record."""
+    recorded = settings['budget']
+    return Budget(**{**recorded, 'image_size': tuple(recorded['image_size']),
+                     'seeds': tuple(recorded['seeds'])})
 
 
 def replay_again(source_path: Path, out: Optional[Path], machine, notes: List[str]) -> int:

@@ -260,3 +260,41 @@ def test_generate_refuses_folders_it_did_not_write_and_bad_arguments(tmp_path, c
         main(['--out', str(tmp_path), '--formats', 'cambridge,hdf5'])
     with pytest.raises(ValueError, match='at least one frame per sequence'):
         generate(tmp_path / 'x', num_scenes=1, train_frames=1, train_sequences=2)
+
+
+def test_site_split_is_drawn_as_the_test_walks_and_leaves_train_and_test_alone(tmp_path, capsys):
+    """A site split: walks of its own, under test conditions, in both dataset layouts."""
+    world = build_world(2, 1)
+    base = plan_sequences(world, 4, 4, 2, 1)
+    with_site = plan_sequences(world, 4, 4, 2, 1, site_frames=6, site_sequences=2)
+    assert [(p.split, p.number) for p in with_site] == [
+        ('train', 1), ('train', 2), ('test', 3), ('site', 4), ('site', 5)]
+    for before, after in zip(base, with_site):
+        np.testing.assert_array_equal(before.poses, after.poses)
+        assert before.lighting == after.lighting
+    test, site = with_site[2], with_site[3:]
+    # Drawn like the test walk (shifted light: an exposure training never has) but on paths
+    # and light of their own, so calibrating on them never sees a test frame.
+    assert all(abs(p.lighting.exposure - 1.0) >= 0.25 for p in [test, *site])
+    assert all(p.lighting.exposure == 1.0 for p in with_site[:2])
+    assert all(not np.allclose(p.poses[:3], test.poses[:3]) and p.lighting != test.lighting
+               for p in site)
+    with pytest.raises(ValueError, match='site'):
+        plan_sequences(world, 4, 4, 2, 1, site_frames=1, site_sequences=2)
+
+    out = tmp_path / 'synth'
+    options = dict(num_scenes=1, train_frames=2, test_frames=2, train_sequences=1,
+                   size=(40, 30), seed=2, formats=('cambridge', '7scenes'))
+    plain = generate(out, **options)
+    assert 'site_frames' not in plain.parameters, 'worlds rendered before stay reusable'
+    manifest = generate(out, site_frames=3, **options)
+    assert not manifest.cached and manifest.counts == {'atrium': {'train': 2, 'test': 2,
+                                                                  'site': 3}}
+    assert len(read_cambridge(out / 'cambridge/atrium', 'site')) == 3
+    assert (out / '7scenes/atrium/SiteSplit.txt').read_text() == 'sequence3\n'
+    assert len(read_7scenes(out / '7scenes/atrium', 'site')) == 3
+    assert len(read_7scenes(out / '7scenes/atrium', 'test')) == 2
+    assert main(['--out', str(out), '--scenes', '1', '--train-frames', '2', '--test-frames',
+                 '2', '--train-sequences', '1', '--size', '40x30', '--formats',
+                 'cambridge,7scenes', '--seed', '2', '--site-frames', '3', '--quiet']) == 0
+    assert 'reused cached' in capsys.readouterr().out

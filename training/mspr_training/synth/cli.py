@@ -65,6 +65,10 @@ def build_parser():
     parser.add_argument('--train-sequences', type=int, default=2,
                         help='train sequences per scene')
     parser.add_argument('--test-sequences', type=int, default=1, help='test sequences per scene')
+    parser.add_argument('--site-frames', type=int, default=0,
+                        help='frames per scene of a site split, walks drawn as the test ones, '
+                             'for mspr-export --calibration-split site (default 0: none)')
+    parser.add_argument('--site-sequences', type=int, default=1, help='site sequences per scene')
     parser.add_argument('--size', type=parse_size, default=(320, 240), help='WIDTHxHEIGHT')
     parser.add_argument('--fov', type=float, default=65.0, help='horizontal field of view, deg')
     parser.add_argument('--seed', type=int, default=0, help='world and path seed')
@@ -95,12 +99,14 @@ def main(argv=None):
             train_sequences=args.train_sequences, test_sequences=args.test_sequences,
             bag_splits=args.bag_splits, horizontal_fov_deg=args.fov, preview=args.preview,
             progress=not args.quiet, bag_rate_hz=args.bag_rate,
-            test_conditions=args.test_conditions, bag_camera=args.bag_camera)
+            test_conditions=args.test_conditions, bag_camera=args.bag_camera,
+            site_frames=args.site_frames, site_sequences=args.site_sequences)
     except (ValueError, FileExistsError) as error:
         print(f'mspr-synth: error: {error}', file=sys.stderr)
         return 2
     state = 'reused cached' if manifest.cached else f'rendered in {manifest.seconds:.1f} s:'
-    totals = ', '.join(f'{scene} {c["train"]}+{c["test"]}' for scene, c in manifest.counts.items())
+    totals = ', '.join(f'{scene} ' + '+'.join(str(n) for n in c.values())
+                       for scene, c in manifest.counts.items())
     print(f'mspr-synth: {state} {", ".join(manifest.outputs)} in {args.out} ({totals})')
     return 0
 

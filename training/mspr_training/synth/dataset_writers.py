@@ -15,6 +15,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from mspr_ros.geometry.quaternions import quaternion_from_rotation
+from mspr_training.data import cambridge, seven_scenes
 from mspr_training.data.cameras import CAMERA_FILE, NVM_FILE
 from mspr_training.synth.sequences import SPLITS
 
@@ -86,7 +87,7 @@ class CambridgeWriter:
         """Write the split and NVM files of every scene seen; return {scene: {split: frames}}."""
         counts = defaultdict(dict)
         for (scene, split), rows in sorted(self.rows.items()):
-            listing = self.root / scene / f'dataset_{split}.txt'
+            listing = self.root / scene / cambridge.split_file_name(split)
             listing.write_text(CAMBRIDGE_HEADER + '\n'.join(rows) + '\n')
             counts[scene][split] = len(rows)
         for scene, lines in sorted(self.nvm.items()):
@@ -143,9 +144,11 @@ class SevenScenesWriter:
         for scene in sorted({scene for scene, _ in self.sequences}):
             (self.root / scene / CAMERA_FILE).write_text(
                 json.dumps(self.cameras[scene].to_dict(), indent=2) + '\n')
-            for split, name in zip(SPLITS, ('TrainSplit.txt', 'TestSplit.txt')):
+            # Train and test files always, as the dataset ships them; other splits when seen.
+            seen = {split for name, split in self.sequences if name == scene}
+            for split in [*SPLITS, *sorted(seen - set(SPLITS))]:
                 numbers = sorted(self.sequences.get((scene, split), ()))
-                (self.root / scene / name).write_text(
+                (self.root / scene / seven_scenes.split_file_name(split)).write_text(
                     ''.join(f'sequence{number}\n' for number in numbers))
                 counts[scene][split] = self.frames.get((scene, split), 0)
         return dict(counts)

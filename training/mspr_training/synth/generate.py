@@ -9,7 +9,7 @@ from mspr_ros.camera.model import CameraModel
 from mspr_training.synth.dataset_writers import CambridgeWriter, SevenScenesWriter
 from mspr_training.synth.preview import write_preview
 from mspr_training.synth.rosbag_writer import RosbagWriter, sidecar_path
-from mspr_training.synth.sequences import plan_sequences
+from mspr_training.synth.sequences import plan_sequences, SITE_SPLIT
 from mspr_training.synth.world import build_world
 from mspr_training.synth.writers import write_frames
 
@@ -63,7 +63,8 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
              size=(320, 240), seed=0, bag_storage='mcap', train_sequences=2, test_sequences=1,
              bag_splits=('test',), horizontal_fov_deg=65.0, preview=False, progress=False,
              bag_rate_hz=30.0, test_conditions='shifted',
-             bag_camera: CameraModel | None = None) -> Manifest:
+             bag_camera: CameraModel | None = None, site_frames=0,
+             site_sequences=1) -> Manifest:
     """Render the world once and write every requested format under ``out_dir``.
 
     Layout: ``out_dir/cambridge/<scene>/...``, ``out_dir/7scenes/<scene>/...``, ``out_dir/bag``
@@ -80,7 +81,10 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
     ``bag_camera`` records the bag through another camera (e.g. ``synth.camera.wide_camera()``):
     its frames are rendered through it at the same poses and light, its ``camera_info`` and
     ``bag.json`` state it; the dataset layouts keep the ``size`` / ``horizontal_fov_deg``
-    pinhole. None (default) records the bag through that pinhole too.
+    pinhole. None (default) records the bag through that pinhole too. ``site_frames`` > 0
+    adds a ``site`` split to the dataset layouts: ``site_sequences`` walks per scene drawn as
+    the test ones (``mspr_training.synth.sequences``), for ``mspr-export --calibration-split
+    site``.
     """
     formats = tuple(formats)
     unknown = sorted(set(formats) - set(FORMATS))
@@ -96,13 +100,18 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
         'bag_rate_hz': bag_rate_hz, 'test_conditions': test_conditions,
         'bag_camera': None if bag_camera is None else bag_camera.to_dict(),
     }
+    if site_frames:
+        # Only then: worlds rendered before the site split existed stay reusable.
+        parameters.update(site_frames=site_frames, site_sequences=site_sequences)
+    dataset_splits = ('train', 'test', *((SITE_SPLIT,) if site_frames else ()))
     camera = CameraModel.from_fov(size[0], size[1], horizontal_fov_deg)
     bag_camera = camera if bag_camera is None else bag_camera
 
     def world_and_plans():
         world = build_world(seed, num_scenes)
         return world, plan_sequences(world, train_frames, test_frames, train_sequences,
-                                     test_sequences, test_conditions)
+                                     test_sequences, test_conditions, site_frames,
+                                     site_sequences)
 
     previous = Manifest.read(out_dir / MANIFEST)
     reusable = previous is not None and previous.parameters == parameters
@@ -117,10 +126,10 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
     started = time.perf_counter()
     sinks, outputs = [], {}
     if 'cambridge' in formats:
-        sinks.append((CambridgeWriter(out_dir / OUTPUTS['cambridge']), ('train', 'test')))
+        sinks.append((CambridgeWriter(out_dir / OUTPUTS['cambridge']), dataset_splits))
         outputs['cambridge'] = OUTPUTS['cambridge']
     if '7scenes' in formats:
-        sinks.append((SevenScenesWriter(out_dir / OUTPUTS['7scenes']), ('train', 'test')))
+        sinks.append((SevenScenesWriter(out_dir / OUTPUTS['7scenes']), dataset_splits))
         outputs['7scenes'] = OUTPUTS['7scenes']
     if 'bag' in formats:
         sinks.append((RosbagWriter(out_dir / OUTPUTS['bag'], bag_camera, storage=bag_storage,
@@ -132,7 +141,7 @@ def generate(out_dir, formats=FORMATS, num_scenes=3, train_frames=300, test_fram
         sink.close()
     counts = {scene.name: {split: sum(len(p.poses) for p in plans
                                       if p.scene == scene.name and p.split == split)
-                           for split in ('train', 'test')} for scene in world.scenes}
+                           for split in dataset_splits} for scene in world.scenes}
     manifest = Manifest(parameters, world.scene_names, counts, outputs,
                         round(time.perf_counter() - started, 3))
     (out_dir / MANIFEST).write_text(manifest.to_json())

@@ -5,6 +5,11 @@ Test sequences are recorded under other conditions than training ones by default
 other walks: light from :meth:`Lighting.shifted` (other exposure, colour cast and sun) and a
 camera carried differently (height 12-25 cm higher or lower, another pitch bias, a wider
 look-around). ``'same'`` draws test sequences like training ones.
+
+A world can also hold a ``site`` split: walks of their own, drawn like the test walks (the same
+conditions, each its own path and light), for calibrating a trained model's covariance under the
+conditions it will meet (``mspr-export --calibration-split site``) without touching the walks it
+is judged on.
 """
 from dataclasses import dataclass
 from typing import Iterator
@@ -16,6 +21,7 @@ from mspr_training.synth.camera_paths import PathStyle, plan_path
 from mspr_training.synth.render import Lighting, render
 
 SPLITS = ('train', 'test')
+SITE_SPLIT = 'site'
 TEST_CONDITIONS = ('shifted', 'same')
 
 
@@ -32,8 +38,8 @@ class SequencePlan:
 
     Attributes:
         scene: scene name.
-        split: 'train' or 'test'.
-        number: 1-based sequence number within the scene (train sequences first).
+        split: 'train', 'test' or 'site'.
+        number: 1-based sequence number within the scene (train, then test, then site).
         poses: float64 (N, 4, 4) ``T_scene_cam`` of each frame.
         lighting: the sequence's illumination.
     """
@@ -72,8 +78,9 @@ def split_counts(total, parts):
 
 
 def plan_sequences(world, train_frames=300, test_frames=100, train_sequences=2,
-                   test_sequences=1, test_conditions='shifted') -> list[SequencePlan]:
-    """Return the plans of every scene: train sequences, then test sequences.
+                   test_sequences=1, test_conditions='shifted', site_frames=0,
+                   site_sequences=1) -> list[SequencePlan]:
+    """Return the plans of every scene: train sequences, then test ones, then site ones.
 
     ``train_frames`` and ``test_frames`` are per scene, shared out over the sequences. Each
     sequence walks its own loop (its own seed) under its own random lighting. Training
@@ -82,23 +89,27 @@ def plan_sequences(world, train_frames=300, test_frames=100, train_sequences=2,
     cannot place a view it never saw, e.g. every test frame facing the other way).
     ``test_conditions`` ('shifted' or 'same', see the module docstring) sets how test
     sequences differ from training ones; training sequences do not depend on it.
+    ``site_frames`` > 0 adds ``site_sequences`` walks per scene, drawn as test ones are; the
+    train and test walks do not depend on them.
     """
     if test_conditions not in TEST_CONDITIONS:
         raise ValueError(f'test_conditions must be one of {TEST_CONDITIONS}, '
                          f'got {test_conditions!r}')
-    for name, frames, sequences in (('train', train_frames, train_sequences),
-                                    ('test', test_frames, test_sequences)):
+    wanted = [('train', train_frames, train_sequences), ('test', test_frames, test_sequences)]
+    if site_frames:
+        wanted.append((SITE_SPLIT, site_frames, site_sequences))
+    for name, frames, sequences in wanted:
         if sequences < 1 or frames < sequences:
             raise ValueError(f'{name}: need at least one frame per sequence and one sequence, '
                              f'got {frames} frames in {sequences} sequences')
     plans = []
     for scene_index, scene in enumerate(world.scenes):
-        counts = ([('train', n) for n in split_counts(train_frames, train_sequences)]
-                  + [('test', n) for n in split_counts(test_frames, test_sequences)])
+        counts = [(split, n) for split, frames, sequences in wanted
+                  for n in split_counts(frames, sequences)]
         for number, (split, frames) in enumerate(counts, start=1):
             rng = np.random.default_rng([world.seed, scene_index, number])
             clockwise = bool(number % 2 == 0) if split == 'train' else None
-            if split == 'test' and test_conditions == 'shifted':
+            if split != 'train' and test_conditions == 'shifted':
                 style, lighting = shifted_style(rng), Lighting.shifted
             else:
                 style, lighting = PathStyle(), Lighting.random
