@@ -187,6 +187,11 @@ def renderers() -> Dict[str, Callable[[], str]]:
             'python benchmarks/correlation_blocks.py '
             '--from benchmarks/results/uncertainty.scale.json',
             tables_uncertainty.correlation_blocks),
+        'site-calibration': from_file(
+            ('site_calibration.json',),
+            'python benchmarks/site_calibration.py '
+            '--from benchmarks/results/uncertainty.scale.json',
+            tables_uncertainty.site_calibration),
         'camera': from_file(('camera.json', 'camera.quick.json'),
                             'python benchmarks/camera.py --world-seeds 0 1',
                             tables_camera.camera),

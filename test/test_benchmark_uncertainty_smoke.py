@@ -1,7 +1,8 @@
-"""benchmarks/uncertainty.py, fusion_window.py and correlation_blocks.py still run.
+"""benchmarks/uncertainty.py, fusion_window.py, correlation_blocks.py, site_calibration.py run.
 
 uncertainty.py's --smoke JSON, --replay-from on that run, fusion_window.py's sweep over
-that run's bundles and correlation_blocks.py's export of its runs again.
+that run's bundles, correlation_blocks.py's export of its runs again and site_calibration.py's
+export of them calibrated on site walks.
 
 The helpers are those of ``test_benchmarks_smoke`` (one process per run, provenance checked).
 """
@@ -83,6 +84,22 @@ def test_uncertainty_smoke(tmp_path):
     assert set(exported['scenes']) == set(exported['models'])
     text = rendered(tmp_path, blocks, 'correlation_blocks.json', 'correlation-blocks')
     assert 'position alone, empirical' in text
+    # The same deployed checkpoint calibrated on site walks of its world: its own bundle, fitted
+    # on the site split, evaluated and replayed, judged beside the source's cross-fitted figures.
+    site = run_smoke('site_calibration', tmp_path, '--from', str(tmp_path / 'uncertainty.json'))
+    (calibrated,) = site['results']['runs']
+    source_run = first['results']['runs'][0]
+    assert calibrated['crossfit']['bundle'] == source_run['crossfit']['bundle']
+    assert calibrated['crossfit']['replay'] == source_run['replay']
+    run_dir = Path(source_run['crossfit']['bundle']).parent
+    assert Path(calibrated['site']['bundle']).parent == run_dir
+    assert calibrated['site']['bundle'] != source_run['crossfit']['bundle']
+    assert calibrated['site']['calibration_method'] != 'cross-fitting'
+    assert calibrated['site']['replay']['bundle']['fusion'] is not None
+    assert set(site['results']['goals']['0']) == {'crossfit', 'site'}
+    assert site['settings']['site_frames'] == 6 and site['settings']['site_walks'] == 1
+    text = rendered(tmp_path, site, 'site_calibration.json', 'site-calibration')
+    assert 'site walks (--calibration-split site)' in text
 
 
 def test_correlation_blocks_pool_the_bins(benchmarks_on_path):
