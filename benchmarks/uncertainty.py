@@ -59,6 +59,7 @@ from mspr_ros.localizer import Localizer
 from mspr_training.bags.offline import evaluate_offline
 from mspr_training.calibration import COVARIANCE_SCALES, parse_scale
 from mspr_training.config import load_config
+from mspr_training.correlation_fit import JOINT
 from mspr_training.evaluate import evaluate_bundle
 from mspr_training.export import export_bundle
 from mspr_training.metrics import NOMINAL_COVERAGE_3D
@@ -178,14 +179,16 @@ def train_recipe(recipe: str, split: List[str], config: str, budget: Budget, see
 
 
 def export_and_evaluate(run_dir: Path, out: Path, cfg, root: Path, device: str, scale: str,
-                        eval_dir: Path, calibration_split: str = 'default') -> Dict[str, Any]:
+                        eval_dir: Path, calibration_split: str = 'default',
+                        correlation_blocks: str = JOINT) -> Dict[str, Any]:
     """Export a run's bundle, evaluate it on the test walks; return its figures.
 
-    ``cfg`` is the run's config, ``root`` the dataset root; ``calibration_split`` is
-    ``mspr-export``'s (the run's own by default).
+    ``cfg`` is the run's config, ``root`` the dataset root; ``calibration_split`` and
+    ``correlation_blocks`` are ``mspr-export``'s (the run's own split by default).
     """
     bundle_path, _ = export_bundle(run_dir, out, calibration_split=calibration_split,
-                                   data_root=root, device=device, covariance_scale=scale)
+                                   data_root=root, device=device, covariance_scale=scale,
+                                   correlation_blocks=correlation_blocks)
     evaluation = evaluate_bundle(bundle_path, cfg.data, cfg.data.test_split, eval_dir,
                                  data_root=root, device=device,
                                  thresholds=cfg.validation.recall_thresholds)

@@ -14,7 +14,8 @@ from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.estimation.fusion import FusionConfig
 from mspr_ros.localizer import Localizer
 from mspr_training.bags.cli import main
-from mspr_training.bags.fusion_compare import config_dict, coverage_2sigma, jitter_rms
+from mspr_training.bags.fusion_compare import (config_dict, coverage_2sigma, describe_model,
+                                               jitter_rms)
 from mspr_training.bags.fusion_replay import fusion_config, replay_fusion
 from mspr_training.bags.offline import (default_params_file, evaluate_offline, GroundTruthSpec,
                                         load_ground_truth, localize_images, match_ground_truth,
@@ -156,6 +157,15 @@ def test_error_correlation_follows_the_node_parameters_and_the_bundle():
         fusion_config({'fusion.error_correlation': 'time'}, bundle)
     with pytest.raises(ValueError, match='error correlation mode'):
         fusion_config({'fusion.error_correlation': 'learned'}, bundle)
+    # A bundle with a model per block: the fusion gets it whole; the report names both blocks.
+    blocks = ErrorCorrelation(2.0, 0.5, None, 0.2, 'fitted',
+                              rotation=ErrorCorrelation(0.5, 0.1, None, 0.0, 'fitted'))
+    per_block = fusion_config({}, SimpleNamespace(scene_names=['atrium'],
+                                                  error_correlation={'atrium': blocks}))
+    assert per_block.error_correlation == {'atrium': blocks}
+    assert describe_model(blocks.to_dict()) == (
+        'position fitted: length 2 m, angle 28.6 deg, time ∞, floor 0.2; rotation fitted: '
+        'length 0.5 m, angle 5.73 deg, time ∞, floor 0')
 
 
 def test_report_compares_per_frame_and_fused_on_the_same_frames(

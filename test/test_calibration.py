@@ -99,10 +99,20 @@ def test_export_calibrates_on_a_split_of_its_own(run, tiny_world, tmp_path):
         shutil.copy(listing, listing.with_name('dataset_site.txt'))
     bundle_file = tmp_path / 'site.safetensors'
     assert export.main(['--run', str(run), '--out', str(bundle_file), '--calibration-split',
-                        'site', '--data-root', str(root), '--device', 'cpu']) == 0
+                        'site', '--data-root', str(root), '--device', 'cpu',
+                        '--error-correlation-blocks', 'per_block']) == 0
     bundle = load_bundle(bundle_file)
     calibration = bundle.provenance['calibration']
     assert calibration['split'] == 'site' and calibration['method'] == 'split'
+    # A model per block: the bundle carries each fitted scene's two block models as one.
+    assert calibration['error_correlation_blocks'] == 'per_block'
+    fits = {scene: fit for scene, fit in calibration['error_correlation'].items() if fit}
+    assert set(bundle.error_correlation) == set(fits)
+    for scene, fit in fits.items():
+        model = bundle.error_correlation[scene]
+        assert model.per_block
+        assert model.block('rotation').to_dict() == fit['block_models']['rotation']
+        assert model.block('position').to_dict() == fit['block_models']['position']
     assert calibration['predicted_by'] == 'the exported model'
     assert set(bundle.covariance) == set(bundle.scene_names)
     # A split name the dataset does not have stops the export naming what is missing.

@@ -167,11 +167,12 @@ def test_summary_is_plain_json():
     assert 'least squares' in summary['method']
 
 
-def test_block_bins_tell_position_and_rotation_apart():
+def test_block_bins_and_models_tell_position_and_rotation_apart():
     """Position errors alike along the walk, rotation errors new every frame.
 
     The joint products sit between them; the per-block bins show each (near pairs: position
-    about 0.9, rotation about 0).
+    about 0.9, rotation about 0), and each block's model recovers its own: position's length
+    near the truth (8 m), rotation independent, where the joint model is one compromise.
     """
     rng = np.random.default_rng(21)
     slow = ErrorCorrelation(8.0, math.inf, math.inf, 0.0, 'parameters')
@@ -189,10 +190,22 @@ def test_block_bins_tell_position_and_rotation_apart():
     assert abs(near['rotation']['empirical']) < 0.1
     joint = fit.bins['distance_m'][0]['empirical']
     assert near['rotation']['empirical'] + 0.3 < joint < near['position']['empirical'] - 0.3
-    assert all('model' not in row for bins in fit.block_bins.values()
+    position, rotation = fit.block_models['position'], fit.block_models['rotation']
+    assert position.length_m == pytest.approx(8.0, rel=0.3) and position.floor < 0.15
+    assert rotation.correlation(0.1, 0.0) < 0.1, rotation
+    assert rotation.correlation(0.1, 0.0) + 0.5 < fit.model.correlation(0.1, 0.0) \
+        < position.correlation(0.1, 0.0)
+    assert all(row['model'] == pytest.approx(row['model']) for bins in fit.block_bins.values()
                for rows in bins.values() for row in rows)
+    joined = fit.per_block_model
+    assert joined.per_block and joined.block('position') == position
+    assert joined.block('rotation') == rotation
+    assert fit.model_for('per_block') == joined and fit.model_for('joint') == fit.model
+    with pytest.raises(ValueError, match='blocks'):
+        fit.model_for('both')
     summary = json.loads(json.dumps(fit.summary(), allow_nan=False))
     assert set(summary['block_bins']) == {'position', 'rotation'}
+    assert ErrorCorrelation.from_dict(summary['block_models']['rotation']) == rotation
     assert sum(row['pairs'] for row in summary['block_bins']['rotation']['distance_m']) == \
         fit.pairs
 

@@ -304,3 +304,67 @@ def test_frames_of_two_scenes_never_correlate():
                                FRAME_COV / 12, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(fuse(default, errors, [STANDING] * 12, ['a'] * 12).covariance,
                                FRAME_COV, rtol=1e-12, atol=1e-15)
+
+
+# --- a model per block ------------------------------------------------------------------------
+
+# Position errors alike over the whole window (a view's position error), rotation errors new on
+# every frame: what the blocks of the rendered worlds' errors look like at their extremes.
+PER_BLOCK = ErrorCorrelation(math.inf, math.inf, math.inf, 1.0, 'fitted',
+                             rotation=ErrorCorrelation(0.0, 0.0, 0.0, 0.0, 'fitted'))
+
+
+def test_a_per_block_model_round_trips_and_names_each_block():
+    assert PER_BLOCK.per_block and not LEARNED.per_block
+    assert PER_BLOCK.block('rotation') == ErrorCorrelation(0.0, 0.0, 0.0, 0.0, 'fitted')
+    assert PER_BLOCK.block('position') == replace(PER_BLOCK, rotation=None)
+    assert LEARNED.block('rotation') is LEARNED and LEARNED.block('position') is LEARNED
+    assert ErrorCorrelation.from_dict(PER_BLOCK.to_dict()) == PER_BLOCK
+    assert PER_BLOCK.to_dict()['rotation']['floor'] == 0.0
+    assert 'rotation' not in LEARNED.to_dict()
+    assert not PER_BLOCK.is_independent
+    assert replace(INDEPENDENT, rotation=INDEPENDENT).is_independent
+    with pytest.raises(ValueError, match='block'):
+        PER_BLOCK.block('scale')
+    with pytest.raises(ValueError, match='rotation'):
+        ErrorCorrelation.from_dict({'floor': 0.5, 'rotation': {'floor': 0.1, 'rotation': {
+            'floor': 0.0}}})
+    with pytest.raises(ValueError, match='rotation'):
+        ErrorCorrelation(1.0, 1.0, 1.0, 0.5, 'fitted', rotation={'floor': 0.1})
+    positions, quats, stamps = random_poses(np.random.default_rng(8), 5)
+    rho = scene_correlation(['a'] * 5, {'a': PER_BLOCK}, INDEPENDENT, positions, quats, stamps,
+                            'rotation')
+    np.testing.assert_array_equal(rho, np.eye(5))
+    np.testing.assert_array_equal(scene_correlation(
+        ['a'] * 5, {'a': PER_BLOCK}, INDEPENDENT, positions, quats, stamps), np.ones((5, 5)))
+
+
+@pytest.mark.parametrize('two_d', [False, True])
+def test_each_block_gets_its_own_design_factor_frame_after_frame(two_d):
+    """A standing window: position stays one frame's, rotation shrinks as 1/N, on every frame.
+
+    The cross terms are scaled by the geometric mean of the two factors (``D C D``), which
+    keeps the covariance positive definite.
+    """
+    rng = np.random.default_rng(9)
+    errors = rng.multivariate_normal(np.zeros(6), FRAME_COV, 12)
+    if two_d:
+        errors[:, [2, 3, 4]] = 0.0
+    fusion = MapOdomFusion(FusionConfig(window_s=60.0, two_d=two_d,
+                                        default_correlation=PER_BLOCK))
+    axes = [0, 1, 5] if two_d else list(range(6))
+    cov = FRAME_COV.copy()
+    if two_d:
+        cov[2, :] = cov[:, 2] = cov[3, :] = cov[:, 3] = cov[4, :] = cov[:, 4] = 0.0
+        for axis in (2, 3, 4):
+            cov[axis, axis] = 1e3
+    block = cov[np.ix_(axes, axes)]
+    for count, error in enumerate(errors, start=1):
+        base = perturbed(TRUE_MAP_ODOM @ STANDING, error)
+        result = fusion.add(count * SECOND // 5, base @ STANDING.inverse(), cov, STANDING)
+        position = np.array([axis < 3 for axis in axes])
+        roots = np.where(position, 1.0, 1.0 / math.sqrt(count))
+        expected = block * np.outer(roots, roots)
+        got = result.covariance[np.ix_(axes, axes)]
+        np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-15)
+        assert np.all(np.linalg.eigvalsh(result.covariance) > 0.0)

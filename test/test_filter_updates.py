@@ -5,6 +5,7 @@ each time the view moved far enough for the scene's error-correlation model; the
 inflated by the AR(1) design effect of the correlation left; a scene sends its first frame at
 once; a scene without a learned model (floor 1) sends nothing; a reset starts afresh.
 """
+from dataclasses import replace
 import math
 
 import numpy as np
@@ -125,3 +126,30 @@ def test_reset_and_new_settings_start_afresh():
     assert updates.offer('lab', 0, _odometry(x=5.0), COVARIANCE).reason == STALE
     with pytest.raises(ValueError, match='max_correlation'):
         FilterUpdates({}, ErrorCorrelation.one_frame(), 1.0)
+
+
+def test_a_per_block_model_waits_for_the_block_that_is_more_alike():
+    """Rotation errors new on every frame, position ones alike over 1 m: position decides.
+
+    The joint model's fields are position's; a per-block model sends a frame only when both
+    blocks decorrelated, and inflates by the larger rho. A rotation block with floor 1 (every
+    frame alike) sends nothing after the first.
+    """
+    fresh = ErrorCorrelation(0.0, 0.0, 0.0, 0.0, 'bundle')
+    model = ErrorCorrelation(1.0, math.inf, math.inf, 0.0, 'bundle', rotation=fresh)
+    updates = FilterUpdates({'lab': model}, ErrorCorrelation.one_frame())
+    sent, decisions = _sent(updates, 'lab', [_odometry(x=0.1 * i) for i in range(50)])
+    assert sent == list(range(0, 50, 7)), 'position (1 m) decides, as BY_DISTANCE alone'
+    rho = math.exp(-0.7)
+    assert decisions[7].correlation == pytest.approx(rho)
+    np.testing.assert_allclose(decisions[7].covariance, COVARIANCE * (1 + rho) / (1 - rho))
+    # The other way round: position new on every frame, rotation alike over 1 m of travel.
+    swapped = FilterUpdates({'lab': ErrorCorrelation(0.0, 0.0, 0.0, 0.0, 'bundle',
+                                                     rotation=BY_DISTANCE)},
+                            ErrorCorrelation.one_frame())
+    assert _sent(swapped, 'lab', [_odometry(x=0.1 * i) for i in range(50)])[0] == sent
+    stuck = FilterUpdates({'lab': replace(model, rotation=ErrorCorrelation.one_frame())},
+                          ErrorCorrelation.one_frame())
+    assert stuck.silent_scenes(["lab"]) == ["lab"]
+    sent, decisions = _sent(stuck, 'lab', [_odometry(x=0.1 * i) for i in range(20)])
+    assert sent == [] and decisions[0].reason == NO_MODEL

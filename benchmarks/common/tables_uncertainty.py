@@ -25,7 +25,10 @@ def _model(model: Optional[Dict[str, Any]]) -> str:
              f"A {num(math.degrees(angle), 1, '°')}" if angle and angle < 100 else None,
              f"T {num(model.get('time_s'), 2, ' s')}" if model.get('time_s') else None,
              f"floor {num(model.get('floor'), 2)}"]
-    return ', '.join(p for p in parts if p) + f" ({model.get('source', '?')})"
+    text = ', '.join(p for p in parts if p) + f" ({model.get('source', '?')})"
+    if model.get('rotation'):
+        return f"position {text}; rotation {_model(model['rotation'])}"
+    return text
 
 
 def _gap(value: Optional[float]) -> str:
@@ -334,7 +337,9 @@ def correlation_blocks(source: Source) -> str:
 
 #: How the site-calibration table names each calibration.
 CALIBRATIONS = (('crossfit', 'out-of-fold training walks (cross-fitting)'),
-                ('site', 'site walks (--calibration-split site)'))
+                ('crossfit_per_block', 'out-of-fold training walks, a model per block'),
+                ('site', 'site walks (--calibration-split site)'),
+                ('site_per_block', 'site walks, a model per block'))
 
 
 def site_calibration(source: Source) -> str:
@@ -348,6 +353,8 @@ def site_calibration(source: Source) -> str:
         mine = [r for r in runs if r['world_seed'] == world]
         for key, label in CALIBRATIONS:
             got = [r[key] for r in mine if key in r]
+            if not got:
+                continue
             fused = [get(g, 'replay.bundle.fusion') or {} for g in got]
             nominal = next((f.get('nominal_coverage_2sigma_3d') for f in fused if f), nominal)
 
@@ -368,8 +375,9 @@ def site_calibration(source: Source) -> str:
                 f"{num(g.get('jitter_worst_ratio'), 3)} ({verdict(g.get('jitter_met'))})",
                 f"{num(g.get('p95_worst_ratio'), 3)} ({verdict(g.get('p95_met'))})"])
         for r in mine:
-            for scene, model in sorted(get(r, 'site.error_correlation', {}).items()):
-                correlation_rows.append([world, r['seed'], scene, _model(model)])
+            for key in ('site', 'site_per_block'):
+                for scene, model in sorted(get(r, f'{key}.error_correlation', {}).items()):
+                    correlation_rows.append([world, r['seed'], scene, _model(model)])
     seeds = sorted({r['seed'] for r in runs})
     settings = settings_table([
         ['models', f"the deployed cross-fitted models of `{origin.get('file', '?')}` at "
@@ -381,8 +389,10 @@ def site_calibration(source: Source) -> str:
                        'each on a path and under light of its own: no test frame is calibrated '
                        'on'],
         ['covariance scale', f"`{s.get('covariance_scale')}`"],
-        ['figures', 'cross-fitting: the source file\'s; site: exported, evaluated and replayed '
-                    'here, as `uncertainty.py` does']])
+        ['figures', 'cross-fitting with one model: the source file\'s; the others exported, '
+                    'evaluated and replayed here, as `uncertainty.py` does, from the same '
+                    'checkpoint (a model per block: `mspr-export --error-correlation-blocks '
+                    'per_block`)']])
     return '\n\n'.join([
         caption(source), settings,
         f'Coverage on the test walks (nominal 2σ coverage {pct(nominal, 1)}; mean ± standard '

@@ -30,10 +30,18 @@ never count as more than one measurement, and for equal covariances a window of 
 gets exactly the one frame's covariance. With a shared bias (``floor = b / (b + n)`` of a bias
 variance ``b`` and a noise variance ``n``) the mean of ``N`` equal samples gets ``b + n / N``,
 which is the true variance of that mean.
+
+Per block. Position and rotation errors need not decorrelate alike (on the rendered worlds the
+rotation errors of nearby frames are less alike than the position errors:
+``benchmarks/correlation_blocks.py``). A model may then carry the rotation block's own model
+(``rotation``); its own fields are the position block's. The fusion gives each block its own
+design factor (a block's covariance times its factor, the cross terms times the geometric mean
+of the two: ``D C D`` with ``D`` the per-axis square roots, which keeps it a covariance), and the
+filter updates take the block that is the more alike. A model without ``rotation`` serves both.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields, replace
 import math
 from typing import Any, Mapping, Optional, Sequence
 
@@ -42,6 +50,8 @@ from scipy.spatial.distance import cdist
 
 #: The kinds of model (``ErrorCorrelation.source``), for logs, diagnostics and the bundle.
 SOURCES = ('bundle', 'time', 'independent', 'one_frame', 'fitted', 'parameters')
+#: The blocks of a 6-D pose error a model may describe apart (ROS order: position first).
+BLOCKS = ('position', 'rotation')
 
 
 def _ratio_term(change: np.ndarray, length: float) -> np.ndarray:
@@ -78,6 +88,8 @@ class ErrorCorrelation:
             better is known: a still robot's errors do not decorrelate with time).
         floor: correlation that never decays (a bias shared by the scene), in [0, 1].
         source: where the model comes from (one of ``SOURCES``).
+        rotation: the rotation block's own model (the fields above are then the position
+            block's); None: this model serves both blocks.
     """
 
     length_m: float = math.inf
@@ -85,6 +97,7 @@ class ErrorCorrelation:
     time_s: float = math.inf
     floor: float = 1.0
     source: str = 'one_frame'
+    rotation: Optional['ErrorCorrelation'] = None
 
     def __post_init__(self) -> None:
         """Validate; raise ValueError naming the bad field."""
@@ -97,6 +110,23 @@ class ErrorCorrelation:
         if self.source not in SOURCES:
             raise ValueError(f'error correlation source must be one of {SOURCES}, '
                              f'got {self.source!r}')
+        if self.rotation is not None and (not isinstance(self.rotation, ErrorCorrelation)
+                                          or self.rotation.rotation is not None):
+            raise ValueError('error correlation rotation must be an ErrorCorrelation without a '
+                             f'rotation block of its own, got {self.rotation!r}')
+
+    @property
+    def per_block(self) -> bool:
+        """Return whether the rotation block has a model of its own."""
+        return self.rotation is not None
+
+    def block(self, name: str) -> 'ErrorCorrelation':
+        """Return the model of block ``name`` ('position' or 'rotation', ``BLOCKS``)."""
+        if name not in BLOCKS:
+            raise ValueError(f'error correlation block must be one of {BLOCKS}, got {name!r}')
+        if self.rotation is None:
+            return self
+        return self.rotation if name == 'rotation' else replace(self, rotation=None)
 
     @classmethod
     def independent(cls) -> 'ErrorCorrelation':
@@ -121,13 +151,14 @@ class ErrorCorrelation:
 
     @property
     def is_independent(self) -> bool:
-        """Return whether two distinct frames are never correlated."""
-        return self.floor == 0.0 and 0.0 in (self.length_m, self.angle_rad, self.time_s)
+        """Return whether two distinct frames are never correlated (in either block)."""
+        own = self.floor == 0.0 and 0.0 in (self.length_m, self.angle_rad, self.time_s)
+        return own and (self.rotation is None or self.rotation.is_independent)
 
     def correlation(self, distance_m: Any, angle_rad: Any, time_s: Any = 0.0) -> np.ndarray:
         """Return ``rho`` of frames (not the same frame) that differ by the given changes.
 
-        Arrays broadcast; every change must be >= 0.
+        Arrays broadcast; every change must be >= 0. The position block's with ``rotation``.
         """
         exponent = (_ratio_term(np.asarray(distance_m, dtype=np.float64), self.length_m)
                     + _ratio_term(np.asarray(angle_rad, dtype=np.float64), self.angle_rad)
@@ -136,7 +167,7 @@ class ErrorCorrelation:
 
     def matrix(self, positions: np.ndarray, quats: np.ndarray,
                stamps_ns: Optional[np.ndarray] = None) -> np.ndarray:
-        """Return the (N, N) correlation of N frames (1 on the diagonal).
+        """Return the (N, N) correlation of N frames (1 on the diagonal); position's per block.
 
         Args:
             positions: (N, 3) positions of the frames in one frame of reference (metres).
@@ -146,7 +177,7 @@ class ErrorCorrelation:
         positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         quats = np.asarray(quats, dtype=np.float64).reshape(-1, 4)
         count = len(positions)
-        if self.is_independent:
+        if self.floor == 0.0 and 0.0 in (self.length_m, self.angle_rad, self.time_s):
             return np.eye(count)
         # The fusion asks on every frame: a change whose length is infinite adds 0 to the
         # exponent, so it is not computed.
@@ -166,9 +197,14 @@ class ErrorCorrelation:
         return rho
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the JSON form (infinite lengths as ``None``)."""
-        return {name: (None if isinstance(value, float) and math.isinf(value) else value)
-                for name, value in asdict(self).items()}
+        """Return the JSON form (infinite lengths as ``None``; ``rotation`` only when set)."""
+        plain = {item.name: getattr(self, item.name) for item in fields(self)
+                 if item.name != 'rotation'}
+        value = {name: (None if isinstance(v, float) and math.isinf(v) else v)
+                 for name, v in plain.items()}
+        if self.rotation is not None:
+            value['rotation'] = self.rotation.to_dict()
+        return value
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any], source: Optional[str] = None
@@ -176,13 +212,19 @@ class ErrorCorrelation:
         """Return the model of :meth:`to_dict`'s form; raise ValueError naming what is wrong."""
         if not isinstance(value, Mapping):
             raise ValueError(f'error correlation must be a mapping, got {type(value).__name__}')
-        unknown = sorted(set(value) - {'length_m', 'angle_rad', 'time_s', 'floor', 'source'})
+        unknown = sorted(set(value) - {'length_m', 'angle_rad', 'time_s', 'floor', 'source',
+                                       'rotation'})
         if unknown:
             raise ValueError(f'error correlation has unknown fields {unknown}')
         if 'floor' not in value:
             raise ValueError('error correlation has no floor')
+        rotation = value.get('rotation')
+        if rotation is not None:
+            if isinstance(rotation, Mapping) and 'rotation' in rotation:
+                raise ValueError('error correlation rotation must not have a rotation block')
+            rotation = cls.from_dict(rotation, source)
         return cls(value.get('length_m'), value.get('angle_rad'), value.get('time_s'),
-                   value['floor'], source or value.get('source', 'bundle'))
+                   value['floor'], source or value.get('source', 'bundle'), rotation)
 
 
 def _rotation_angles(quats: np.ndarray) -> np.ndarray:
@@ -201,13 +243,20 @@ def _rotation_angles(quats: np.ndarray) -> np.ndarray:
 
 def scene_correlation(scenes: Sequence[str], models: Mapping[str, ErrorCorrelation],
                       default: ErrorCorrelation, positions: np.ndarray, quats: np.ndarray,
-                      stamps_ns: Optional[np.ndarray] = None) -> np.ndarray:
+                      stamps_ns: Optional[np.ndarray] = None,
+                      block: str = 'position') -> np.ndarray:
     """Return the (N, N) correlation of N frames, each seen in one of several scenes.
 
     Frames of one scene correlate by that scene's model (``default`` where ``models`` has
-    none); frames of two scenes never do: the regressor's errors in one scene say nothing of
-    another's. The other arguments are :meth:`ErrorCorrelation.matrix`'s.
+    none), its ``block``'s for a per-block model; frames of two scenes never do: the
+    regressor's errors in one scene say nothing of another's. The other arguments are
+    :meth:`ErrorCorrelation.matrix`'s.
     """
+    if block == 'rotation':   # a model's own fields (what ``matrix`` uses) are position's
+        models = {scene: model.block(block) for scene, model in models.items()}
+        default = default.block(block)
+    elif block not in BLOCKS:
+        raise ValueError(f'error correlation block must be one of {BLOCKS}, got {block!r}')
     scenes = np.asarray(scenes, dtype=object)
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
     quats = np.asarray(quats, dtype=np.float64).reshape(-1, 4)

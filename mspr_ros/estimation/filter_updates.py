@@ -19,6 +19,10 @@ For a frame of scene ``s`` and the last frame sent of that scene, with ``s``'s m
 - its covariance is the frame's times ``(1 + rho) / (1 - rho)``: the AR(1) design effect, the
   information a sample adds beyond its correlated predecessor.
 
+A per-block model (``ErrorCorrelation.rotation``) is judged by the block that is the more alike:
+the larger decaying part decides, the larger ``rho`` inflates, a floor of 1 in either block
+sends nothing.
+
 The first frame of a scene since the last ``reset`` (start, relocalization, clock jump,
 activation) is sent as it is (``rho = 0``). A scene whose model has ``floor == 1`` (the
 ``one_frame`` fallback of a bundle without a learned model: every frame errs alike) sends
@@ -32,7 +36,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from mspr_ros.estimation.error_correlation import ErrorCorrelation
+from mspr_ros.estimation.error_correlation import BLOCKS, ErrorCorrelation
 from mspr_ros.geometry.transforms import Transform
 
 # FilterUpdate.reason values.
@@ -119,8 +123,9 @@ class FilterUpdates:
         return models.get(scene, default)
 
     def silent_scenes(self, scenes) -> list:
-        """Return those of ``scenes`` whose model sends nothing (``floor == 1``)."""
-        return [scene for scene in scenes if self.model(scene).floor >= 1.0]
+        """Return those of ``scenes`` whose model sends nothing (``floor == 1``, either block)."""
+        return [scene for scene in scenes
+                if max(self.model(scene).block(name).floor for name in BLOCKS) >= 1.0]
 
     def reset(self) -> None:
         """Forget the frames sent: the next frame of every scene is sent (a restart)."""
@@ -141,7 +146,8 @@ class FilterUpdates:
         with self._lock:
             models, default, limit = self._setting
             model = models.get(scene, default)
-            if model.floor >= 1.0:
+            blocks = [model.block(name) for name in BLOCKS] if model.per_block else [model]
+            if any(block.floor >= 1.0 for block in blocks):
                 return FilterUpdate(False, None, 1.0, NO_MODEL, (
                     f'no learned error correlation for scene {scene} ({model.source}): every '
                     'frame may err alike, so a filter would count one view many times'))
@@ -156,8 +162,10 @@ class FilterUpdates:
                     f'stamp {stamp} ns is older than the last update of scene {scene} '
                     f'({last.stamp_ns} ns)'))
             distance, angle = view_change(T_odom_base, last.odometry)
-            rho = float(model.correlation(distance, angle, elapsed_s))
-            decaying = (rho - model.floor) / (1.0 - model.floor)
+            alike = [float(block.correlation(distance, angle, elapsed_s)) for block in blocks]
+            rho = max(alike)
+            decaying = max((value - block.floor) / (1.0 - block.floor)
+                           for value, block in zip(alike, blocks))
             moved = (f'{distance:.3f} m, {math.degrees(angle):.1f} deg, {elapsed_s:.2f} s since '
                      f'the last update of scene {scene}')
             if decaying > limit:

@@ -35,7 +35,10 @@ correlation by their scene's ``ErrorCorrelation`` (``FusionConfig.error_correlat
 (the camera is rigidly mounted: that is the change of view) and the time between them; samples
 of two scenes never correlate. A window of one view counts as one frame, a scene-wide bias stays
 in the covariance however many frames share it, only new views add information, and the model
-``ErrorCorrelation.independent()`` counts frames as before. The estimate does not change.
+``ErrorCorrelation.independent()`` counts frames as before. The estimate does not change. A
+per-block model (``ErrorCorrelation.rotation``) gives the position and rotation blocks design
+factors of their own, each from its block's correlation and its block's scalar information:
+the fused covariance becomes ``D C D``, ``D`` the square roots of each axis's factor.
 
 Samples leave the window when they are more than ``window_s`` older than the newest one, when
 odometry travelled more than ``window_distance_m`` since them (the drift bound), or beyond
@@ -210,6 +213,10 @@ class MapOdomFusion:
         # two_d samples err only in x, y, yaw (z, roll, pitch are exactly 0 and unestimated),
         # so the robust mean and the gate work on those three axes.
         self._axes = PLANAR_AXES if config.two_d else ALL_AXES
+        models = (config.default_correlation, *config.error_correlation.values())
+        # Per-block models: which of the fusion's axes are position (x, y, z come first).
+        self._position_axes = (np.asarray(self._axes) < 3
+                               if any(m.per_block for m in models) else None)
         self._lock = threading.Lock()
         self._window = SampleWindow.empty()
         self._newest: Optional[_Newest] = None
@@ -369,14 +376,31 @@ class MapOdomFusion:
         return estimates
 
     def _design_factors(self, carried: Carried, inside: np.ndarray) -> np.ndarray:
-        """Return the design factor of the samples each row of ``inside`` selects."""
+        """Return what each row of ``inside``'s fused covariance is multiplied by.
+
+        One design factor per row (P,); with per-block models (P, d, d): ``sqrt(f_a f_b)`` for
+        axes ``a``, ``b`` of blocks with factors ``f_a``, ``f_b``.
+        """
+        if self._position_axes is None:
+            return self._block_factors(carried, inside, 'position', carried.infos)
+        position = self._position_axes
+        factors = np.empty((len(inside), len(position)))
+        for block, axes in (('position', position), ('rotation', ~position)):
+            infos = carried.infos[:, axes][:, :, axes]
+            factors[:, axes] = self._block_factors(carried, inside, block, infos)[:, None]
+        roots = np.sqrt(factors)
+        return roots[:, :, None] * roots[:, None, :]
+
+    def _block_factors(self, carried: Carried, inside: np.ndarray, block: str,
+                       infos: np.ndarray) -> np.ndarray:
+        """Return the (P,) design factors of one block, weighted by ``infos``' determinants."""
         # Pairs correlate by the odometry at each image (the view), stamps and scenes.
         rho = scene_correlation(carried.scenes, self.config.error_correlation,
                                 self.config.default_correlation, carried.odometry_t,
-                                carried.odometry_q, carried.stamps_ns)
+                                carried.odometry_q, carried.stamps_ns, block)
         if np.count_nonzero(rho) == len(rho):   # independent: spare the determinants
             return np.ones(len(inside))
-        return design_factors(rho, scalar_information(carried.infos), inside)
+        return design_factors(rho, scalar_information(infos), inside)
 
     def _estimate_from(self, pose_t: np.ndarray, pose_q: np.ndarray,
                        covariance: np.ndarray) -> _Estimate:

@@ -36,12 +36,13 @@ How:
    A walk set whose frames never turn (or never move) leaves the angle (or the length) out of
    the fit, as infinite.
 
-Per block, for inspection only: the fit's summary also holds the empirical correlation of the
-position errors alone and of the rotation errors alone, per distance and per angle bin
-(``block_bins``; each 3x3 block whitened by its own Cholesky factor), on the same pairs. The
-model is one for both blocks (the fusion scales the whole covariance by one design factor); on
-the rendered worlds the two blocks decay differently (``benchmarks/correlation_blocks.py``),
-which these bins show for a real dataset's bundle without refitting.
+Per block: the position errors alone and the rotation errors alone (each 3x3 block whitened by
+its own Cholesky factor, clipped at the 3-D radius) give pair products of their own on the same
+pairs, and the same least squares fits a model to each (``block_models``; ``per_block_model``
+joins them: position's fields, rotation's model in ``rotation``). The summary holds each block's
+empirical and model correlation per distance and per angle bin (``block_bins``). On the
+rendered worlds the two blocks decay differently (``benchmarks/correlation_blocks.py``):
+``mspr-export --error-correlation-blocks`` chooses which the bundle carries.
 
 Time is never fitted (``time_s`` is infinite): a still robot's errors do not decorrelate with
 time, and the poses are known here. Fewer than ``min_pairs`` pairs give no model (``None``,
@@ -49,7 +50,7 @@ logged); the caller keeps the honest ``ErrorCorrelation.one_frame()``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import logging
 import math
 from typing import Any, Optional, Sequence
@@ -71,6 +72,10 @@ BLOCK_CLIP_RADIUS = math.sqrt(float(chi2.ppf(0.999, 3)))
 FLOOR_MAX = 0.999
 LENGTH_BOUNDS_M = (1e-3, 1e4)
 ANGLE_BOUNDS_RAD = (1e-3, 1e3)
+#: What a bundle carries of each fit (``mspr-export --error-correlation-blocks``): one model
+#: fitted to the joint 6-D errors, or a model per block (``CorrelationFit.per_block_model``).
+JOINT, PER_BLOCK = 'joint', 'per_block'
+BLOCK_CHOICES = (JOINT, PER_BLOCK)
 #: A walk set whose largest change is below this never moved (or never turned).
 NO_CHANGE = 1e-6
 #: Bins of the summary's empirical-vs-model table.
@@ -132,7 +137,8 @@ class CorrelationFit:
         clipped: frames whose whitened error was pulled back to ``CLIP_RADIUS``.
         bins: empirical vs model correlation per distance and per angle bin.
         block_bins: 'position' and 'rotation' -> the empirical correlation of that block's
-            errors alone, per distance and per angle bin (no model: one model serves both).
+            errors alone and its block model's, per distance and per angle bin.
+        block_models: 'position' and 'rotation' -> the model fitted to that block alone.
     """
 
     model: ErrorCorrelation
@@ -143,6 +149,19 @@ class CorrelationFit:
     clipped: int
     bins: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     block_bins: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    block_models: dict[str, ErrorCorrelation] = field(default_factory=dict)
+
+    def model_for(self, blocks: str) -> ErrorCorrelation:
+        """Return the model a bundle carries for ``blocks`` (``BLOCK_CHOICES``)."""
+        if blocks not in BLOCK_CHOICES:
+            raise ValueError(f'error correlation blocks must be one of {BLOCK_CHOICES}, '
+                             f'got {blocks!r}')
+        return self.per_block_model if blocks == PER_BLOCK else self.model
+
+    @property
+    def per_block_model(self) -> ErrorCorrelation:
+        """Return the block models as one: position's fields, rotation's in ``rotation``."""
+        return replace(self.block_models['position'], rotation=self.block_models['rotation'])
 
     def summary(self) -> dict[str, Any]:
         """Return the JSON-ready description (stored with the bundle's provenance)."""
@@ -150,7 +169,10 @@ class CorrelationFit:
                 'frames': self.frames,
                 'whitened_second_moment': self.whitened_second_moment,
                 'clipped_frames': self.clipped, 'bins': self.bins,
-                'block_bins': self.block_bins, 'method': METHOD}
+                'block_bins': self.block_bins,
+                'block_models': {name: model.to_dict()
+                                 for name, model in self.block_models.items()},
+                'method': METHOD}
 
 
 def fit_error_correlation(walks: Sequence[Walk], covariance: np.ndarray, *,
@@ -187,14 +209,16 @@ def fit_error_correlation(walks: Sequence[Walk], covariance: np.ndarray, *,
                             for walk, (first, second) in zip(used, pairs)])
     product = _pair_products(whitened, moment, pairs)
     model = _fit(product, distance, angle)
-    block_bins = {}
+    block_bins, block_models = {}, {}
     for name, block in BLOCKS.items():
         own, _, own_moment = _whitened([walk.errors[:, block] for walk in used],
                                        _cholesky(covariance, block), BLOCK_CLIP_RADIUS)
-        block_bins[name] = _bins(None, _pair_products(own, own_moment, pairs), distance, angle)
+        own_product = _pair_products(own, own_moment, pairs)
+        block_models[name] = _fit(own_product, distance, angle)
+        block_bins[name] = _bins(block_models[name], own_product, distance, angle)
     return CorrelationFit(model, len(product), len(used),
                           sum(len(walk.errors) for walk in used), moment, clipped,
-                          _bins(model, product, distance, angle), block_bins)
+                          _bins(model, product, distance, angle), block_bins, block_models)
 
 
 def _whitened(errors: Sequence[np.ndarray], lower: np.ndarray, clip_radius: float

@@ -55,6 +55,7 @@ from mspr_training.calibration import (calibrate_covariance, COVARIANCE_SCALES,
                                        fit_correlations, parse_scale, parse_shrinkage,
                                        SCALE_CONFORMAL, SCALE_MOMENT, SHRINKAGE_OAS)
 from mspr_training.config import CALIBRATION_SPLIT, ConfigError, CROSSFIT_SPLIT, TrainConfig
+from mspr_training.correlation_fit import BLOCK_CHOICES, JOINT
 from mspr_training.crossfit import fold_checkpoints, TrainingTime
 from mspr_training.data import DatasetError, PoseSample
 from mspr_training.datasets import (build_dataset, data_root as resolve_root, read_split,
@@ -186,7 +187,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
                   shrinkage: str | float = SHRINKAGE_OAS, covariance_scale: str = SCALE_CONFORMAL,
                   num_workers: int = 0, onnx: bool = False,
                   opset: int = DEFAULT_OPSET, quantize: str | None = None,
-                  int8_float_nodes: Sequence[str] = ()) -> tuple[Path, MetricsReport | None]:
+                  int8_float_nodes: Sequence[str] = (),
+                  correlation_blocks: str = JOINT) -> tuple[Path, MetricsReport | None]:
     """Write the bundle of a checkpoint (or a run folder's latest checkpoint).
 
     Args:
@@ -213,6 +215,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
             (:mod:`mspr_training.quantize`, calibrated and checked on training images) instead
             of the float one, which is written too.
         int8_float_nodes: node-name patterns the int8 graph keeps in float.
+        correlation_blocks: the error correlation the bundle carries per scene: ``'joint'``
+            (one model fitted to the 6-D errors) or ``'per_block'`` (position and rotation
+            each fitted alone; the fusion gives each block its own design factor).
 
     Returns:
         ``(bundle path, calibration metrics or None)``.
@@ -262,7 +267,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
         covariance = calibration.covariance
         fits = fit_correlations(scene_names, predictions, walks, covariance,
                                 [s.stamp_ns for s in samples])
-        correlation = {scene: fit.model for scene, fit in fits.items() if fit is not None}
+        correlation = {scene: fit.model_for(correlation_blocks)
+                       for scene, fit in fits.items() if fit is not None}
         baseline = NaiveBaseline.from_training_poses(
             training_poses(read_split(cfg.data, cfg.data.train_split, root)))
         report = compute_metrics(scene_names, predictions.gt_scene, predictions.gt_position,
@@ -279,6 +285,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *,
             'shrinkage_method': (shrinkage if isinstance(shrinkage, str)
                                  else f'fixed {float(shrinkage)}'),
             **calibration.summary(),
+            'error_correlation_blocks': correlation_blocks,
             'error_correlation': {scene: None if fit is None else fit.summary()
                                   for scene, fit in fits.items()}}
         provenance['validation_metrics'] = report.to_dict()
@@ -332,6 +339,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              '2-sigma ellipsoid holds the nominal 73.9 %% of the calibration '
                              "errors) or 'moment' (the errors' second moment, which heavy-tailed "
                              'errors make too large); see mspr_training.calibration')
+    parser.add_argument('--error-correlation-blocks', choices=BLOCK_CHOICES, default=JOINT,
+                        help="the error correlation the bundle carries: 'joint' (one model for "
+                             "the 6-D error) or 'per_block' (position and rotation fitted "
+                             'apart, each with its own design factor in the fusion); see '
+                             'mspr_training.correlation_fit')
     parser.add_argument('--onnx', action='store_true',
                         help='also write the inference graph as ONNX beside the bundle '
                              '(model.safetensors -> model.onnx) and make the bundle ask for '
@@ -361,7 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             orientation_floor_rad=math.radians(args.orientation_floor_deg),
             shrinkage=args.covariance_shrinkage, covariance_scale=args.covariance_scale,
             onnx=args.onnx, opset=args.opset,
-            quantize=args.quantize, int8_float_nodes=args.int8_float_nodes)
+            quantize=args.quantize, int8_float_nodes=args.int8_float_nodes,
+            correlation_blocks=args.error_correlation_blocks)
     except (BundleError, ConfigError, DatasetError, ckpt.CheckpointError, ValueError) as error:
         print(f'mspr-export: error: {error}', file=sys.stderr)
         return 2

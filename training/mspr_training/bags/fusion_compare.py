@@ -248,6 +248,10 @@ def _length(value, unit: str, scale: float = 1.0) -> str:
 
 def describe_model(model: Mapping[str, Any]) -> str:
     """Return one correlation model (``ErrorCorrelation.to_dict``) in words."""
+    if model.get('rotation'):
+        rest = {key: value for key, value in model.items() if key != 'rotation'}
+        return (f'position {describe_model(rest)}; rotation '
+                f'{describe_model(model["rotation"])}')
     source = model.get('source')
     if source == 'independent':
         return 'every frame independent'
