@@ -1,14 +1,15 @@
 """Do position and rotation errors decorrelate alike? The cross-fitted bundles' out-of-fold errors.
 
-``mspr-export`` fits one error-correlation model per scene for the whole 6-D error (position and
-rotation whitened together), and the fusion scales the fused covariance by one design factor. The
-fit's summary in the bundle also holds each block's own empirical correlation per distance bin
+``mspr-export`` fits an error-correlation model per scene to the whole 6-D error (position and
+rotation whitened together) and one to each block alone; this measured why the second exists.
+The fit's summary in the bundle holds each block's own empirical correlation per distance bin
 (``block_bins``, ``mspr_training.correlation_fit``). This exports the cross-fitted runs of an
 ``uncertainty.py`` results file again (``--from``; their run folders, with the fold runs, must
 still be in the work folder; no training) with the first covariance scale that run used, and
 tabulates, per world and distance between the two frames of a pair (pooled over training seeds
 and scenes, weighted by pairs): the empirical correlation of the joint errors, the fitted
-model's, and each block's alone. It measures what the one-model design misses; it chooses nothing.
+model's (the joint one), and each block's alone. It measures what one joint model misses; it
+chooses nothing.
 
 Usage: ``python benchmarks/correlation_blocks.py --from benchmarks/results/uncertainty.scale.json``
 """

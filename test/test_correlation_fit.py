@@ -167,6 +167,20 @@ def test_summary_is_plain_json():
     assert 'least squares' in summary['method']
 
 
+def synthetic_block_fit(walks: int = 6, frames: int = 150):
+    """Return the fit of walks whose position errors decorrelate over 8 m, rotation at once."""
+    rng = np.random.default_rng(21)
+    slow = ErrorCorrelation(8.0, math.inf, math.inf, 0.0, 'parameters')
+    made = []
+    for _ in range(walks):
+        walk = gaussian_process_walk(rng, slow, frames, turns=False)
+        diagonal = np.diag(COVARIANCE)   # the block diagonal of COVARIANCE, fresh each frame
+        rotation = rng.standard_normal((frames, 3)) * np.sqrt(diagonal[3:])
+        made.append(Walk(walk.positions, walk.quats,
+                         np.hstack([walk.errors[:, :3], rotation]), walk.stamps_ns))
+    return fit_error_correlation(made, np.diag(np.diag(COVARIANCE)), max_pairs=10 ** 6)
+
+
 def test_block_bins_and_models_tell_position_and_rotation_apart():
     """Position errors alike along the walk, rotation errors new every frame.
 
@@ -174,17 +188,7 @@ def test_block_bins_and_models_tell_position_and_rotation_apart():
     about 0.9, rotation about 0), and each block's model recovers its own: position's length
     near the truth (8 m), rotation independent, where the joint model is one compromise.
     """
-    rng = np.random.default_rng(21)
-    slow = ErrorCorrelation(8.0, math.inf, math.inf, 0.0, 'parameters')
-    walks = []
-    for _ in range(6):
-        walk = gaussian_process_walk(rng, slow, 150, turns=False)
-        diagonal = np.diag(COVARIANCE)   # the block diagonal of COVARIANCE, fresh each frame
-        rotation = rng.standard_normal((150, 3)) * np.sqrt(diagonal[3:])
-        walks.append(Walk(walk.positions, walk.quats,
-                          np.hstack([walk.errors[:, :3], rotation]), walk.stamps_ns))
-    covariance = np.diag(np.diag(COVARIANCE))
-    fit = fit_error_correlation(walks, covariance, max_pairs=10 ** 6)
+    fit = synthetic_block_fit()
     near = {name: bins['distance_m'][0] for name, bins in fit.block_bins.items()}
     assert near['position']['from'] == 0.0 and near['position']['empirical'] > 0.85
     assert abs(near['rotation']['empirical']) < 0.1
