@@ -11,6 +11,7 @@
   bundle's scenes ('bundle' falls back to one frame's worth where nothing was learned, 'time'
   needs ``fusion.error_correlation_s > 0``).
 """
+from dataclasses import replace
 import logging
 import math
 
@@ -198,6 +199,11 @@ def test_error_correlation_bundle_mode_falls_back_to_one_frame_where_nothing_was
     learned = error_correlations(params, {'lab': LEARNED}, ['lab'])
     assert learned.fallback == () and learned.describe(params) == (
         'bundle (learned for every scene)')
+    blocks = replace(LEARNED, rotation=ErrorCorrelation(0.5, 0.2, None, 0.0, 'fitted'))
+    assert error_correlations(params, {'lab': blocks, 'atrium': LEARNED}, ['lab', 'atrium',
+                                                                           'corridor']).describe(
+        params) == ("bundle (no learned model, one frame's worth: corridor; position and "
+                    'rotation apart: lab)')
     config = fusion_config(params, correlations)
     assert config.error_correlation == correlations.models
 

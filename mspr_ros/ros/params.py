@@ -341,9 +341,12 @@ class ErrorCorrelations:
             return f'time ({params.fusion_error_correlation_s:g} s)'
         if mode == 'independent':
             return 'independent (every frame a new measurement: over-confident)'
+        apart = [scene for scene, model in self.models.items() if model.per_block]
+        blocks = f"; position and rotation apart: {', '.join(apart)}" if apart else ''
         if not self.fallback:
-            return 'bundle (learned for every scene)'
-        return f"bundle (no learned model, one frame's worth: {', '.join(self.fallback)})"
+            return f'bundle (learned for every scene{blocks})'
+        return (f"bundle (no learned model, one frame's worth: {', '.join(self.fallback)}"
+                f'{blocks})')
 
 
 def error_correlations(params: NodeParams, learned: Mapping[str, ErrorCorrelation],
