@@ -94,12 +94,19 @@ def test_uncertainty_smoke(tmp_path):
     run_dir = Path(source_run['crossfit']['bundle']).parent
     assert Path(calibrated['site']['bundle']).parent == run_dir
     assert calibrated['site']['bundle'] != source_run['crossfit']['bundle']
-    assert calibrated['site']['calibration_method'] != 'cross-fitting'
-    assert calibrated['site']['replay']['bundle']['fusion'] is not None
-    assert set(site['results']['goals']['0']) == {'crossfit', 'site'}
+    variants = {'site': 'split', 'site_per_block': 'split', 'crossfit_per_block': 'cross-fitting'}
+    for key, method in variants.items():
+        # One bundle per calibration and error-correlation design, from the same checkpoint.
+        assert calibrated[key]['calibration_method'] == method
+        assert Path(calibrated[key]['bundle']) == run_dir / f'model.{key}.safetensors'
+        assert calibrated[key]['replay']['bundle']['fusion'] is not None
+    assert {v['error_correlation_blocks'] for v in site['settings']['variants'].values()} == {
+        'joint', 'per_block'}
+    assert set(site['results']['goals']['0']) == {'crossfit', *variants}
     assert site['settings']['site_frames'] == 6 and site['settings']['site_walks'] == 1
     text = rendered(tmp_path, site, 'site_calibration.json', 'site-calibration')
     assert 'site walks (--calibration-split site)' in text
+    assert 'out-of-fold training walks, a model per block' in text
 
 
 def test_correlation_blocks_pool_the_bins(benchmarks_on_path):
