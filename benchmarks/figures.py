@@ -3,11 +3,11 @@
 Every table of measured figures in those two files sits between ``<!-- figures:NAME -->`` and
 ``<!-- /figures:NAME -->`` and is made here from the committed ``benchmarks/results/*.json``
 (``common.tables_speed``, ``common.tables_training``, ``common.tables_uncertainty``,
-``common.tables_camera``), each with a caption naming the file, the commit of its run, its date
-and mode, and "dirty tree" when the checkout had uncommitted changes. ``NOTES`` adds what a file
-cannot say about itself (a stamp older than the code it ran, a run older than the code it
-describes); a note belongs to one file at one commit, so a rerun drops it. Prose outside the
-blocks quotes no measured number.
+``common.tables_calibration``, ``common.tables_camera``), each with a caption naming the file, the
+commit of its run, its date and mode, and "dirty tree" when the checkout had uncommitted changes.
+``NOTES`` adds what a file cannot say about itself (a stamp older than the code it ran, a run older
+than the code it describes); a note belongs to one file at one commit, so a rerun drops it. Prose
+outside the blocks quotes no measured number.
 
 ``python benchmarks/figures.py`` rewrites the blocks; ``--check`` changes nothing and exits 1
 (printing a diff) when a block differs from what the results files give: a hand-edited number
@@ -19,7 +19,8 @@ from pathlib import Path
 import sys
 from typing import Callable, Dict, List, Optional, Sequence
 
-from common import tables_camera, tables_speed, tables_training, tables_uncertainty
+from common import (tables_calibration, tables_camera, tables_speed, tables_training,
+                    tables_uncertainty)
 from common.markdown import cpu_text, load_source, missing, num, render_blocks
 from common.markdown import RESULTS_DIR, Source, table, tree_state
 
@@ -181,17 +182,17 @@ def renderers() -> Dict[str, Callable[[], str]]:
             ('fusion_window.json',),
             'python benchmarks/fusion_window.py --from benchmarks/results/uncertainty.scale.json '
             '--distances 5 8 10 12 15 20',
-            tables_uncertainty.fusion_window),
+            tables_calibration.fusion_window),
         'correlation-blocks': from_file(
             ('correlation_blocks.json',),
             'python benchmarks/correlation_blocks.py '
             '--from benchmarks/results/uncertainty.scale.json',
-            tables_uncertainty.correlation_blocks),
+            tables_calibration.correlation_blocks),
         'site-calibration': from_file(
             ('site_calibration.json',),
             'python benchmarks/site_calibration.py '
             '--from benchmarks/results/uncertainty.scale.json',
-            tables_uncertainty.site_calibration),
+            tables_calibration.site_calibration),
         'camera': from_file(('camera.json', 'camera.quick.json'),
                             'python benchmarks/camera.py --world-seeds 0 1',
                             tables_camera.camera),

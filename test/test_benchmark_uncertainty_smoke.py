@@ -113,7 +113,7 @@ def test_correlation_blocks_pool_the_bins(benchmarks_on_path):
     """Each scene's bins carry the joint, model and block correlations; pooling weighs pairs."""
     import correlation_blocks
     from common.markdown import Source
-    from common.tables_uncertainty import correlation_blocks as table
+    from common.tables_calibration import correlation_blocks as table
     rng = np.random.default_rng(3)
     model = ErrorCorrelation(3.0, math.inf, math.inf, 0.0, 'parameters')
     fits = [fit_error_correlation([gaussian_process_walk(rng, model, 80, turns=False)

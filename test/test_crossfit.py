@@ -295,7 +295,11 @@ def test_export_calibrates_on_out_of_fold_errors(crossfit_run, crossfit_bundle, 
     assert set(bundle.error_correlation) == {scene for scene, fit in fits.items() if fit}
     assert bundle.error_correlation, 'no scene got a fitted error correlation'
     for scene, model in bundle.error_correlation.items():
-        assert model.source == 'fitted' and fits[scene]['model'] == model.to_dict()
+        # A model per block (the default): position's fit, rotation's in ``rotation``.
+        blocks = fits[scene]['block_models']
+        assert model.source == 'fitted' and model.per_block
+        assert model.to_dict() == {**blocks['position'], 'rotation': blocks['rotation']}
+    assert calibration_record['error_correlation_blocks'] == 'per_block'
     train = read_split(load_config('tiny_test', OVERRIDES).data, 'train', tiny_world)
     for index, scene in enumerate(bundle.scene_names):
         sequences = {seq: np.array([s.position for s in train[scene] if s.sequence == seq])

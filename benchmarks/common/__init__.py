@@ -13,7 +13,7 @@
   this process's client (images out, poses and diagnostics in);
 - ``arrivals``: pose arrival times by stamp; ``process_memory``: resident and GPU memory;
 - ``markdown``, ``tables_speed``, ``tables_training``, ``tables_uncertainty``,
-  ``tables_camera``: the rendered tables of the READMEs
+  ``tables_calibration``, ``tables_camera``: the rendered tables of the READMEs
   (``benchmarks/figures.py``, ``make figures``): markers, captions, one table per results file.
 
 Benchmarks import nothing from ``test/``: what they share with the node tests lives in

@@ -16,7 +16,7 @@ ESTIMATES = (('per_frame', 'per frame'), ('fused', 'fused (learned correlation)'
              ('fused_independent', 'fused, frames counted as independent'))
 
 
-def _model(model: Optional[Dict[str, Any]]) -> str:
+def model_text(model: Optional[Dict[str, Any]]) -> str:
     """Return an error-correlation model as 'L 1.09 m, A 23.6°, floor 0.02'."""
     if not model:
         return DASH
@@ -27,7 +27,7 @@ def _model(model: Optional[Dict[str, Any]]) -> str:
              f"floor {num(model.get('floor'), 2)}"]
     text = ', '.join(p for p in parts if p) + f" ({model.get('source', '?')})"
     if model.get('rotation'):
-        return f"position {text}; rotation {_model(model['rotation'])}"
+        return f"position {text}; rotation {model_text(model['rotation'])}"
     return text
 
 
@@ -68,7 +68,7 @@ def fusion(source: Source) -> str:
             f"{num(get(g, 'p95_ratios.position'), 3)} / "
             f"{num(get(g, 'p95_ratios.orientation'), 3)} ({verdict(g.get('p95_met'))})",
             f"{num(g.get('standstill_min_ratio'), 3)} ({verdict(g.get('standstill_met'))})",
-            _model(get(r, 'calibration.model_used') or get(r, 'calibration.fit.model')),
+            model_text(get(r, 'calibration.model_used') or get(r, 'calibration.fit.model')),
             f"{num(get(r, 'add_ms.median'), 2)} / {num(get(r, 'add_ms.p95'), 2)} ms"])
     nominal = get(seeds[0], 'fused.coverage_2sigma.nominal_position') if seeds else None
     parts = [caption(source), '', settings_table([
@@ -113,7 +113,7 @@ def fusion(source: Source) -> str:
     return '\n'.join(parts)
 
 
-def _spread(values: Sequence[float], digits: int, unit: str = '') -> str:
+def spread(values: Sequence[float], digits: int, unit: str = '') -> str:
     """Return 'mean ± std' over seeds (just the value for one seed)."""
     values = [v for v in values if v is not None]
     if not values:
@@ -124,7 +124,7 @@ def _spread(values: Sequence[float], digits: int, unit: str = '') -> str:
     return f'{num(mean, digits)} ± {num(std, digits, unit)}'
 
 
-def _inside2(coverage: Dict[str, Any], block: str) -> Optional[float]:
+def inside_2sigma(coverage: Dict[str, Any], block: str) -> Optional[float]:
     """Return a CovarianceCoverage dict's share inside 2 sigma for one block."""
     return get(coverage, f'{block}.inside.2')
 
@@ -162,24 +162,24 @@ def uncertainty(source: Source) -> str:
             timing = [g.get('timing') or {} for g in got]
             scenes = [sc['scene'] for sc in got[0]['metrics']['scenes']]
             per_scene = ', '.join(
-                f"{sc} {_spread([next(x['median_position_m'] for x in g['metrics']['scenes'] if x['scene'] == sc) for g in got], 2)}"  # noqa: E501 - one cell
+                f"{sc} {spread([next(x['median_position_m'] for x in g['metrics']['scenes'] if x['scene'] == sc) for g in got], 2)}"  # noqa: E501 - one cell
                 for sc in scenes)
             accuracy_rows.append([
                 world, label, len(got),
-                _spread([g['metrics']['average_median_position_m'] for g in got], 2, ' m'),
-                _spread([g['metrics']['average_median_orientation_deg'] for g in got], 2, '°'),
+                spread([g['metrics']['average_median_position_m'] for g in got], 2, ' m'),
+                spread([g['metrics']['average_median_orientation_deg'] for g in got], 2, '°'),
                 per_scene,
-                _spread([g['train_seconds'] / 60 for g in got], 1, ' min'),
-                _spread([t.get('extra_ratio') for t in timing], 2) if recipe == 'crossfit'
+                spread([g['train_seconds'] / 60 for g in got], 1, ' min'),
+                spread([t.get('extra_ratio') for t in timing], 2) if recipe == 'crossfit'
                 else DASH])
             for index, (suffix, _) in enumerate(_scales(got[0])):
                 bundles = [_scales(g)[index][1] for g in got]
                 coverage_rows.append([
                     world, label + suffix,
-                    _spread([100 * _inside2(b['coverage'], 'position') for b in bundles], 1,
-                            ' %'),
-                    _spread([100 * _inside2(b['coverage'], 'rotation') for b in bundles], 1,
-                            ' %')])
+                    spread([100 * inside_2sigma(b['coverage'], 'position') for b in bundles],
+                           1, ' %'),
+                    spread([100 * inside_2sigma(b['coverage'], 'rotation') for b in bundles],
+                           1, ' %')])
         for r in mine:
             replays = r.get('replays') or {'': r.get('replay')}
             for scale, mode, label in [
@@ -212,14 +212,14 @@ def uncertainty(source: Source) -> str:
                     f"{pct(fu['coverage_2sigma']['position'], 1)} / "
                     f"{pct(fu['coverage_2sigma']['rotation'], 1)}"])
             for scene, model in sorted(get(r, 'crossfit.error_correlation', {}).items()):
-                correlation_rows.append([world, r['seed'], scene, _model(model)])
+                correlation_rows.append([world, r['seed'], scene, model_text(model)])
         g = get(res, f'goals.{world}', {})
         acc = g.get('accuracy', {})
         position = acc.get('average_median_position_m', {})
         goal_rows.append([
             world,
-            f"{_spread(position.get('crossfit', []), 2, ' m')} vs "
-            f"{_spread(position.get('held_out', []), 2, ' m')}",
+            f"{spread(position.get('crossfit', []), 2, ' m')} vs "
+            f"{spread(position.get('held_out', []), 2, ' m')}",
             f"{num(g.get('coverage_worst_gap_points'), 1)} ({verdict(g.get('coverage_met'))})",
             f"{num(g.get('jitter_worst_ratio'), 3)} ({verdict(g.get('jitter_met'))})",
             f"{num(g.get('p95_worst_ratio'), 3)} ({verdict(g.get('p95_met'))})"])
@@ -269,142 +269,3 @@ def uncertainty(source: Source) -> str:
         parts += ['', 'The error correlation each cross-fitted bundle learned:', '',
                   table(['world', 'seed', 'scene', 'model'], correlation_rows)]
     return '\n'.join(parts)
-
-
-def fusion_window(source: Source) -> str:
-    """Per frame vs fused on the trained models' recordings, per fusion window distance."""
-    s, res = source.settings, source.results
-    default, origin = s.get('default_distance_m'), s.get('source', {})
-    rows = []
-    for world, by_distance in sorted(res.get('worst', {}).items(), key=lambda w: int(w[0])):
-        runs = [r for r in res.get('runs', []) if str(r['world_seed']) == world]
-        for distance, worst in sorted(by_distance.items(), key=lambda d: float(d[0])):
-            mine = [r['by_distance'][distance] for r in runs]
-            ratios = [r['ratios'] for r in mine]
-            coverage = [r['fused_coverage_2sigma'] for r in mine]
-            marker = ' (default)' if default is not None and float(distance) == default else ''
-            rows.append([
-                world + (' (chosen on)' if int(world) == s.get('chosen_on_world') else ''),
-                f'{distance} m{marker}',
-                ', '.join(f"{num(r['jitter_position_m'], 2)} / "
-                          f"{num(r['jitter_orientation_deg'], 2)}" for r in ratios),
-                f"{num(worst['jitter_worst_ratio'], 3)} ({verdict(worst['jitter_met'])})",
-                ', '.join(f"{num(r['p95_position'], 2)} / {num(r['p95_orientation'], 2)}"
-                          for r in ratios),
-                f"{num(worst['p95_worst_ratio'], 3)} ({verdict(worst['p95_met'])})",
-                ', '.join(num(r['fused_median_position_m'], 2) for r in mine),
-                ', '.join(f"{pct(c['position'])} / {pct(c['rotation'])}" for c in coverage)])
-    settings = settings_table([
-        ['bundles', f"the cross-fitted bundles (first covariance scale) of "
-                    f"`{origin.get('file', '?')}` at `{str(origin.get('commit', '?'))[:7]}`, "
-                    'training seeds ' + ', '.join(str(r['seed']) for r in res.get('runs', [])
-                                                  if r['world_seed'] == 0)],
-        ['replay', 'learned error correlation, the node\'s other defaults; the localizer once '
-                   'per bundle, the pose stream once per distance'],
-        ['default', f"{num(default, 0, ' m')}, chosen on world {s.get('chosen_on_world')}"]])
-    header = ['world', 'window distance', 'fused / per-frame jitter pos / rot, per seed',
-              f"worst jitter (goal <= {num(s.get('jitter_goal'), 1)})",
-              'fused / per-frame p95 pos / rot, per seed', 'worst p95 (goal <= 1)',
-              'fused median position per seed (m)', 'fused 2σ pos / rot per seed']
-    return '\n\n'.join([caption(source), settings, table(header, rows)])
-
-
-def correlation_blocks(source: Source) -> str:
-    """Joint, model and per-block empirical error correlation per distance bin, per world."""
-    s, res = source.settings, source.results
-    origin = s.get('source', {})
-    rows = []
-    for world, bins in sorted(res.get('pooled', {}).items(), key=lambda w: int(w[0])):
-        for row in bins:
-            to = row.get('to')
-            span = f"{num(row['from'], 2)}-{num(to, 2)} m" if to is not None else \
-                f"{num(row['from'], 2)} m and more"
-            rows.append([world, span, str(row['pairs']), num(row['joint'], 2),
-                         num(row['model'], 2), num(row['position'], 2),
-                         num(row['rotation'], 2)])
-    seeds = sorted({r['seed'] for r in res.get('runs', [])})
-    settings = settings_table([
-        ['bundles', f"the cross-fitted runs of `{origin.get('file', '?')}` at "
-                    f"`{str(origin.get('commit', '?'))[:7]}` exported again (first covariance "
-                    f"scale), training seeds {', '.join(map(str, seeds))}"],
-        ['errors', 'out of fold, along the training walks (the calibration errors)'],
-        ['pooled', 'over training seeds and scenes, weighted by pairs']])
-    header = ['world', 'distance between the pair', 'pairs', 'joint 6-D, empirical',
-              'joint, the fitted model', 'position alone, empirical',
-              'rotation alone, empirical']
-    return '\n\n'.join([caption(source), settings, table(header, rows)])
-
-
-#: How the site-calibration table names each calibration.
-CALIBRATIONS = (('crossfit', 'out-of-fold training walks (cross-fitting)'),
-                ('crossfit_per_block', 'out-of-fold training walks, a model per block'),
-                ('site', 'site walks (--calibration-split site)'),
-                ('site_per_block', 'site walks, a model per block'))
-
-
-def site_calibration(source: Source) -> str:
-    """Render the deployed models calibrated on out-of-fold training walks vs on site walks."""
-    s, res = source.settings, source.results
-    origin = s.get('source', {})
-    runs: List[Dict[str, Any]] = res.get('runs', [])
-    rows, goal_rows, correlation_rows = [], [], []
-    nominal = None
-    for world in sorted({r['world_seed'] for r in runs}):
-        mine = [r for r in runs if r['world_seed'] == world]
-        for key, label in CALIBRATIONS:
-            got = [r[key] for r in mine if key in r]
-            if not got:
-                continue
-            fused = [get(g, 'replay.bundle.fusion') or {} for g in got]
-            nominal = next((f.get('nominal_coverage_2sigma_3d') for f in fused if f), nominal)
-
-            def share(estimate: str, block: str) -> str:
-                return _spread([100 * get(f, f'{estimate}.coverage_2sigma.{block}')
-                                for f in fused if f], 1, ' %')
-            rows.append([
-                world, label, len(got),
-                _spread([g['metrics']['average_median_position_m'] for g in got], 2, ' m'),
-                f"{_spread([100 * _inside2(g['coverage'], 'position') for g in got], 1, ' %')}"
-                f" / {_spread([100 * _inside2(g['coverage'], 'rotation') for g in got], 1, ' %')}",
-                f"{share('per_frame', 'position')} / {share('per_frame', 'rotation')}",
-                f"{share('fused', 'position')} / {share('fused', 'rotation')}"])
-            g = get(res, f'goals.{world}.{key}', {})
-            goal_rows.append([
-                world, label,
-                f"{num(g.get('coverage_worst_gap_points'), 1)} ({verdict(g.get('coverage_met'))})",
-                f"{num(g.get('jitter_worst_ratio'), 3)} ({verdict(g.get('jitter_met'))})",
-                f"{num(g.get('p95_worst_ratio'), 3)} ({verdict(g.get('p95_met'))})"])
-        for r in mine:
-            for key in ('site', 'site_per_block'):
-                for scene, model in sorted(get(r, f'{key}.error_correlation', {}).items()):
-                    correlation_rows.append([world, r['seed'], scene, _model(model)])
-    seeds = sorted({r['seed'] for r in runs})
-    settings = settings_table([
-        ['models', f"the deployed cross-fitted models of `{origin.get('file', '?')}` at "
-                   f"`{str(origin.get('commit', '?'))[:7]}` (trained on every training walk), "
-                   f"training seeds {', '.join(map(str, seeds))}; no training here"],
-        ['site walks', f"{s.get('site_frames')} frames per scene over {s.get('site_walks')} "
-                       f"walk{'' if s.get('site_walks') == 1 else 's'} drawn as the test "
-                       'walks are (other light, exposure and camera carriage than training), '
-                       'each on a path and under light of its own: no test frame is calibrated '
-                       'on'],
-        ['covariance scale', f"`{s.get('covariance_scale')}`"],
-        ['figures', 'cross-fitting with one model: the source file\'s; the others exported, '
-                    'evaluated and replayed here, as `uncertainty.py` does, from the same '
-                    'checkpoint (a model per block: `mspr-export --error-correlation-blocks '
-                    'per_block`)']])
-    return '\n\n'.join([
-        caption(source), settings,
-        f'Coverage on the test walks (nominal 2σ coverage {pct(nominal, 1)}; mean ± standard '
-        'deviation over training seeds):',
-        table(['world', 'calibrated on', 'seeds', 'median position',
-               '2σ inside per frame, Localizer, pos / rot',
-               'per frame on the recording, pos / rot',
-               'fused on the recording, pos / rot'], rows),
-        'Goals of issue 25 per world and calibration (learned correlation; worst over seeds):',
-        table(['world', 'calibrated on', 'worst 2σ coverage gap, points (goal <= 10)',
-               'worst fused / per-frame jitter (goal <= 0.2)',
-               'worst fused / per-frame p95 (goal <= 1)'], goal_rows),
-        'The error correlation fitted on the site walks:',
-        table(['world', 'seed', 'scene', 'model'], correlation_rows) if correlation_rows
-        else 'none: too few correctly localised frames along the site walks in every scene'])

@@ -66,8 +66,7 @@ from typing import List, Mapping, NamedTuple, Optional
 import numpy as np
 from scipy.stats import chi2
 
-from mspr_ros.estimation.error_correlation import (
-    design_factors, ErrorCorrelation, scalar_information, scene_correlation)
+from mspr_ros.estimation.error_correlation import ErrorCorrelation, WindowCorrelations
 from mspr_ros.estimation.fusion_robust import (
     ALL_AXES, informations, irls_covariance, LOSSES, Means, medoid_index, PLANAR_AXES,
     solve_means, squared_mahalanobis)
@@ -213,10 +212,8 @@ class MapOdomFusion:
         # two_d samples err only in x, y, yaw (z, roll, pitch are exactly 0 and unestimated),
         # so the robust mean and the gate work on those three axes.
         self._axes = PLANAR_AXES if config.two_d else ALL_AXES
-        models = (config.default_correlation, *config.error_correlation.values())
-        # Per-block models: which of the fusion's axes are position (x, y, z come first).
-        self._position_axes = (np.asarray(self._axes) < 3
-                               if any(m.per_block for m in models) else None)
+        self._correlations = WindowCorrelations(config.error_correlation,
+                                                config.default_correlation, self._axes)
         self._lock = threading.Lock()
         self._window = SampleWindow.empty()
         self._newest: Optional[_Newest] = None
@@ -361,7 +358,10 @@ class MapOdomFusion:
         dimension = len(self._axes)
         sums = inside @ carried.infos.reshape(-1, dimension * dimension)
         covariances = informations(sums.reshape(-1, dimension, dimension))   # all at once
-        factors = self._design_factors(carried, inside)
+        # Pairs correlate by the odometry at each image (the view), stamps and scenes.
+        factors = self._correlations.factors(carried.scenes, carried.odometry_t,
+                                             carried.odometry_q, carried.stamps_ns,
+                                             carried.infos, inside)
         estimates = []
         for index, (mask, rows) in enumerate(zip(masks, inside)):
             if rows.any():
@@ -374,33 +374,6 @@ class MapOdomFusion:
             estimates.append(self._estimate_from(means.translations[index], means.quats[index],
                                                  covariance))
         return estimates
-
-    def _design_factors(self, carried: Carried, inside: np.ndarray) -> np.ndarray:
-        """Return what each row of ``inside``'s fused covariance is multiplied by.
-
-        One design factor per row (P,); with per-block models (P, d, d): ``sqrt(f_a f_b)`` for
-        axes ``a``, ``b`` of blocks with factors ``f_a``, ``f_b``.
-        """
-        if self._position_axes is None:
-            return self._block_factors(carried, inside, 'position', carried.infos)
-        position = self._position_axes
-        factors = np.empty((len(inside), len(position)))
-        for block, axes in (('position', position), ('rotation', ~position)):
-            infos = carried.infos[:, axes][:, :, axes]
-            factors[:, axes] = self._block_factors(carried, inside, block, infos)[:, None]
-        roots = np.sqrt(factors)
-        return roots[:, :, None] * roots[:, None, :]
-
-    def _block_factors(self, carried: Carried, inside: np.ndarray, block: str,
-                       infos: np.ndarray) -> np.ndarray:
-        """Return the (P,) design factors of one block, weighted by ``infos``' determinants."""
-        # Pairs correlate by the odometry at each image (the view), stamps and scenes.
-        rho = scene_correlation(carried.scenes, self.config.error_correlation,
-                                self.config.default_correlation, carried.odometry_t,
-                                carried.odometry_q, carried.stamps_ns, block)
-        if np.count_nonzero(rho) == len(rho):   # independent: spare the determinants
-            return np.ones(len(inside))
-        return design_factors(rho, scalar_information(infos), inside)
 
     def _estimate_from(self, pose_t: np.ndarray, pose_q: np.ndarray,
                        covariance: np.ndarray) -> _Estimate:
