@@ -42,16 +42,19 @@ filter updates take the block that is the more alike. A model without ``rotation
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from functools import cached_property
 import math
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from mspr_ros.geometry.covariance import BLOCK_AXES
+
 #: The kinds of model (``ErrorCorrelation.source``), for logs, diagnostics and the bundle.
 SOURCES = ('bundle', 'time', 'independent', 'one_frame', 'fitted', 'parameters')
 #: The blocks of a 6-D pose error a model may describe apart (ROS order: position first).
-BLOCKS = ('position', 'rotation')
+BLOCKS = tuple(BLOCK_AXES)
 
 
 def _ratio_term(change: np.ndarray, length: float) -> np.ndarray:
@@ -120,13 +123,21 @@ class ErrorCorrelation:
         """Return whether the rotation block has a model of its own."""
         return self.rotation is not None
 
+    @cached_property
+    def blocks(self) -> tuple['ErrorCorrelation', ...]:
+        """Return the distinct block models: ``(self,)``, or position's and rotation's.
+
+        Made once per model: the filter updates ask on every frame.
+        """
+        if self.rotation is None:
+            return (self,)
+        return (replace(self, rotation=None), self.rotation)
+
     def block(self, name: str) -> 'ErrorCorrelation':
         """Return the model of block ``name`` ('position' or 'rotation', ``BLOCKS``)."""
         if name not in BLOCKS:
             raise ValueError(f'error correlation block must be one of {BLOCKS}, got {name!r}')
-        if self.rotation is None:
-            return self
-        return self.rotation if name == 'rotation' else replace(self, rotation=None)
+        return self.blocks[-1] if name == 'rotation' else self.blocks[0]
 
     @classmethod
     def independent(cls) -> 'ErrorCorrelation':
@@ -152,8 +163,12 @@ class ErrorCorrelation:
     @property
     def is_independent(self) -> bool:
         """Return whether two distinct frames are never correlated (in either block)."""
-        own = self.floor == 0.0 and 0.0 in (self.length_m, self.angle_rad, self.time_s)
-        return own and (self.rotation is None or self.rotation.is_independent)
+        return all(block._decorrelates_at_once for block in self.blocks)
+
+    @property
+    def _decorrelates_at_once(self) -> bool:
+        """Return whether this model's own fields make any two distinct frames independent."""
+        return self.floor == 0.0 and 0.0 in (self.length_m, self.angle_rad, self.time_s)
 
     def correlation(self, distance_m: Any, angle_rad: Any, time_s: Any = 0.0) -> np.ndarray:
         """Return ``rho`` of frames (not the same frame) that differ by the given changes.
@@ -177,7 +192,7 @@ class ErrorCorrelation:
         positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
         quats = np.asarray(quats, dtype=np.float64).reshape(-1, 4)
         count = len(positions)
-        if self.floor == 0.0 and 0.0 in (self.length_m, self.angle_rad, self.time_s):
+        if self._decorrelates_at_once:
             return np.eye(count)
         # The fusion asks on every frame: a change whose length is infinite adds 0 to the
         # exponent, so it is not computed.
@@ -304,53 +319,6 @@ def design_factors(rho: np.ndarray, weights: np.ndarray, masks: np.ndarray) -> n
     pairs = ((roots @ off_diagonal) * roots).sum(axis=-1)
     return np.where(totals > 0.0, np.maximum(1.0 + pairs / np.where(totals > 0.0, totals, 1.0),
                                              1.0), 1.0)
-
-
-class WindowCorrelations:
-    """The design factors of a window's frames under per-scene models (the fusion's).
-
-    One factor per subset of frames, or, when a model is per block, one per block: the
-    covariance of a subset is then multiplied by ``sqrt(f_a f_b)`` for axes ``a``, ``b`` of
-    blocks with factors ``f_a``, ``f_b`` (``D C D``, the module docstring).
-    """
-
-    def __init__(self, models: Mapping[str, ErrorCorrelation], default: ErrorCorrelation,
-                 axes: Sequence[int]) -> None:
-        """Use ``models`` (scene -> model) and ``default`` on covariances of ``axes``.
-
-        ``axes`` are the ROS-order axes (0-2 position, 3-5 rotation) of the d x d covariances.
-        """
-        self._models, self._default = models, default
-        per_block = any(model.per_block for model in (default, *models.values()))
-        self._position_axes = np.asarray(axes) < 3 if per_block else None
-
-    def factors(self, scenes: Sequence[str], positions: np.ndarray, quats: np.ndarray,
-                stamps_ns: Optional[np.ndarray], infos: np.ndarray,
-                masks: np.ndarray) -> np.ndarray:
-        """Return (P,) factors, or (P, d, d) with per-block models, of the P ``masks``.
-
-        ``infos`` (N, d, d) are the frames' information matrices (their weights); the other
-        arguments are :func:`scene_correlation`'s and :func:`design_factors`'.
-        """
-        views = (scenes, positions, quats, stamps_ns)
-        if self._position_axes is None:
-            return self._block(views, 'position', infos, masks)
-        position = self._position_axes
-        factors = np.empty((len(masks), len(position)))
-        for block, axes in (('position', position), ('rotation', ~position)):
-            factors[:, axes] = self._block(views, block, infos[:, axes][:, :, axes],
-                                           masks)[:, None]
-        roots = np.sqrt(factors)
-        return roots[:, :, None] * roots[:, None, :]
-
-    def _block(self, views, block: str, infos: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """Return the (P,) design factors of one block, weighted by ``infos``' determinants."""
-        scenes, positions, quats, stamps_ns = views
-        rho = scene_correlation(scenes, self._models, self._default, positions, quats,
-                                stamps_ns, block)
-        if np.count_nonzero(rho) == len(rho):   # independent: spare the determinants
-            return np.ones(len(masks))
-        return design_factors(rho, scalar_information(infos), masks)
 
 
 #: Values of the node's ``fusion.error_correlation`` parameter (and the bag tools' replay).

@@ -36,7 +36,7 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from mspr_ros.estimation.error_correlation import BLOCKS, ErrorCorrelation
+from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.geometry.transforms import Transform
 
 # FilterUpdate.reason values.
@@ -125,7 +125,7 @@ class FilterUpdates:
     def silent_scenes(self, scenes) -> list:
         """Return those of ``scenes`` whose model sends nothing (``floor == 1``, either block)."""
         return [scene for scene in scenes
-                if max(self.model(scene).block(name).floor for name in BLOCKS) >= 1.0]
+                if any(block.floor >= 1.0 for block in self.model(scene).blocks)]
 
     def reset(self) -> None:
         """Forget the frames sent: the next frame of every scene is sent (a restart)."""
@@ -146,7 +146,7 @@ class FilterUpdates:
         with self._lock:
             models, default, limit = self._setting
             model = models.get(scene, default)
-            blocks = [model.block(name) for name in BLOCKS] if model.per_block else [model]
+            blocks = model.blocks
             if any(block.floor >= 1.0 for block in blocks):
                 return FilterUpdate(False, None, 1.0, NO_MODEL, (
                     f'no learned error correlation for scene {scene} ({model.source}): every '

@@ -66,12 +66,13 @@ from typing import List, Mapping, NamedTuple, Optional
 import numpy as np
 from scipy.stats import chi2
 
-from mspr_ros.estimation.error_correlation import ErrorCorrelation, WindowCorrelations
+from mspr_ros.estimation.error_correlation import ErrorCorrelation
 from mspr_ros.estimation.fusion_robust import (
     ALL_AXES, informations, irls_covariance, LOSSES, Means, medoid_index, PLANAR_AXES,
     solve_means, squared_mahalanobis)
 from mspr_ros.estimation.fusion_window import (
     Carried, carry, compose_poses, flatten_pose, invert_pose, PoseArrays, SampleWindow)
+from mspr_ros.estimation.window_correlation import WindowCorrelations
 from mspr_ros.geometry.covariance import UNESTIMATED_VARIANCE, validate_covariance
 from mspr_ros.geometry.transforms import Transform
 

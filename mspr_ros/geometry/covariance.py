@@ -14,6 +14,8 @@ import numpy as np
 from mspr_ros.geometry.transforms import SceneAlignment
 
 COVARIANCE_MODES = ('calibrated', 'fixed')
+#: The two 3x3 blocks of a 6x6 pose covariance, in the order above.
+BLOCK_AXES = {'position': slice(0, 3), 'rotation': slice(3, 6)}
 # Variance given to the dimensions two_d_mode does not estimate (z, roll, pitch): large enough
 # that a filter ignores them, finite so that it stays invertible (REP-145 style, as robot drivers
 # report unknown axes).

@@ -57,6 +57,7 @@ import numpy as np
 from scipy.stats import chi2
 from sklearn.covariance import oas, shrunk_covariance
 
+from mspr_ros.geometry.covariance import BLOCK_AXES
 from mspr_training.correlation_fit import CorrelationFit, fit_error_correlation, Walk
 from mspr_training.engine import Predictions
 from mspr_training.metrics import NOMINAL_COVERAGE_3D, pose_error_vectors
@@ -67,7 +68,6 @@ DEFAULT_ORIENTATION_FLOOR_RAD = math.radians(0.5)
 DEFAULT_MIN_SAMPLES = 3
 #: Shrinkage intensity chosen from the samples (see the module docstring).
 SHRINKAGE_OAS = 'oas'
-BLOCKS = {'position': slice(0, 3), 'rotation': slice(3, 6)}
 #: How each block's scale is set (step 3 of the module docstring).
 SCALE_CONFORMAL = 'conformal'
 SCALE_MOMENT = 'moment'
@@ -139,7 +139,7 @@ def shrunk_second_moment(errors: np.ndarray,
     scale = np.ones(6)
     result = np.zeros((6, 6))
     intensities = {}
-    for name, block in BLOCKS.items():
+    for name, block in BLOCK_AXES.items():
         if shrinkage == SHRINKAGE_OAS:
             shrunk, intensity = oas(errors[:, block], assume_centered=True)
         else:
@@ -150,7 +150,7 @@ def shrunk_second_moment(errors: np.ndarray,
         intensities[name] = float(intensity)
     # Cross block: sqrt(1-a_p) sqrt(1-a_r) C_pr. The result is D M D + diag(a_p m_p, a_r m_r)
     # with D = diag(scale): positive semi-definite because M is.
-    cross = (BLOCKS['position'], BLOCKS['rotation'])
+    cross = (BLOCK_AXES['position'], BLOCK_AXES['rotation'])
     result[cross] = np.outer(scale[cross[0]], scale[cross[1]]) * moment[cross]
     result[cross[::-1]] = result[cross].T
     return 0.5 * (result + result.T), intensities
@@ -183,7 +183,7 @@ def conformal_scales(errors: np.ndarray, covariance: np.ndarray,
     rank = min(len(errors), math.ceil((len(errors) + 1) * level)) - 1
     radius = float(chi2.ppf(level, 3))
     factors = {}
-    for name, block in BLOCKS.items():
+    for name, block in BLOCK_AXES.items():
         rows = errors[:, block]
         scores = np.sum(rows * np.linalg.solve(covariance[block, block], rows.T).T, axis=1)
         factors[name] = float(np.partition(scores, rank)[rank]) / radius
@@ -192,7 +192,7 @@ def conformal_scales(errors: np.ndarray, covariance: np.ndarray,
 
 def _scaled(moment: np.ndarray, factors: Mapping[str, float]) -> np.ndarray:
     """Return ``D moment D`` with ``D`` the square roots of the blocks' factors (stays PSD)."""
-    root = np.concatenate([np.full(3, math.sqrt(factors[name])) for name in BLOCKS])
+    root = np.concatenate([np.full(3, math.sqrt(factors[name])) for name in BLOCK_AXES])
     return moment * np.outer(root, root)
 
 
@@ -219,7 +219,7 @@ def calibrate_covariance(scene_names: Sequence[str], predictions: Predictions, *
 
     def fitted(rows: np.ndarray) -> tuple[np.ndarray, dict[str, float], dict[str, float]]:
         moment, intensities = shrunk_second_moment(rows, shrinkage)
-        factors = {name: 1.0 for name in BLOCKS}
+        factors = {name: 1.0 for name in BLOCK_AXES}
         if scale == SCALE_CONFORMAL and len(rows) >= MIN_CONFORMAL_SAMPLES:
             factors = conformal_scales(rows, moment + floor)
         return _scaled(moment, factors) + floor, intensities, factors

@@ -61,13 +61,12 @@ from scipy.spatial.transform import Rotation
 from scipy.stats import chi2
 
 from mspr_ros.estimation.error_correlation import ErrorCorrelation
+from mspr_ros.geometry.covariance import BLOCK_AXES
 
 LOGGER = logging.getLogger('mspr_training.correlation_fit')
 #: Whitened errors beyond this radius (99.9 % of a 6-D Gaussian) are pulled back to it.
 CLIP_RADIUS = math.sqrt(float(chi2.ppf(0.999, 6)))
-#: The covariance's blocks (ROS order: position, then rotation) of the summary's block bins,
-#: and their clip radius (99.9 % of a 3-D Gaussian).
-BLOCKS = {'position': slice(0, 3), 'rotation': slice(3, 6)}
+#: The clip radius of each 3x3 block's whitened errors (99.9 % of a 3-D Gaussian).
 BLOCK_CLIP_RADIUS = math.sqrt(float(chi2.ppf(0.999, 3)))
 FLOOR_MAX = 0.999
 LENGTH_BOUNDS_M = (1e-3, 1e4)
@@ -210,7 +209,7 @@ def fit_error_correlation(walks: Sequence[Walk], covariance: np.ndarray, *,
     product = _pair_products(whitened, moment, pairs)
     model = _fit(product, distance, angle)
     block_bins, block_models = {}, {}
-    for name, block in BLOCKS.items():
+    for name, block in BLOCK_AXES.items():
         own, _, own_moment = _whitened([walk.errors[:, block] for walk in used],
                                        _cholesky(covariance, block), BLOCK_CLIP_RADIUS)
         own_product = _pair_products(own, own_moment, pairs)
@@ -316,10 +315,10 @@ def _fit(product: np.ndarray, distance: np.ndarray, angle: np.ndarray) -> ErrorC
     return ErrorCorrelation(length, turn, math.inf, min(max(floor, 0.0), FLOOR_MAX), 'fitted')
 
 
-def _bins(model: Optional[ErrorCorrelation], product: np.ndarray, distance: np.ndarray,
+def _bins(model: ErrorCorrelation, product: np.ndarray, distance: np.ndarray,
           angle: np.ndarray) -> dict[str, list[dict[str, Any]]]:
-    """Return, per distance bin and per angle bin, the pairs' mean product (and model value)."""
-    predicted = None if model is None else model.correlation(distance, angle)
+    """Return, per distance bin and per angle bin, the pairs' mean product and model value."""
+    predicted = model.correlation(distance, angle)
     table = {}
     for name, values, edges in (('distance_m', distance, DISTANCE_BINS_M),
                                 ('angle_deg', np.degrees(angle), ANGLE_BINS_DEG)):
@@ -330,11 +329,9 @@ def _bins(model: Optional[ErrorCorrelation], product: np.ndarray, distance: np.n
                 inside |= values == high
             if not inside.any():
                 continue
-            row = {'from': low, 'to': None if math.isinf(high) else high,
-                   'pairs': int(np.count_nonzero(inside)),
-                   'empirical': float(np.mean(product[inside]))}
-            if predicted is not None:
-                row['model'] = float(np.mean(predicted[inside]))
-            rows.append(row)
+            rows.append({'from': low, 'to': None if math.isinf(high) else high,
+                         'pairs': int(np.count_nonzero(inside)),
+                         'empirical': float(np.mean(product[inside])),
+                         'model': float(np.mean(predicted[inside]))})
         table[name] = rows
     return table
