@@ -108,6 +108,15 @@ class Heartbeats:
             return [t for t, msg in self._arrivals
                     if msg.id == NODE_NAME and msg.instance_id != instance_id and t > since]
 
+    def by_sender(self, since=0.0):
+        """Return {instance id: [(arrival time, active), ...]} of the node's bond messages."""
+        senders = {}
+        with self._lock:
+            for t, msg in self._arrivals:
+                if msg.id == NODE_NAME and t > since:
+                    senders.setdefault(msg.instance_id, []).append((t, msg.active))
+        return senders
+
     def of(self, instance_id, since=0.0):
         """Return (arrival time, active) of the messages after ``since`` from ``instance_id``."""
         with self._lock:
@@ -195,11 +204,8 @@ def test_bond_forms_on_activate_breaks_on_deactivate_and_times_out_when_killed(n
     node_instance = first.sister_instance_id
     sent = heartbeats.of(node_instance)
     assert sent[-1][1] is False, 'the node must end with a death notice'
-    # A manager keeps one message of the topic, its own heartbeats among them: one notice can be
-    # overwritten before its executor takes it, so the node repeats it.
     notices = [t for t, active in sent if not active]
     print(f'deactivate: {len(notices)} death notices over {notices[-1] - notices[0]:.3f} s')
-    assert len(notices) >= 2, 'the death notice must repeat (one can be overwritten)'
     _release(manager, first)
 
     second, formed_after = _activate_and_form(client, fqn, manager)
@@ -342,6 +348,33 @@ def test_the_node_side_times_out_on_a_manager_that_sent_one_heartbeat(nodes):
     assert last - sent_at > HEARTBEAT_TIMEOUT_S - TIMEOUT_SLACK_S
     client.node.destroy_publisher(publisher)
     _change(client, fqn, Transition.TRANSITION_DEACTIVATE, 'inactive')
+
+
+def test_a_bond_that_never_heard_its_manager_repeats_its_death_notice(nodes):
+    """The manager hears the node before the node hears the manager (discovery on a busy box).
+
+    The manager keeps one message of the bond topic, its own heartbeats among them; a node side
+    that had not heard the manager went straight to dead on deactivate, sent its death notice
+    once, and a manager that lost it saw the break only at its heartbeat timeout (the third
+    deactivate of test_lifecycle_manager, on a loaded machine). No manager here at all: the
+    node's bond is still waiting for its sister when it is deactivated.
+    """
+    started, client, _, _ = nodes
+    node, fqn = started['watched'], f'/watched/{NODE_NAME}'
+    _make_inactive(client, node, fqn)
+    listener = Heartbeats(client.node, '/watched/bond')
+    since = time.monotonic()
+    _change(client, fqn, Transition.TRANSITION_ACTIVATE, 'active')
+    wait_until(lambda: any(len(sent) >= 3 for sent in listener.by_sender(since).values()), 10.0,
+               'heartbeats from the node')
+    _change(client, fqn, Transition.TRANSITION_DEACTIVATE, 'inactive')
+    (sent,) = listener.by_sender(since).values()
+    notices = [t for t, active in sent if not active]
+    assert notices and sent[-1][1] is False, 'the node must end with a death notice'
+    print(f'unheard manager: {len(notices)} death notices over {notices[-1] - notices[0]:.3f} s')
+    assert len(notices) >= 3, 'the death notice must repeat (one can be overwritten)'
+    assert 'bond formed' not in node.output().split('bond started')[-1], \
+        'no manager answered: the bond cannot have formed'
 
 
 def test_ctrl_c_on_a_bonded_active_node_exits_cleanly(nodes):

@@ -316,8 +316,10 @@ def test_manager_brings_the_node_up_pauses_resets_and_shuts_it_down(managed):
         # startup, resume, startup; broken by the node's deactivate in pause, reset, shutdown.
         assert len(manager.bond_formed_after) == 3
         assert len(manager.bond_broken_after) == 3
+        bond_log = [line for line in node.output().splitlines() if 'bond' in line]
         assert None not in manager.bond_broken_after, \
-            f'a deactivate did not break the bond at once: {manager.bond_broken_after}'
+            f'a deactivate did not break the bond at once: {manager.bond_broken_after}; ' \
+            f'the node logged: {bond_log}'
         print(f'bond formed after {max(manager.bond_formed_after):.3f} s at most, broken '
               f'{max(manager.bond_broken_after):.3f} s at most after the deactivate answered')
     assert '[ERROR]' not in node.output(), node.output()[-3000:]

@@ -21,10 +21,13 @@ Three bondpy details shape this module (``test/test_bond.py`` shows each one):
 - ``stop`` cannot wait for the manager's answer as ``bondcpp``'s destructor does (the
   transitions run on the executor that would deliver it, and the manager may be gone):
   ``break_bond`` sends the death notice, as ``nav2_util::LifecycleNode::destroyBond`` does,
-  bondpy repeats it for ``DEATH_NOTICE_REPEAT_S``, and ``stop`` waits (at most
-  ``DEATH_NOTICE_ACK_S``) until DDS reports them delivered, so that the manager sees the break
-  at once rather than after its heartbeat timeout. After Ctrl-C the
-  context is gone and nothing can be sent: the manager then notices the silence.
+  it is repeated for ``DEATH_NOTICE_REPEAT_S`` (or until the manager answers), and ``stop``
+  waits (at most ``DEATH_NOTICE_ACK_S``) until DDS reports them delivered, so that the manager
+  sees the break at once rather than after its heartbeat timeout. bondpy repeats the notice
+  only when the bond had heard the manager; one that had not (the manager's heartbeats not yet
+  discovered while the manager already hears the node) sends it once, and ``stop`` repeats it
+  there. After Ctrl-C the context is gone and nothing can be sent: the manager then notices the
+  silence.
 - bondpy declares the parameter ``/bond_disable_heartbeat_timeout`` on every heartbeat timeout;
   the second one on a node raises in bondpy's timer thread and leaves the bond alive with a dead
   manager. ``_NodeBond`` declares it once, as ``bondcpp`` does; it also arms the heartbeat
@@ -47,8 +50,8 @@ DEATH_NOTICE_ACK_S = 0.5
 # manager side keep one message of the bond topic, where the manager's own heartbeats also
 # arrive every 0.1 s: a single notice that the manager's executor has not taken before its next
 # heartbeat is overwritten, and the manager sees the break only after its heartbeat timeout
-# (test/test_lifecycle_manager.py caught this on a loaded machine). bondpy's publishing thread
-# repeats the notice every 50 ms meanwhile, as bondcpp's does while its destructor waits.
+# (test/test_lifecycle_manager.py caught this on a loaded machine). The notice repeats every
+# 50 ms meanwhile, as bondcpp's publishing thread repeats it while its destructor waits.
 DEATH_NOTICE_REPEAT_S = 0.25
 
 
@@ -117,6 +120,8 @@ class ManagerBond:
         bond = bond_class(self._node, BOND_TOPIC, self._node.get_name())
         bond.heartbeat_period = self._period
         bond.heartbeat_timeout = HEARTBEAT_TIMEOUT_S
+        logger = self._node.get_logger()
+        bond.on_formed = lambda: logger.info('bond formed: the lifecycle manager is heard')
         bond.start()
         self._bond = bond
         self._node.get_logger().info(
@@ -131,8 +136,10 @@ class ManagerBond:
             return
         if rclpy.ok(context=self._node.context):
             try:
+                with bond.lock:
+                    heard_manager = bond.sm.getState().getName() != 'SM.WaitingForSister'
                 bond.break_bond()
-                time.sleep(DEATH_NOTICE_REPEAT_S)
+                _repeat_death_notice(bond, heard_manager)
                 bond.pub.wait_for_all_acked(Duration(seconds=DEATH_NOTICE_ACK_S))
             except RuntimeError as error:  # RCLError, InvalidHandle: Ctrl-C came in between
                 self._node.get_logger().debug(f'bond: death notice not sent ({error})')
@@ -145,3 +152,24 @@ class ManagerBond:
             timer.cancel()
         self._node.destroy_subscription(bond.sub)
         self._node.destroy_publisher(bond.pub)
+
+
+def _repeat_death_notice(bond, heard_manager: bool) -> None:
+    """Repeat the death notice for ``DEATH_NOTICE_REPEAT_S``, or until the manager answers it.
+
+    A bond that has heard its manager is dying (``AwaitSisterDeath``): bondpy's publishing
+    thread repeats the notice until the manager's answer kills it, which ends the wait early. A
+    bond that has not heard its manager yet (the manager's heartbeats not yet discovered, on a
+    busy machine) goes straight to dead on ``break_bond``: bondpy sends the notice once and its
+    thread ends, while the manager, which hears the node, waits for it. Here it is repeated.
+    """
+    from bond.msg import Constants
+    deadline = time.monotonic() + DEATH_NOTICE_REPEAT_S
+    with bond.lock:
+        while (remaining := deadline - time.monotonic()) > 0.0:
+            if heard_manager:
+                if bond.sm.getState().getName() == 'SM.Dead':
+                    return
+            else:
+                bond._publish(False)
+            bond.condition.wait(min(remaining, Constants.DEAD_PUBLISH_PERIOD))
