@@ -392,7 +392,8 @@ def compare_gtsam(rng: np.random.Generator, windows: int, covariance: np.ndarray
     import gtsam  # only for this check; the node does not need it
 
     config = FusionConfig(window_s=1e3, window_distance_m=1e3, max_samples=64,
-                          odometry_drift_per_m=0.0, error_correlation={SCENE: model})
+                          odometry_drift_per_m=0.0, odometry_rotation_drift_per_m=0.0,
+                          error_correlation={SCENE: model})
     exact = OdometryModel(0.0, 0.0, 0.0, 0.0)
     worst = {'position_m': 0.0, 'orientation_rad': 0.0, 'covariance_rel': 0.0,
              'joint_ratio_min': math.inf, 'joint_ratio_max': 0.0,

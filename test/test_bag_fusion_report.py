@@ -316,7 +316,7 @@ def _biased_parameters(mode: str) -> dict:
             'covariance.position_stddev': BiasedOracle.POSITION_STDDEV,
             'covariance.orientation_stddev': BiasedOracle.ORIENTATION_STDDEV,
             'fusion.window_distance_m': 100.0, 'fusion.odometry_drift_per_m': 0.0,
-            'fusion.error_correlation': mode}
+            'fusion.odometry_rotation_drift_per_m': 0.0, 'fusion.error_correlation': mode}
 
 
 def test_learned_correlation_keeps_the_fused_coverage_that_independence_loses(

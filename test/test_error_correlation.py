@@ -265,7 +265,7 @@ def test_new_views_shrink_the_covariance(motion):
     errors = rng.multivariate_normal(np.zeros(6), cov / 100, 10)
     model = ErrorCorrelation(0.5, 0.02, math.inf, 0.0, 'parameters')
     config = FusionConfig(window_distance_m=1e3, odometry_drift_per_m=0.0,
-                          default_correlation=model)
+                          odometry_rotation_drift_per_m=0.0, default_correlation=model)
     # Metres or radians between frames; turning, 0.5 rad keeps every pair over 0.5 rad apart.
     spacings = (0.0, 0.05, 0.2, 1.0, 5.0) if motion == 'driving' else (0.0, 0.005, 0.02, 0.5)
     traces = []

@@ -191,7 +191,7 @@ def test_old_orientation_error_becomes_position_uncertainty_along_the_path():
     """Covariance order check: a yaw variance taken 10 m ago is y variance now (ROS order)."""
     yaw_only = np.diag([1e-6, 1e-6, 1e-6, 1e-6, 1e-6, 0.01])
     fusion = MapOdomFusion(replace(INDEPENDENT, odometry_drift_per_m=0.0,
-                                   window_distance_m=100.0))
+                                   odometry_rotation_drift_per_m=0.0, window_distance_m=100.0))
     fusion.add(0, Transform.identity(), yaw_only, Transform.identity())
     ahead = Transform.from_xyz_rpy([10.0, 0.0, 0.0], [0.0, 0.0, 0.0])
     result = fusion.add(1, Transform.identity(), np.eye(6) * 1e6, ahead)
@@ -199,6 +199,50 @@ def test_old_orientation_error_becomes_position_uncertainty_along_the_path():
     assert result.covariance[0, 0] < 1e-5
     assert result.covariance[5, 5] == pytest.approx(0.01, rel=1e-3)
     assert result.covariance[1, 5] == pytest.approx(10 * 0.01, rel=1e-3)
+
+
+def test_odometry_drift_grows_position_and_orientation_variances_by_their_own_rates():
+    """Metres per metre on the position axes, radians per metre on the angles: not one number.
+
+    One figure for both gave a frame 10 m back 0.2 rad (11 degrees) of heading drift from a
+    wheel odometry that drifts 2 % in distance.
+    """
+    tiny = np.eye(6) * 1e-8
+    fusion = MapOdomFusion(replace(INDEPENDENT, odometry_drift_per_m=0.02,
+                                   odometry_rotation_drift_per_m=0.003, window_distance_m=100.0))
+    fusion.add(0, Transform.identity(), tiny, Transform.identity())
+    ahead = Transform.from_xyz_rpy([10.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+    result = fusion.add(1, Transform.identity(), np.eye(6) * 1e6, ahead)
+    variances = np.diag(result.covariance)
+    # The old frame, carried 10 m: (0.02 * 10)^2 m^2 and (0.003 * 10)^2 rad^2 (the drift is
+    # added after the lever arm: position drift is the position figure's).
+    np.testing.assert_allclose(variances[3:], (0.003 * 10) ** 2, rtol=1e-3)
+    assert variances[0] == pytest.approx((0.02 * 10) ** 2, rel=1e-3)
+    assert variances[1] == pytest.approx((0.02 * 10) ** 2, rel=1e-3)
+
+
+@pytest.mark.parametrize('spread_m, accepted', [(1.5, True), (0.0, False)])
+def test_the_gate_widens_by_how_much_the_windows_samples_disagree(spread_m, accepted):
+    """The estimate's covariance counts, at the gate, its samples' scatter beyond their own.
+
+    On a recording the first frames of a walk erred alike and badly (60-135 degrees of
+    heading): fused, they held the estimate on a wrong heading with a covariance blind to how
+    much they disagreed, and the gate kept the right frames after them out until these
+    outnumbered them, while odometry carried the estimate metres away. A still robot, frames
+    that err alike (one frame per window), a new frame 3.55 m off along x: outside the gate of
+    a window whose frames agree (4.74 x sqrt(2) x 0.5 m = 3.35 m); inside that of a window whose
+    frames scatter 1.5 m about it where they claim 0.5 m (a reduced chi-square of 9 / 6).
+    """
+    fusion = MapOdomFusion(FusionConfig())
+    cov = np.diag([0.25, 0.25, 0.25, 0.01, 0.01, 0.01])
+    for step in range(8):
+        offset = spread_m * (1.0 if step % 2 else -1.0)
+        fusion.add(step * SECOND // 10, Transform.from_xyz_rpy([offset, 0.0, 0.0], [0, 0, 0]),
+                   cov, Transform.identity())
+    assert fusion.estimate().window_size == 8
+    result = fusion.add(8 * SECOND // 10, Transform.from_xyz_rpy([3.55, 0.0, 0.0], [0, 0, 0]),
+                        cov, Transform.identity())
+    assert result.accepted is accepted, result.detail
 
 
 def test_outlier_that_seeds_the_window_is_voted_out():
@@ -229,6 +273,7 @@ def test_stale_stamp_is_ignored_and_reset_empties_the_window():
 @pytest.mark.parametrize('field, value', [('robust_loss', 'l2'), ('window_s', 0.0),
                                           ('max_samples', 0), ('gate_mahalanobis', math.nan),
                                           ('odometry_drift_per_m', -1.0),
+                                          ('odometry_rotation_drift_per_m', math.inf),
                                           ('error_correlation', {'s': 0.5}),
                                           ('error_correlation', {1: ErrorCorrelation()}),
                                           ('error_correlation', [ErrorCorrelation()]),

@@ -117,7 +117,9 @@ class ReferenceFusion:
         translations, rotations, covs = self.carry([sample])
         residual = residuals_of(translations, rotations, previous[1].translation,
                                 previous[1].rotation_object)[0]
-        distance = math.sqrt(max(float(residual @ pinv(self.gated(covs[0] + previous[2]))
+        held = self.distances(*self.carry(accepted), previous[1])
+        scatter = max(1.0, float(np.mean(np.square(held))) / (3 if self.config.two_d else 6))
+        distance = math.sqrt(max(float(residual @ pinv(self.gated(covs[0] + scatter * previous[2]))
                                        @ residual), 0.0))
         if distance <= self.config.gate_mahalanobis:
             self.state = self.fuse(accepted + [sample])
@@ -144,11 +146,12 @@ class ReferenceFusion:
                 newest.translation - s['T_odom_base'].translation)
             jacobian = np.eye(6)
             jacobian[:3, 3:] = -skew(lever)
-            drift = (self.config.odometry_drift_per_m
-                     * (self.newest['odometry_m'] - s['odometry_m'])) ** 2
+            drift = np.diag((np.repeat([self.config.odometry_drift_per_m,
+                                        self.config.odometry_rotation_drift_per_m], 3)
+                             * (self.newest['odometry_m'] - s['odometry_m'])) ** 2)
             translations.append(predicted.translation)
             rotations.append(predicted.rotation)
-            covs.append(jacobian @ s['cov'] @ jacobian.T + drift * np.eye(6))
+            covs.append(jacobian @ s['cov'] @ jacobian.T + drift)
         covs = np.stack(covs)
         return (np.stack(translations), Rotation.from_quat(np.stack(rotations)),
                 planar(covs) if self.config.two_d else covs)
@@ -268,7 +271,9 @@ LEARNED = {'a': ErrorCorrelation(1.5, 0.4, 2.0, 0.2, 'bundle'),   # 'c' gets the
 CONFIGS = {name: FusionConfig(default_correlation=INDEPENDENT, **fields) for name, fields in [
     ('cauchy', {}), ('huber', {'robust_loss': 'huber'}), ('two_d', {'two_d': True}),
     ('small-windows', {'window_s': 1.5, 'window_distance_m': 2.0, 'max_samples': 7}),
-    ('tight-gate-no-drift', {'gate_mahalanobis': 2.0, 'odometry_drift_per_m': 0.0})]}
+    ('tight-gate-no-drift', {'gate_mahalanobis': 2.0, 'odometry_drift_per_m': 0.0,
+                             'odometry_rotation_drift_per_m': 0.0}),
+    ('rotation-drift', {'odometry_drift_per_m': 0.001, 'odometry_rotation_drift_per_m': 0.05})]}
 CONFIGS.update({'one-frame': FusionConfig(), 'two_d-huber-correlated': FusionConfig(
     two_d=True, robust_loss='huber', error_correlation=LEARNED), 'correlated': FusionConfig(
     error_correlation=LEARNED, default_correlation=ErrorCorrelation.from_time(0.3))})
@@ -396,4 +401,5 @@ def test_the_reference_reads_every_config_field():
     """A new FusionConfig field needs its reference here (or this module stops proving much)."""
     assert set(FusionConfig.__dataclass_fields__) == {
         'window_s', 'window_distance_m', 'max_samples', 'robust_loss', 'gate_mahalanobis',
-        'two_d', 'odometry_drift_per_m', 'error_correlation', 'default_correlation'}
+        'two_d', 'odometry_drift_per_m', 'odometry_rotation_drift_per_m', 'error_correlation',
+        'default_correlation'}

@@ -168,12 +168,13 @@ def test_fusion_parameters_reach_the_fusion_and_none_turns_it_off():
     params = NodeParams.from_values(_defaults() | {'fusion.window_s': 4.0,
                                                    'fusion.window_distance_m': 2.5,
                                                    'fusion.odometry_drift_per_m': 0.05,
+                                                   'fusion.odometry_rotation_drift_per_m': 0.003,
                                                    'fusion.error_correlation': 'time',
                                                    'fusion.error_correlation_s': 1.5,
                                                    'two_d_mode': True})
     config = fusion_config(params, error_correlations(params, {}, ['lab', 'atrium']))
     assert (config.window_s, config.window_distance_m, config.odometry_drift_per_m,
-            config.two_d) == (4.0, 2.5, 0.05, True)
+            config.odometry_rotation_drift_per_m, config.two_d) == (4.0, 2.5, 0.05, 0.003, True)
     by_time = ErrorCorrelation.from_time(1.5)
     assert config.error_correlation == {'lab': by_time, 'atrium': by_time}
     assert config.default_correlation == by_time

@@ -10,9 +10,12 @@ samples of a recent window are measurements of one pose. The fusion:
    an orientation error ``d`` of the old frame moves the predicted base by ``d x (p_new - p_k)``
    (the lever arm of the travelled path), and odometry's own drift over the ``s`` metres
    travelled since adds ``(odometry_drift_per_m * s)^2`` to every position variance (m^2) and
-   every orientation variance (rad^2);
+   ``(odometry_rotation_drift_per_m * s)^2`` to every orientation variance (rad^2);
 2. gates the new sample: its Mahalanobis distance to the current estimate, under the sum of both
-   covariances, above ``gate_mahalanobis`` rejects it (it is kept aside, see 4);
+   covariances, above ``gate_mahalanobis`` rejects it (it is kept aside, see 4); the estimate's
+   covariance is inflated there by how much more its samples scatter about it than their
+   covariances say (``_scatter``), so that a window seeded by alike wrong frames does not keep
+   the right ones out;
 3. fuses the window's accepted samples with a robust (Cauchy or Huber) weighted mean on SE(3)
    (``mspr_ros.estimation.fusion_robust``; measured equal to GTSAM's one-variable factor graph
    with robust ``PriorFactorPose3``s, benchmarks/README.md), the loss scale being the 95 %
@@ -57,19 +60,19 @@ without the new sample and the mean with it are solved together (``solve_means``
 composed in plain floats, and a ``Transform`` is built only for what is returned. The results are
 those of the scalar code this replaced, to rounding (``test/test_fusion_equivalence.py``).
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 import math
 import threading
-from typing import List, Mapping, NamedTuple, Optional
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 from scipy.stats import chi2
 
-from mspr_ros.estimation.error_correlation import ErrorCorrelation
+from mspr_ros.estimation.fusion_config import FusionConfig
 from mspr_ros.estimation.fusion_robust import (
-    ALL_AXES, informations, irls_covariance, LOSSES, Means, medoid_index, PLANAR_AXES,
-    solve_means, squared_mahalanobis)
+    ALL_AXES, informations, irls_covariance, Means, medoid_index, PLANAR_AXES, solve_means,
+    squared_mahalanobis)
 from mspr_ros.estimation.fusion_window import (
     Carried, carry, compose_poses, flatten_pose, invert_pose, PoseArrays, SampleWindow)
 from mspr_ros.estimation.window_correlation import WindowCorrelations
@@ -92,67 +95,6 @@ def _dof(two_d: bool) -> int:
 def loss_scale(two_d: bool) -> float:
     """Return the robust loss scale: the 95 % chi-square quantile distance of the residual."""
     return math.sqrt(float(chi2.ppf(0.95, _dof(two_d))))
-
-
-@dataclass(frozen=True)
-class FusionConfig:
-    """Fusion parameters (see the module docstring for what each trades).
-
-    Attributes:
-        window_s: seconds; samples older than this, relative to the newest, leave the window.
-        window_distance_m: metres of odometry travelled since a sample after which it leaves.
-        max_samples: at most this many samples (accepted and rejected) are kept.
-        robust_loss: ``cauchy`` or ``huber``.
-        gate_mahalanobis: Mahalanobis distance (not squared) of a new sample to the current
-            estimate above which it is rejected. Default: the 99.9 % quantile of chi-square
-            with 6 dof (4.74); with ``two_d`` the same distance is a 99.99 % gate for 3 dof.
-        two_d: SE(2): z, roll, pitch of samples and estimate are 0.
-        odometry_drift_per_m: odometry's relative drift: a sample taken ``s`` metres of travel
-            ago gets ``(odometry_drift_per_m * s)^2`` added to each position variance (m^2)
-            and each orientation variance (rad^2); 0.02 = 2 cm and 0.02 rad (1.1 degrees) of
-            1-sigma drift per metre, a wheel odometry on indoor floors.
-        error_correlation: scene name -> how alike the errors of two frames of that scene are
-            (``ErrorCorrelation``, the module docstring); it scales the fused covariance only.
-        default_correlation: the model of the scenes ``error_correlation`` does not name (and
-            of scene ``''``). ``one_frame()`` by default: with nothing learned a window never
-            claims more than one frame. Both replace ``error_correlation_s`` (issue 25).
-    """
-
-    window_s: float = 10.0
-    window_distance_m: float = 15.0
-    max_samples: int = 30
-    robust_loss: str = 'cauchy'
-    gate_mahalanobis: float = math.sqrt(float(chi2.ppf(0.999, 6)))
-    two_d: bool = False
-    odometry_drift_per_m: float = 0.02
-    error_correlation: Mapping[str, ErrorCorrelation] = field(default_factory=dict)
-    default_correlation: ErrorCorrelation = ErrorCorrelation.one_frame()
-
-    def __post_init__(self) -> None:
-        """Validate; raise ValueError naming the bad field."""
-        for name in ('window_s', 'window_distance_m', 'gate_mahalanobis'):
-            value = float(getattr(self, name))
-            if not (math.isfinite(value) and value > 0.0):
-                raise ValueError(f'{name} must be finite and > 0, got {getattr(self, name)!r}')
-        models = self.error_correlation
-        if not isinstance(models, Mapping) or not all(
-                isinstance(scene, str) and isinstance(model, ErrorCorrelation)
-                for scene, model in models.items()):
-            raise ValueError('error_correlation must map scene names to ErrorCorrelation, got '
-                             f'{models!r}')
-        object.__setattr__(self, 'error_correlation', dict(models))   # frozen: not the caller's
-        if not isinstance(self.default_correlation, ErrorCorrelation):
-            raise ValueError('default_correlation must be an ErrorCorrelation, got '
-                             f'{self.default_correlation!r}')
-        drift = float(self.odometry_drift_per_m)
-        if not (math.isfinite(drift) and drift >= 0.0):
-            raise ValueError('odometry_drift_per_m must be finite and >= 0, got '
-                             f'{self.odometry_drift_per_m!r}')
-        if isinstance(self.max_samples, bool) or int(self.max_samples) != self.max_samples \
-                or self.max_samples < 1:
-            raise ValueError(f'max_samples must be an integer >= 1, got {self.max_samples!r}')
-        if self.robust_loss not in LOSSES:
-            raise ValueError(f'robust_loss must be one of {LOSSES}, got {self.robust_loss!r}')
 
 
 @dataclass(frozen=True)
@@ -213,6 +155,9 @@ class MapOdomFusion:
         # two_d samples err only in x, y, yaw (z, roll, pitch are exactly 0 and unestimated),
         # so the robust mean and the gate work on those three axes.
         self._axes = PLANAR_AXES if config.two_d else ALL_AXES
+        # Per axis, ROS order: position drift on x, y, z; rotation drift on the three angles.
+        self._drift_per_m = np.repeat([config.odometry_drift_per_m,
+                                       config.odometry_rotation_drift_per_m], 3)
         self._correlations = WindowCorrelations(config.error_correlation,
                                                 config.default_correlation, self._axes)
         self._lock = threading.Lock()
@@ -272,7 +217,7 @@ class MapOdomFusion:
         before = self._window.accepted
         self._window = window = self._window.append(row)
         carried = carry(window, self._newest.odometry, self._newest.odometry_m,
-                        self.config.odometry_drift_per_m, self._axes)
+                        self._drift_per_m, self._axes)
         new = len(before)
         if not before.any():
             self._state = self._fuse(carried, np.arange(new + 1) == new)
@@ -283,8 +228,8 @@ class MapOdomFusion:
         masks[0, new] = False
         means = self._solve(carried, masks)
         previous, fused = self._estimates(carried, means, masks)
-        gate_covariance = carried.covariances[new] + previous.covariance[
-            self._axes[:, None], self._axes]
+        gate_covariance = carried.covariances[new] + self._scatter(means, masks[0]) * \
+            previous.covariance[self._axes[:, None], self._axes]
         distance = math.sqrt(squared_mahalanobis(means.residuals[0, new], gate_covariance))
         if distance <= self.config.gate_mahalanobis:
             self._state = fused
@@ -302,6 +247,21 @@ class MapOdomFusion:
         return self._result(bool(window.accepted[new]), bool(inlier), REVOTED,
                             f'{rejected} gated samples outnumbered {accepted} accepted '
                             'ones: the window was fused again from its most central sample')
+
+    def _scatter(self, means: Means, accepted: np.ndarray) -> float:
+        """Return how much more the accepted samples scatter about their mean than they claim.
+
+        Their mean squared Mahalanobis distance to it per axis (a reduced chi-square), at least
+        1. The gate inflates the estimate's covariance by it: samples that disagree with each
+        other beyond their covariances say the estimate is less certain than its covariance
+        does. Without it, a run of frames that erred alike and badly (60-135 degrees, the first
+        of a walk) seeded the window and kept the right frames after it out until they
+        outnumbered it, and the fused pose, carried by odometry on a wrong heading, drifted
+        metres away and came back in a 10 m jump (benchmarks/README.md, site calibration). The
+        published covariance stays the model's.
+        """
+        squared = means.squared_distances[0, accepted]
+        return max(1.0, float(np.mean(squared)) / len(self._axes)) if squared.size else 1.0
 
     def _revote(self, carried: Carried) -> bool:
         """Fuse the window from its medoid and gate every sample again.

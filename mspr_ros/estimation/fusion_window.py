@@ -134,15 +134,17 @@ class Carried(NamedTuple):
     scenes: np.ndarray           # (N,) object
 
 
-def carry(window: SampleWindow, odometry: PoseArrays, odometry_m: float, drift_per_m: float,
-          axes: np.ndarray) -> Carried:
+def carry(window: SampleWindow, odometry: PoseArrays, odometry_m: float,
+          drift_per_m: np.ndarray, axes: np.ndarray) -> Carried:
     """Return the base poses now as the window's samples predict them, and their covariances.
 
     Args:
         window: the samples.
         odometry: the newest odom <- base, as arrays.
         odometry_m: the odometry path length travelled up to the newest sample.
-        drift_per_m: ``FusionConfig.odometry_drift_per_m``.
+        drift_per_m: (6,) odometry's drift per metre of each axis, ROS order
+            (``FusionConfig.odometry_drift_per_m`` on x, y, z, ``odometry_rotation_drift_per_m``
+            on the three angles).
         axes: the axes kept (``PLANAR_AXES`` in two_d, whose other axes are unestimated).
     """
     odom_t, odom_q = odometry
@@ -156,8 +158,8 @@ def carry(window: SampleWindow, odometry: PoseArrays, odometry_m: float, drift_p
     covariances = jacobians @ window.covariances @ jacobians.transpose(0, 2, 1)
     # Odometry's own drift over the path travelled since: on every variance (m^2 and rad^2),
     # the diagonal being every 7th of the 36 entries.
-    drift = drift_per_m * (odometry_m - window.odometry_m)
-    covariances.reshape(-1, 36)[:, ::7] += (drift ** 2)[:, None]
+    drift = np.outer(odometry_m - window.odometry_m, drift_per_m)
+    covariances.reshape(-1, 36)[:, ::7] += drift ** 2
     if len(axes) < 6:
         covariances = covariances[:, axes[:, None], axes]
     return Carried(translations, quats, covariances, informations(covariances), window.stamps_ns,

@@ -182,8 +182,12 @@ PARAM_SPECS: Tuple[ParamSpec, ...] = (
               'Frames taken more than this odometry distance ago (m) leave the fusion window '
               '(bounds the lever arm and odometry drift carried).', float_range=(0.01, 1.0e4)),
     ParamSpec('fusion.odometry_drift_per_m', 0.02, _D,
-              "Odometry's relative drift: a frame s metres of travel ago gets (drift * s)^2 added "
-              'to its position (m^2) and orientation (rad^2) variances.',
+              "Odometry's relative position drift: a frame s metres of travel ago gets "
+              '(drift * s)^2 added to its position variances (m^2).',
+              float_range=(0.0, 1.0)),
+    ParamSpec('fusion.odometry_rotation_drift_per_m', 0.01, _D,
+              "Odometry's orientation drift per metre travelled (rad/m): a frame s metres of "
+              'travel ago gets (drift * s)^2 added to its orientation variances (rad^2).',
               float_range=(0.0, 1.0)),
     ParamSpec('fusion.error_correlation', 'bundle', _S,
               "How alike the regression errors of frames with similar views are: 'bundle' "

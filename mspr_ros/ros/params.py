@@ -107,6 +107,7 @@ class NodeParams:
     fusion_window_s: float
     fusion_window_distance_m: float
     fusion_odometry_drift_per_m: float
+    fusion_odometry_rotation_drift_per_m: float
     fusion_error_correlation: str
     fusion_error_correlation_s: float
     pose_update_max_correlation: float
@@ -204,6 +205,8 @@ class NodeParams:
             fusion=values['fusion'], fusion_window_s=float(values['fusion.window_s']),
             fusion_window_distance_m=float(values['fusion.window_distance_m']),
             fusion_odometry_drift_per_m=float(values['fusion.odometry_drift_per_m']),
+            fusion_odometry_rotation_drift_per_m=float(
+                values['fusion.odometry_rotation_drift_per_m']),
             fusion_error_correlation=str(values['fusion.error_correlation']),
             fusion_error_correlation_s=float(values['fusion.error_correlation_s']),
             pose_update_max_correlation=float(values['pose_update.max_correlation']),
@@ -369,6 +372,7 @@ def fusion_config(params: NodeParams, correlations: ErrorCorrelations) -> Option
     return FusionConfig(window_s=params.fusion_window_s,
                         window_distance_m=params.fusion_window_distance_m,
                         odometry_drift_per_m=params.fusion_odometry_drift_per_m,
+                        odometry_rotation_drift_per_m=params.fusion_odometry_rotation_drift_per_m,
                         error_correlation=correlations.models,
                         default_correlation=correlations.default,
                         two_d=params.two_d_mode)

@@ -100,6 +100,8 @@ def fusion_config(parameters: dict, bundle=None) -> FusionConfig | None:
                                                default.window_distance_m)),
         odometry_drift_per_m=float(parameters.get('fusion.odometry_drift_per_m',
                                                   default.odometry_drift_per_m)),
+        odometry_rotation_drift_per_m=float(parameters.get(
+            'fusion.odometry_rotation_drift_per_m', default.odometry_rotation_drift_per_m)),
         two_d=bool(parameters.get('two_d_mode', default.two_d)),
         error_correlation=models,
         default_correlation=mode_default(*_correlation_parameters(parameters)))
