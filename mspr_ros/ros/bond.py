@@ -124,7 +124,7 @@ class ManagerBond:
         bond.on_formed = lambda: logger.info('bond formed: the lifecycle manager is heard')
         bond.start()
         self._bond = bond
-        self._node.get_logger().info(
+        logger.info(
             f'bond started on {self._node.resolve_topic_name(BOND_TOPIC)} '
             f'(heartbeat {self._period:.2f} s, timeout {HEARTBEAT_TIMEOUT_S:.1f} s)')
 
